@@ -1,0 +1,68 @@
+"""``python -m mezo_ray.report EXPERIMENT_DIR [...]``: print the paper-style tables of Tune experiments.
+
+Examples:
+    python -m mezo_ray.report ~/ray_results/roberta_mezo ~/ray_results/roberta_ft
+    python -m mezo_ray.report results/exp --select dev_loss --format latex
+    python -m mezo_ray.report results/exp --out report/   # also writes .md/.tex/.csv, trials, plots
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mezo_ray.report.formats import FORMATS, footer_markdown
+from mezo_ray.report.load import from_experiment_dirs
+from mezo_ray.report.output import render, write_report
+from mezo_ray.report.select import SELECTIONS
+from mezo_ray.report.tables import footer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Return the parsed command line."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mezo_ray.report",
+        description="Paper-style tables (Tables 18, 1, 20, 22 or a generic layout) and plots of Tune runs.",
+    )
+    parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR", help="Tune experiment folder(s)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="markdown", help="stdout format (default markdown)"
+    )
+    parser.add_argument(
+        "--select",
+        choices=sorted(SELECTIONS),
+        default="best_dev_acc",
+        help="per-seed selection rule: highest final best_dev_acc (RoBERTa gather script, default) or lowest "
+        "final dev_loss (the OPT code's HF Trainer)",
+    )
+    parser.add_argument(
+        "--include-unfinished",
+        action="store_true",
+        help="let unfinished and errored trials be selected on their last reported values (marked ‡)",
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", help="also write every format, trials.csv, selected.csv and plots"
+    )
+    parser.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit status (2 when no experiment folder holds a trial)."""
+    args = parse_args(argv)
+    try:
+        report = from_experiment_dirs(args.experiments)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render(report, args.format, args.select, args.include_unfinished))
+    if args.format == "csv":  # the CSV holds cells only: the unfinished/errored trials go to stderr
+        sys.stderr.write(footer_markdown(footer(report.trials), args.include_unfinished))
+    if args.out:
+        paths = write_report(report, args.out, args.select, args.include_unfinished, plots=not args.no_plots)
+        print(f"wrote {len(paths)} files under {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

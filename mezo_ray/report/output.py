@@ -1,0 +1,88 @@
+"""The report's front door: what Tune gives us -> text (``render``) or a folder of files (``write_report``).
+
+``render`` is what the Tune CLI calls at the end of a search, so it accepts the ResultGrid itself as well as
+experiment folders or an already loaded Report, and returns a string instead of printing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mezo_ray.report.formats import FORMATS, to_csv, to_latex, to_markdown
+from mezo_ray.report.load import Report, from_experiment_dirs, from_result_grid
+from mezo_ray.report.select import aggregate_memory, check_selection, select_best
+from mezo_ray.report.tables import build_tables, footer
+
+
+def as_report(source: Report | str | os.PathLike | Iterable[Any]) -> Report:
+    """Return a Report from a Report, one or more experiment folders, or a ResultGrid (any iterable of
+    Tune Result-like objects)."""
+    if isinstance(source, Report):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return from_experiment_dirs([source])
+    items = list(source)
+    if items and all(isinstance(item, str | os.PathLike) for item in items):
+        return from_experiment_dirs(items)
+    return from_result_grid(items)
+
+
+def render(
+    source: Report | str | os.PathLike | Iterable[Any],
+    fmt: str = "markdown",
+    select: str = "best_dev_acc",
+    include_unfinished: bool = False,
+) -> str:
+    """Return the report tables as ``fmt`` ("markdown", "latex" or "csv") text.
+
+    Markdown and LaTeX end with the footer of unfinished/errored trials; CSV holds only the tidy cells.
+    Raises ValueError for an unknown ``fmt`` or ``select``.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt={fmt!r} is not a report format; use one of {list(FORMATS)}")
+    check_selection(select)
+    report = as_report(source)
+    tables = build_tables(report, select, include_unfinished)
+    if fmt == "csv":
+        return to_csv(tables, select)
+    render_text = to_markdown if fmt == "markdown" else to_latex
+    return render_text(tables, footer(report.trials), select, include_unfinished)
+
+
+def write_report(
+    source: Report | str | os.PathLike | Iterable[Any],
+    out_dir: str | os.PathLike,
+    select: str = "best_dev_acc",
+    include_unfinished: bool = False,
+    plots: bool = True,
+) -> list[Path]:
+    """Write report.md, report.tex, report.csv, trials.csv (every trial, tidy), selected.csv (the
+    configuration chosen per seed) and, with ``plots``, PNGs under ``out_dir/plots``; return the paths."""
+    check_selection(select)
+    report = as_report(source)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(report, select, include_unfinished)
+    trials_footer = footer(report.trials)
+    texts = {
+        "report.md": to_markdown(tables, trials_footer, select, include_unfinished),
+        "report.tex": to_latex(tables, trials_footer, select, include_unfinished),
+        "report.csv": to_csv(tables, select),
+    }
+    written = []
+    for name, text in texts.items():
+        (out / name).write_text(text, encoding="utf-8")
+        written.append(out / name)
+    selected = select_best(report.trials, select, include_unfinished)
+    report.trials.to_csv(out / "trials.csv", index=False)
+    selected.to_csv(out / "selected.csv", index=False)
+    written += [out / "trials.csv", out / "selected.csv"]
+    if plots:
+        from mezo_ray.report import plots as plotting  # matplotlib only when plots are asked for
+
+        memory = aggregate_memory(report.trials, include_unfinished)
+        written += plotting.write_plots(report, selected, memory, out / "plots")
+    return written

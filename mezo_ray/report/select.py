@@ -1,0 +1,75 @@
+"""Selection and aggregation as the paper did it (mezo_protocol.md §1.2).
+
+For every (model, task, k, row, data_seed) the configuration with the best *dev* value is selected and its
+*test* score reported; a cell is the mean and population std (ddof=0, numpy's default, as in the paper's
+gather script) of those test scores over data seeds, ×100. Hyper-parameters are therefore selected per seed,
+never by looking at test.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+#: Selection metric -> direction. ``best_dev_acc`` is the medium-model (RoBERTa) gather script's rule;
+#: ``dev_loss`` (lowest) is what the OPT code's HF Trainer used.
+SELECTIONS = {"best_dev_acc": "max", "dev_loss": "min"}
+#: A selection is made within each of these groups (one per data seed) ...
+SEED_KEYS = ["model", "task", "k", "row", "data_seed"]
+#: ... and aggregated over seeds into one table cell per these.
+CELL_KEYS = ["model", "task", "k", "row"]
+GIB = 2**30
+
+
+def check_selection(select: str) -> str:
+    """Return the direction ("max"/"min") of a selection metric; ValueError naming the allowed ones."""
+    if select not in SELECTIONS:
+        raise ValueError(f"select={select!r} is not a selection rule; use one of {sorted(SELECTIONS)}")
+    return SELECTIONS[select]
+
+
+def candidates(trials: pd.DataFrame, include_unfinished: bool = False) -> pd.DataFrame:
+    """Return the trials that may be selected: finished ones, plus unfinished and errored ones (on their last
+    reported values) when ``include_unfinished`` is set."""
+    return trials if include_unfinished else trials[trials["status"] == "done"]
+
+
+def select_best(
+    trials: pd.DataFrame, select: str = "best_dev_acc", include_unfinished: bool = False
+) -> pd.DataFrame:
+    """Return one row per (model, task, k, row, data_seed): the trial with the best final ``select`` value.
+
+    Ties go to the smaller trial id so reruns give the same table; a trial that lacks the selection metric
+    ranks last (so a lone zero-shot trial without a dev metric is still reported).
+    """
+    ascending = check_selection(select) == "min"
+    ranked = candidates(trials, include_unfinished).sort_values(
+        [select, "trial_id"], ascending=[ascending, True], na_position="last", kind="stable"
+    )
+    selected = ranked.drop_duplicates(SEED_KEYS, keep="first")
+    return selected.sort_values(SEED_KEYS, kind="stable", ignore_index=True)
+
+
+def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per (model, task, k, row): ``mean`` and ``std`` (ddof=0) of test_acc ×100 over seeds,
+    ``n`` seeds with a test score, ``seeds`` selected, and ``includes_unfinished``."""
+    scored = selected.assign(score=selected["test_acc"] * 100, unfinished=selected["status"] != "done")
+    grouped = scored.groupby(CELL_KEYS, dropna=False, sort=True)
+    cells = grouped.agg(
+        mean=("score", "mean"),
+        n=("score", "count"),
+        seeds=("score", "size"),
+        includes_unfinished=("unfinished", "any"),
+    )
+    cells["std"] = grouped["score"].std(ddof=0)
+    return cells.reset_index()[[*CELL_KEYS, "mean", "std", "n", "seeds", "includes_unfinished"]]
+
+
+def aggregate_memory(trials: pd.DataFrame, include_unfinished: bool = False) -> pd.DataFrame:
+    """Return one row per (model, task, row) with ``peak_gib``, the largest peak_mem_bytes of any of its
+    trials in GiB (what a run needs to be provisioned with), and ``n`` trials that reported memory."""
+    pool = candidates(trials, include_unfinished).dropna(subset=["peak_mem_bytes"])
+    pool = pool.assign(peak_gib=pool["peak_mem_bytes"] / GIB, unfinished=pool["status"] != "done")
+    memory = pool.groupby(["model", "task", "row"], sort=True).agg(
+        peak_gib=("peak_gib", "max"), n=("peak_gib", "size"), includes_unfinished=("unfinished", "any")
+    )
+    return memory.reset_index()

@@ -1,0 +1,25 @@
+"""The MeZO optimizer core: plain PyTorch, no Ray, no Hugging Face, no task knowledge."""
+
+from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, mix_seed
+from mezo_ray.zo.optimizer import (
+    DEFAULT_NO_DECAY,
+    VARIANTS,
+    MeZO,
+    NonFiniteLossError,
+    StepRecord,
+    microbatch_mean,
+    replay,
+)
+
+__all__ = [
+    "DEFAULT_CHUNK_NUMEL",
+    "DEFAULT_NO_DECAY",
+    "VARIANTS",
+    "MeZO",
+    "NonFiniteLossError",
+    "StepRecord",
+    "full_noise",
+    "microbatch_mean",
+    "mix_seed",
+    "replay",
+]

@@ -1,0 +1,223 @@
+"""Seeded Gaussian noise that is regenerated, never stored.
+
+z for a parameter is a pure function of (step seed, parameter name, element index). The flattened
+parameter is cut into fixed-size chunks; chunk ``c`` is drawn by a generator seeded with
+``mix(step_seed, name, c)``. A process that holds only rows a..b of a parameter (an FSDP shard)
+draws the chunks that overlap its rows and keeps its part, so its z is bit-identical to the same
+rows of the whole parameter. Scratch memory is one chunk per worker thread.
+
+On the CPU each chunk comes from torch's generator (mt19937) seeded with
+``mix(step_seed, name, chunk)``, so the stream depends on ``chunk_numel``. On CUDA (with Triton)
+z is counter-based, element by element (see ``cuda_noise.py``). Runs are reproducible on the same
+kind of device with the same chunk size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+DEFAULT_CHUNK_NUMEL = 1 << 20  # 4 MiB of fp32 scratch per worker thread
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers into one well-mixed 63-bit seed (every bit depends on every part)."""
+    h = 0
+    for part in parts:
+        h = _splitmix64(h ^ (part & _MASK64))
+    return h >> 1
+
+
+def name_key(name: str) -> int:
+    """A stable 64-bit key for a parameter name (Python's ``hash`` is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass(frozen=True)
+class NoiseSlice:
+    """Where the elements this process holds sit in a parameter's flattened noise stream."""
+
+    local: torch.Tensor  # flat, contiguous view of the held elements (writes go to the parameter)
+    offset: int  # index of local[0] in the whole flattened parameter
+    numel: int  # numel of the whole parameter
+    key: int  # name_key(parameter name)
+
+
+def noise_slice(param: torch.Tensor, name: str) -> NoiseSlice:
+    """Describe ``param`` (a plain tensor or a dim-0 sharded DTensor) for noise generation."""
+    local, offset = param, 0
+    if _is_dtensor(param):
+        local, offset = _dtensor_local_and_offset(param, name)
+    if not local.is_contiguous():
+        raise ValueError(f"parameter {name!r} is not contiguous; MeZO perturbs parameters in place")
+    return NoiseSlice(local=local.detach().view(-1), offset=offset, numel=param.numel(), key=name_key(name))
+
+
+def _is_dtensor(t: torch.Tensor) -> bool:
+    return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
+
+
+def _dtensor_local_and_offset(param: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    for placement in param.placements:
+        if not (isinstance(placement, Replicate) or (isinstance(placement, Shard) and placement.dim == 0)):
+            raise ValueError(
+                f"parameter {name!r} has placement {placement}; MeZO supports Shard(0) and Replicate"
+            )
+    _, global_offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
+    row_numel = param[0].numel() if param.dim() > 0 else 1
+    return param.to_local(), global_offset[0] * row_numel if param.dim() > 0 else 0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """The part of one noise chunk that a slice holds."""
+
+    index: int  # chunk index within the whole parameter
+    start: int  # index of the chunk's first element in the whole parameter
+    length: int  # length of the whole chunk (the last one may be short)
+    z_lo: int  # held part of the chunk: z[z_lo:z_hi]
+    z_hi: int
+    p_lo: int  # ... which sits at local[p_lo:p_hi]
+    p_hi: int
+
+
+def chunks(s: NoiseSlice, chunk_numel: int) -> Iterator[Chunk]:
+    """Yield the chunks that overlap the elements held by ``s``."""
+    n = s.local.numel()
+    if n == 0:
+        return
+    first, last = s.offset // chunk_numel, (s.offset + n - 1) // chunk_numel
+    for c in range(first, last + 1):
+        start = c * chunk_numel
+        length = min(chunk_numel, s.numel - start)
+        lo, hi = max(s.offset, start), min(s.offset + n, start + length)
+        yield Chunk(c, start, length, lo - start, hi - start, lo - s.offset, hi - s.offset)
+
+
+class _Scratch(threading.local):
+    """Per-thread, per-device generator and chunk-sized buffers."""
+
+    def __init__(self) -> None:
+        self.generators: dict[torch.device, torch.Generator] = {}
+        self.buffers: dict[tuple[torch.device, int, torch.dtype], torch.Tensor] = {}
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        if device not in self.generators:
+            self.generators[device] = torch.Generator(device=device)
+        return self.generators[device]
+
+    def buffer(
+        self, device: torch.device, slot: int, numel: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        buf = self.buffers.get((device, slot, dtype))
+        if buf is None or buf.numel() < numel:
+            buf = torch.empty(numel, dtype=dtype, device=device)
+            self.buffers[(device, slot, dtype)] = buf
+        return buf[:numel]
+
+
+_scratch = _Scratch()
+
+
+def draw(s: NoiseSlice, chunk: Chunk, seed: int, slot: int = 0) -> torch.Tensor:
+    """z for the held part of ``chunk`` (float32, in this thread's scratch buffer ``slot``)."""
+    device = s.local.device
+    backend = cuda_backend() if device.type == "cuda" else None
+    if backend is not None:  # counter-based: draw exactly the held elements
+        buf = _scratch.buffer(device, slot, chunk.z_hi - chunk.z_lo)
+        backend.fill_normal(buf, seed, s.key, chunk.start + chunk.z_lo)
+        return buf
+    gen = _scratch.generator(device)
+    gen.manual_seed(mix_seed(seed, s.key, chunk.index))
+    buf = _scratch.buffer(device, slot, chunk.length)
+    torch.randn(chunk.length, generator=gen, out=buf)
+    return buf[chunk.z_lo : chunk.z_hi]
+
+
+_cuda_backend: Any = None
+
+
+def cuda_backend() -> Any:
+    """The Triton kernels (``cuda_noise``), or None where Triton is missing (then torch's generator)."""
+    global _cuda_backend
+    if _cuda_backend is None:
+        try:
+            from mezo_ray.zo import cuda_noise
+
+            _cuda_backend = cuda_noise
+        except ImportError:
+            _cuda_backend = False
+    return _cuda_backend or None
+
+
+def scratch(like: torch.Tensor, slot: int) -> torch.Tensor:
+    """Scratch shaped like ``like`` from this thread's buffer ``slot``, in float32 or wider (float64
+    parameters keep float64 estimates)."""
+    dtype = torch.promote_types(like.dtype, torch.float32)
+    return _scratch.buffer(like.device, slot, like.numel(), dtype)
+
+
+def full_noise(
+    param: torch.Tensor, name: str, seed: int, chunk_numel: int = DEFAULT_CHUNK_NUMEL
+) -> torch.Tensor:
+    """Materialise z for the elements of ``param`` this process holds (for tests and references)."""
+    local_shape = param.to_local().shape if _is_dtensor(param) else param.shape
+    return materialise(noise_slice(param, name), seed, chunk_numel).view(local_shape)
+
+
+def materialise(s: NoiseSlice, seed: int, chunk_numel: int = DEFAULT_CHUNK_NUMEL) -> torch.Tensor:
+    """z for the elements held by ``s``, as one flat float32 tensor."""
+    out = torch.empty(s.local.numel(), dtype=torch.float32, device=s.local.device)
+    for chunk in chunks(s, chunk_numel):
+        out[chunk.p_lo : chunk.p_hi] = draw(s, chunk, seed)
+    return out
+
+
+def _no_grad_call(fn: Callable[[NoiseSlice, Chunk], None], s: NoiseSlice, c: Chunk) -> None:
+    with torch.no_grad():  # grad mode is thread-local
+        fn(s, c)
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+
+
+def for_each_chunk(
+    slices: list[NoiseSlice], chunk_numel: int, fn: Callable[[NoiseSlice, Chunk], None]
+) -> None:
+    """Run ``fn`` on every (slice, chunk); CPU chunks run on a thread pool (torch releases the GIL).
+
+    The Gaussian generator on the CPU is single-threaded, so drawing chunks in parallel threads is
+    what keeps a step's sweeps small next to its forward passes. Chunks write disjoint elements, so
+    the result does not depend on scheduling.
+    """
+    global _pool, _pool_size
+    work = [(s, c) for s in slices for c in chunks(s, chunk_numel)]
+    threads = torch.get_num_threads()
+    cpu_work = [(s, c) for s, c in work if s.local.device.type == "cpu"]
+    if threads > 1 and len(cpu_work) > 1:
+        if _pool is None or _pool_size != threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mezo-noise")
+            _pool_size = threads
+        list(_pool.map(lambda sc: _no_grad_call(fn, *sc), cpu_work))
+        work = [(s, c) for s, c in work if s.local.device.type != "cpu"]
+    for s, c in work:
+        fn(s, c)

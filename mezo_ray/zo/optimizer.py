@@ -1,0 +1,441 @@
+"""MeZO: zeroth-order fine-tuning at inference memory (Malladi et al. 2023, Algorithm 1).
+
+One step, for each of K perturbations with its own seed s_k:
+
+    theta += eps * z_k;  l+ = loss(theta)          sweep 1
+    theta -= 2 eps * z_k; l- = loss(theta)          sweep 2
+    g_k = (l+ - l-) / (2 eps)                       the projected gradient, a scalar
+
+then one fused sweep restores theta (+eps * z_K) and applies the update with the estimate
+g_hat = mean_k(g_k z_k) through the chosen rule (SGD, momentum, Adam, sign). z is regenerated from the
+seed in every sweep (see ``noise.py``), so scratch memory is one chunk per thread, whatever the model
+size. With K = 1 that is 3 sweeps over the weights and 2 forward passes per step.
+
+Optimizer state: SGD and sign keep none; momentum keeps 1x the trainable parameters, Adam 2x
+(in the parameters' dtype, as ``torch.optim`` does).
+
+Every step is appended to ``trajectory`` as a ``StepRecord`` (seeds, projected gradients, learning
+rates); ``replay`` redoes the same sweeps from the starting weights and gives the same weights bit for
+bit, so a trial's state is (start weights, trajectory, scalars).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+
+from mezo_ray.zo.noise import (
+    DEFAULT_CHUNK_NUMEL,
+    Chunk,
+    NoiseSlice,
+    cuda_backend,
+    draw,
+    for_each_chunk,
+    mix_seed,
+    noise_slice,
+)
+from mezo_ray.zo.noise import scratch as scratch_like
+
+Variant = Literal["sgd", "momentum", "adam", "sign"]
+VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")
+PERTURBATION_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+# The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
+DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
+
+Closure = Callable[[], Any] | Callable[[int], Any]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss at theta +- eps*z was inf or nan (the weights were restored before raising)."""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """Everything one step did, enough to redo it without data: seeds, projected gradients, lrs."""
+
+    step: int
+    seeds: tuple[int, ...]
+    projected_grads: tuple[float, ...]  # empty when the step was skipped
+    lrs: tuple[float, ...]  # one per parameter group
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StepRecord:
+        return cls(
+            step=int(d["step"]),
+            seeds=tuple(int(s) for s in d["seeds"]),
+            projected_grads=tuple(float(g) for g in d["projected_grads"]),
+            lrs=tuple(float(x) for x in d["lrs"]),
+            skipped=bool(d.get("skipped", False)),
+        )
+
+
+class MeZO(torch.optim.Optimizer):
+    """Zeroth-order optimizer: ``step(closure)`` runs two forwards per perturbation, no backward.
+
+    Args:
+        params: parameters, ``model.named_parameters()`` (names drive the noise streams and the
+            no-decay rule; without names, ``param.<index>`` is used) or torch-style groups.
+        lr: learning rate (per group; torch LR schedulers work on it).
+        eps: perturbation scale epsilon.
+        weight_decay: per group; not applied to parameters whose name contains any of ``no_decay``.
+        variant: ``sgd`` (the paper), ``momentum`` (torch SGD semantics), ``adam`` (AdamW
+            semantics, as the paper's MeZO-Adam) or ``sign`` (ZO-SGD-Sign).
+        n_perturbations: K, the number of perturbations averaged per step (n-SPSA).
+        perturbation_schedule: ``constant`` K, or ``linear``: K_t = max(1, int(t / max_steps * K)).
+        seed: base seed; the seed of perturbation k at step t is ``mix_seed(seed, t, k)``.
+        chunk_numel: noise chunk size; part of the definition of z (keep it fixed within a run).
+        on_nonfinite: ``skip`` (restore, count, go on) or ``raise`` (restore, raise NonFiniteLossError).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        *,
+        variant: Variant = "sgd",
+        momentum: float = 0.9,
+        betas: tuple[float, float] = (0.9, 0.999),
+        adam_eps: float = 1e-8,
+        n_perturbations: int = 1,
+        perturbation_schedule: Literal["constant", "linear"] = "constant",
+        max_steps: int | None = None,
+        no_decay: Sequence[str] = DEFAULT_NO_DECAY,
+        seed: int = 0,
+        chunk_numel: int = DEFAULT_CHUNK_NUMEL,
+        on_nonfinite: Literal["skip", "raise"] = "skip",
+    ) -> None:
+        _check(lr >= 0, "lr", lr, "a number >= 0")
+        _check(eps > 0, "eps", eps, "a number > 0")
+        _check(weight_decay >= 0, "weight_decay", weight_decay, "a number >= 0")
+        _check(variant in VARIANTS, "variant", variant, f"one of {VARIANTS}")
+        _check(0 <= momentum < 1, "momentum", momentum, "a number in [0, 1)")
+        _check(all(0 <= b < 1 for b in betas), "betas", betas, "two numbers in [0, 1)")
+        _check(n_perturbations >= 1, "n_perturbations", n_perturbations, "an integer >= 1")
+        _check(
+            perturbation_schedule in PERTURBATION_SCHEDULES,
+            "perturbation_schedule",
+            perturbation_schedule,
+            f"one of {PERTURBATION_SCHEDULES}",
+        )
+        _check(
+            perturbation_schedule == "constant" or (max_steps or 0) > 0,
+            "max_steps",
+            max_steps,
+            "a positive step count when perturbation_schedule='linear'",
+        )
+        _check(chunk_numel > 0, "chunk_numel", chunk_numel, "an integer > 0")
+        _check(on_nonfinite in ("skip", "raise"), "on_nonfinite", on_nonfinite, "'skip' or 'raise'")
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+
+        self.eps = eps
+        self.variant = variant
+        self.momentum = momentum
+        self.betas = betas
+        self.adam_eps = adam_eps
+        self.n_perturbations = n_perturbations
+        self.perturbation_schedule = perturbation_schedule
+        self.max_steps = max_steps
+        self.seed = seed
+        self.chunk_numel = chunk_numel
+        self.on_nonfinite = on_nonfinite
+
+        self.step_count = 0  # steps taken, skipped ones included: the index of the next step's seeds
+        self.update_count = 0  # updates applied (Adam's bias-correction t)
+        self.forward_passes = 0  # closure evaluations
+        self.nonfinite_steps = 0
+        self.trajectory: list[StepRecord] = []
+        self._fused: Any = None  # CUDA: one-launch sweeps, built on first use
+        self._slice_cache: (
+            tuple[tuple[int, ...], list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]] | None
+        ) = None
+
+        lowered = tuple(s.lower() for s in no_decay)
+        self._names: dict[torch.Tensor, str] = {}
+        self._decays: dict[torch.Tensor, bool] = {}
+        index = 0
+        for group in self.param_groups:
+            names = group.get("param_names") or [f"param.{index + i}" for i in range(len(group["params"]))]
+            index += len(group["params"])
+            for p, name in zip(group["params"], names, strict=True):
+                self._names[p] = name
+                self._decays[p] = not any(s in name.lower() for s in lowered)
+
+    # ------------------------------------------------------------------------------------------------
+    # The step
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
+        """Take one MeZO step; ``closure()`` (or ``closure(k)``, k = perturbation index) returns the
+        loss as a tensor or float. Returns the mean loss at theta + eps*z (nan if the step was skipped).
+        """
+        if closure is None:
+            raise ValueError(
+                "MeZO.step needs a closure that returns the loss, e.g. opt.step(lambda: loss_fn(batch))"
+            )
+        takes_index = _takes_index(closure)
+        seeds: list[int] = []
+        grads: list[float] = []
+        plus_losses: list[float] = []
+        k_total = self.perturbations_at(self.step_count)
+        for k in range(k_total):
+            seed = mix_seed(self.seed, self.step_count, k)
+            seeds.append(seed)
+            self.perturb(seed, self.eps)
+            loss_plus = self._evaluate(closure, k, takes_index)
+            self.perturb(seed, -2 * self.eps)
+            loss_minus = self._evaluate(closure, k, takes_index)
+            if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+                self.perturb(seed, self.eps)
+                self._finish(StepRecord(self.step_count, tuple(seeds), (), self._lrs(), skipped=True))
+                self.nonfinite_steps += 1
+                if self.on_nonfinite == "raise":
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {self.step_count - 1}: loss(theta+eps*z)={loss_plus}, "
+                        f"loss(theta-eps*z)={loss_minus}; the weights were restored and not updated"
+                    )
+                return math.nan
+            grads.append((loss_plus - loss_minus) / (2 * self.eps))
+            plus_losses.append(loss_plus)
+            if k < k_total - 1:
+                self.perturb(seed, self.eps)
+        record = StepRecord(self.step_count, tuple(seeds), tuple(grads), self._lrs())
+        self._update(record)
+        self._finish(record)
+        return sum(plus_losses) / len(plus_losses)
+
+    def perturbations_at(self, step: int) -> int:
+        """K for step ``step`` (0-based) under the perturbation schedule."""
+        if self.perturbation_schedule == "linear":
+            return max(1, int(step / self.max_steps * self.n_perturbations))
+        return self.n_perturbations
+
+    @property
+    def last_projected_grads(self) -> tuple[float, ...]:
+        return self.trajectory[-1].projected_grads if self.trajectory else ()
+
+    def apply_record(self, record: StepRecord) -> None:
+        """Redo a recorded step: the same sweeps in the same order, with the recorded scalars."""
+        if record.step != self.step_count:
+            raise ValueError(
+                f"record is for step {record.step} but the optimizer is at step {self.step_count}"
+            )
+        with torch.no_grad():
+            for k, seed in enumerate(record.seeds):
+                self.perturb(seed, self.eps)
+                self.perturb(seed, -2 * self.eps)
+                if record.skipped or k < len(record.seeds) - 1:
+                    self.perturb(seed, self.eps)
+            if record.skipped:
+                self.nonfinite_steps += 1
+            else:
+                self._update(record)
+        self._finish(record)
+
+    # ------------------------------------------------------------------------------------------------
+    # Sweeps
+    def _slices(self) -> list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]:
+        """(noise slice, parameter, group) for every parameter, rebuilt only when storage moves
+        (per-sweep Python work must stay small next to a GPU sweep of a few hundred microseconds)."""
+        storage = tuple(_local(p).data_ptr() for g in self.param_groups for p in g["params"])
+        if self._slice_cache is None or self._slice_cache[0] != storage:
+            slices = [(noise_slice(p, self._names[p]), p, g) for g in self.param_groups for p in g["params"]]
+            self._slice_cache = (storage, slices)
+            self._fused = None
+        return self._slice_cache[1]
+
+    def perturb(self, seed: int, scale: float) -> None:
+        """theta += scale * z(seed), in place: one sweep over the weights."""
+        slices = [s for s, _, _ in self._slices()]
+        fused = self._fused_sweep(slices)
+        if fused is not None:
+            fused(seed, [1.0] * len(slices), [scale] * len(slices))
+            return
+
+        def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+
+        for_each_chunk(slices, self.chunk_numel, perturb_chunk)
+
+    def _update(self, record: StepRecord) -> None:
+        """Restore the last perturbation and apply the update rule, in one sweep."""
+        self.update_count += 1
+        seeds, grads = record.seeds, record.projected_grads
+        k_total = len(seeds)
+        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        plain_sgd = self.variant == "sgd" and k_total == 1
+        beta1, beta2 = self.betas
+        bias1, bias2 = 1 - beta1**self.update_count, 1 - beta2**self.update_count
+        params: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
+        slices = []
+        for s, p, group in self._slices():
+            params[id(s)] = (p, group)
+            slices.append(s)
+            self._init_state(p, s)
+        fused = self._fused_sweep(slices) if plain_sgd else None
+        if fused is not None:  # theta <- (theta + eps z)(1 - lr wd) - lr g z, in one fp32 expression
+            decay = []
+            for s in slices:
+                p, group = params[id(s)]
+                decay.append(1 - lr_of[id(group)] * (group["weight_decay"] if self._decays[p] else 0.0))
+            lrs = [lr_of[id(params[id(s)][1])] for s in slices]
+            fused(seeds[0], decay, [self.eps * d - lr * grads[0] for d, lr in zip(decay, lrs, strict=True)])
+            return
+
+        def update_chunk(s: NoiseSlice, c: Chunk) -> None:
+            p, group = params[id(s)]
+            lr = lr_of[id(group)]
+            wd = group["weight_decay"] if self._decays[p] else 0.0
+            theta = s.local[c.p_lo : c.p_hi]
+            z = draw(s, c, seeds[-1])
+            theta.add_(z, alpha=self.eps)  # restore
+            if plain_sgd:  # the paper's hot path: theta <- theta - lr (g z + wd theta)
+                if wd:
+                    theta.mul_(1 - lr * wd)
+                theta.add_(z, alpha=-lr * grads[0])
+                return
+            g_hat = scratch_like(theta, slot=1)  # mean_k(g_k z_k), one chunk of scratch
+            g_hat.copy_(z).mul_(grads[-1] / k_total)
+            for k in range(k_total - 1):
+                g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total)
+            state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
+            if self.variant == "sgd":
+                if wd:
+                    theta.mul_(1 - lr * wd)
+                theta.add_(g_hat, alpha=-lr)
+            elif self.variant == "sign":
+                if wd:
+                    theta.mul_(1 - lr * wd)
+                theta.add_(g_hat.sign_(), alpha=-lr)
+            elif self.variant == "momentum":  # torch.optim.SGD: buf = m*buf + (g + wd theta); theta -= lr buf
+                if wd:
+                    g_hat.add_(theta, alpha=wd)
+                state["momentum_buffer"].mul_(self.momentum).add_(g_hat)
+                theta.add_(state["momentum_buffer"], alpha=-lr)
+            else:  # adam, torch.optim.AdamW semantics (decoupled weight decay)
+                if wd:
+                    theta.mul_(1 - lr * wd)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(g_hat, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
+                denom = scratch_like(theta, slot=2)
+                torch.sqrt(exp_avg_sq, out=denom)
+                denom.div_(math.sqrt(bias2)).add_(self.adam_eps)
+                theta.addcdiv_(exp_avg, denom, value=-lr / bias1)
+
+        for_each_chunk(slices, self.chunk_numel, update_chunk)
+
+    def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
+        """The one-launch CUDA sweep when every parameter is on a CUDA device and Triton is there."""
+        if not slices or any(s.local.device.type != "cuda" for s in slices):
+            return None
+        backend = cuda_backend()
+        if backend is None:
+            return None
+        if self._fused is None:  # reset by _slices when the parameters' storage moves
+            self._fused = backend.FusedSweep(slices)
+        return self._fused
+
+    def _init_state(self, p: torch.Tensor, s: NoiseSlice) -> None:
+        state = self.state[p]
+        if state:
+            return
+        local = s.local
+        if self.variant == "momentum":
+            state["momentum_buffer"] = torch.zeros_like(local)
+        elif self.variant == "adam":
+            state["exp_avg"] = torch.zeros_like(local)
+            state["exp_avg_sq"] = torch.zeros_like(local)
+
+    # ------------------------------------------------------------------------------------------------
+    # Bookkeeping
+    def _evaluate(self, closure: Closure, k: int, takes_index: bool) -> float:
+        loss = closure(k) if takes_index else closure()  # type: ignore[call-arg]
+        self.forward_passes += 1
+        return float(loss)
+
+    def _lrs(self) -> tuple[float, ...]:
+        return tuple(float(g["lr"]) for g in self.param_groups)
+
+    def _finish(self, record: StepRecord) -> None:
+        self.trajectory.append(record)
+        self.step_count = record.step + 1
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus the counters that continue the same random stream on resume."""
+        sd = super().state_dict()
+        sd["mezo"] = {
+            "seed": self.seed,
+            "step_count": self.step_count,
+            "update_count": self.update_count,
+            "forward_passes": self.forward_passes,
+            "nonfinite_steps": self.nonfinite_steps,
+            "variant": self.variant,
+            "eps": self.eps,
+            "chunk_numel": self.chunk_numel,
+        }
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("mezo")
+        for key in ("variant", "eps", "chunk_numel"):
+            if extra[key] != getattr(self, key):
+                raise ValueError(
+                    f"state dict was saved with {key}={extra[key]!r} but this optimizer has "
+                    f"{key}={getattr(self, key)!r}; build the optimizer with the saved value"
+                )
+        super().load_state_dict(state_dict)
+        self.seed = extra["seed"]
+        self.step_count = extra["step_count"]
+        self.update_count = extra["update_count"]
+        self.forward_passes = extra["forward_passes"]
+        self.nonfinite_steps = extra["nonfinite_steps"]
+
+
+def replay(optimizer: MeZO, records: Iterable[StepRecord]) -> None:
+    """Rebuild the weights from the starting weights (held by ``optimizer``'s parameters) and a
+    trajectory, bit for bit: the same sweeps with the recorded seeds, gradients and learning rates."""
+    for record in records:
+        optimizer.apply_record(record)
+
+
+def microbatch_mean(
+    loss_fn: Callable[[Any], Any], microbatches: Sequence[Any], sizes: Sequence[int] | None = None
+) -> float:
+    """Size-weighted mean of ``loss_fn`` over micro-batches: the whole batch's (mean) loss at the
+    memory of one micro-batch. Use it inside a closure: ``opt.step(lambda: microbatch_mean(f, mbs))``."""
+    if not microbatches:
+        raise ValueError("microbatch_mean needs at least one micro-batch")
+    weights = [len(mb) for mb in microbatches] if sizes is None else list(sizes)
+    total = sum(weights)
+    return sum(float(loss_fn(mb)) * w for mb, w in zip(microbatches, weights, strict=True)) / total
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if hasattr(p, "to_local") else p
+
+
+def _takes_index(closure: Callable[..., Any]) -> bool:
+    try:
+        params = inspect.signature(closure).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [
+        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return bool(positional)
+
+
+def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"MeZO: {field}={value!r} is not allowed; expected {allowed}")

@@ -1,0 +1,290 @@
+"""Selection, aggregation and layouts, checked against values computed by hand from conftest's trials."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mezo_ray.report import build_tables, from_experiment_dirs, from_result_grid, render, select_best
+from mezo_ray.report.paper_numbers import PAPER_MEMORY, PAPER_SCORES
+
+T18 = "Table 18 (RoBERTa-large, k=16): roberta-large"
+
+
+def mean_std(*values: float) -> tuple[float, float]:
+    """Mean and population std, written out (not numpy, not the code under test)."""
+    mean = sum(values) / len(values)
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+# Every cell of the k=16 section for conftest's roberta_mezo + roberta_ft folders, selected on best_dev_acc.
+# SST-2 MeZO: seed 13 -> lr=1e-6 (dev .90, test .88), seed 21 -> lr=1e-7 (dev .82, test .84): 86.0 (2.0).
+# RTE MeZO (LoRA): seed 13 -> lr=1e-4 (dev .70, test .60), seed 21 -> lr=1e-4 (.60, .70): 65.0 (5.0).
+# Zero-shot (run without k, shown here): .80, .78 -> 79.0 (1.0). FT: seed 13 only (seed 21 errored): 92.0.
+EXPECTED_T18_K16 = {
+    "Zero-shot": ["79.0 (1.0) [79.0; +0.0]", "— [35.5]", "— [50.2]", "— [48.8]", "— [51.4]", "— [32.0]"],
+    "LP": [
+        "— [76.0 (2.8)]",
+        "— [40.3 (1.9)]",
+        "— [66.0 (2.7)]",
+        "— [56.5 (2.5)]",
+        "— [59.4 (5.3)]",
+        "— [51.3 (5.5)]",
+    ],
+    "MeZO": [
+        "86.0 (2.0) [90.5 (1.2); -4.5]",
+        "— [45.5 (2.0)]",
+        "— [68.5 (3.9)]",
+        "— [58.7 (2.5)]",
+        "— [64.0 (3.3)]",
+        "— [76.9 (2.7)]",
+    ],
+    "MeZO (LoRA)": [
+        "— [91.4 (0.9)]",
+        "— [43.0 (1.6)]",
+        "— [69.7 (6.0)]",
+        "— [64.0 (2.5)]",
+        "65.0 (5.0) [64.9 (3.6); +0.1]",
+        "— [73.1 (6.5)]",
+    ],
+    "MeZO (prefix)": [
+        "— [90.8 (1.7)]",
+        "— [45.8 (2.0)]",
+        "— [71.6 (2.5)]",
+        "— [63.4 (1.8)]",
+        "— [65.4 (3.9)]",
+        "— [80.3 (3.6)]",
+    ],
+    "MeZO-Adam": [
+        "— [90.4 (1.4)]",
+        "— [45.4 (1.5)]",
+        "— [74.1 (2.7)]",
+        "— [64.3 (0.8)†]",
+        "— [59.2 (11.1)†]",
+        "— [78.3 (1.4)]",
+    ],
+    "FT": [
+        "92.0, n=1 [91.9 (1.8); +0.1]",
+        "— [47.5 (1.9)]",
+        "— [77.5 (2.6)]",
+        "— [70.0 (2.3)]",
+        "— [66.4 (7.2)]",
+        "— [85.0 (2.5)]",
+    ],
+    "FT (LoRA)": [
+        "— [91.4 (1.7)]",
+        "— [46.7 (1.1)]",
+        "— [74.9 (4.3)]",
+        "— [67.7 (1.4)]",
+        "— [66.1 (3.5)]",
+        "— [82.7 (4.1)]",
+    ],
+    "FT (prefix)": [
+        "— [91.9 (1.0)]",
+        "— [47.7 (1.1)]",
+        "— [77.2 (1.3)]",
+        "— [66.5 (2.5)]",
+        "— [66.6 (2.0)]",
+        "— [85.7 (1.3)]",
+    ],
+    "MeZO-momentum": ["87.0, n=1", "—", "—", "—", "—", "—"],
+}
+COLUMNS = ["SST-2", "SST-5", "SNLI", "MNLI", "RTE", "TREC"]
+
+
+@pytest.fixture(scope="module")
+def roberta(experiments):
+    return from_experiment_dirs([experiments["roberta_mezo"], experiments["roberta_ft"]])
+
+
+def cells(text_csv: str) -> pd.DataFrame:
+    return pd.read_csv(io.StringIO(text_csv)).set_index(["title", "row", "column"])
+
+
+def test_table18_every_cell_matches_hand_computed_values(roberta, parse_markdown):
+    sections = parse_markdown(render(roberta))
+    expected = {row: dict(zip(COLUMNS, values, strict=True)) for row, values in EXPECTED_T18_K16.items()}
+    assert sections[T18] == expected
+    assert list(sections[T18]) == list(EXPECTED_T18_K16)  # paper row order, then rows the paper lacks
+
+
+def test_cells_are_mean_and_population_std_over_seeds_times_100(roberta):
+    table = cells(render(roberta, fmt="csv"))
+    for (row, task), seeds in {
+        ("MeZO", "SST-2"): (88.0, 84.0),
+        ("MeZO (LoRA)", "RTE"): (60.0, 70.0),
+        ("Zero-shot", "SST-2"): (80.0, 78.0),
+        ("FT", "SST-2"): (92.0,),
+    }.items():
+        cell = table.loc[(T18, row, task)]
+        mean, std = mean_std(*seeds)
+        assert cell["value"] == pytest.approx(mean)
+        assert cell["std"] == pytest.approx(std)
+        assert cell["n"] == len(seeds)
+
+
+def test_selection_takes_best_dev_even_when_another_config_is_better_on_test(roberta):
+    selected = select_best(roberta.trials).set_index(["task", "row", "data_seed"])
+    seed13 = selected.loc[("SST-2", "MeZO", 13)]
+    assert seed13["lr"] == pytest.approx(1e-6)  # dev .90 beats .85 ...
+    assert seed13["test_acc"] == pytest.approx(0.88)  # ... although lr=1e-7 scored .91 on test
+
+
+def test_dev_loss_selection_picks_the_lowest_final_dev_loss(roberta, parse_markdown):
+    text = render(roberta, select="dev_loss")
+    table = cells(render(roberta, fmt="csv", select="dev_loss"))
+    # SST-2 MeZO: seed 13 -> lr=1e-7 (loss .25, test .91); seed 21 -> lr=1e-6 (loss .40, test .86)
+    mean, std = mean_std(91.0, 86.0)
+    assert (table.loc[(T18, "MeZO", "SST-2"), ["value", "std"]].tolist()) == pytest.approx([mean, std])
+    # RTE LoRA: seed 13 -> lr=5e-5 (loss .4, test .75); seed 21 -> lr=1e-4 (loss .5, test .70)
+    mean, std = mean_std(75.0, 70.0)
+    assert (table.loc[(T18, "MeZO (LoRA)", "RTE"), ["value", "std"]].tolist()) == pytest.approx([mean, std])
+    assert parse_markdown(text)[T18]["MeZO"]["SST-2"] == "88.5 (2.5) [90.5 (1.2); -2.0]"
+    assert "lowest final `dev_loss`" in text and "selection rule: dev_loss" in text
+
+
+def test_selection_rule_is_printed_in_every_score_caption(roberta):
+    text = render(roberta)
+    captions = [line for line in text.splitlines() if line.startswith("_Test score")]
+    assert captions and all("selection rule: best_dev_acc" in line for line in captions)
+
+
+def test_unfinished_and_errored_trials_are_listed_and_never_selected(roberta, parse_markdown):
+    trials = roberta.trials.set_index("trial_id")
+    not_done = trials[trials["status"] != "done"]
+    assert sorted(not_done["status"]) == ["errored", "unfinished", "unfinished"]
+    selected = select_best(roberta.trials)
+    assert not set(selected["trial_id"]) & set(not_done.index)
+    footer = parse_markdown(render(roberta))[
+        "Trials not used for selection (3): unfinished, errored or with a note"
+    ]
+    assert set(footer) == set(not_done.index)
+    reasons = {f["status"]: f["reason"] for f in footer.values()}
+    assert reasons["errored"] == "torch.OutOfMemoryError: CUDA out of memory."
+    assert "stopped by Tune at step 100" in " ".join(f["reason"] for f in footer.values())
+    assert all("roberta-large SST-2 k=16" in f["config"] for f in footer.values())
+
+
+def test_include_unfinished_selects_on_last_values_and_marks_cells(roberta, parse_markdown):
+    sections = parse_markdown(render(roberta, include_unfinished=True))
+    # seed 13's running trial (dev .95, no test yet) wins: that seed is missing; seed 21 keeps .84
+    assert sections[T18]["MeZO"]["SST-2"] == "84.0, n=1‡ [90.5 (1.2); -6.5]"
+    # seed 21's errored FT trial (dev .99) wins its seed: only seed 13's .92 remains
+    assert sections[T18]["FT"]["SST-2"] == "92.0, n=1‡ [91.9 (1.8); +0.1]"
+    assert sections[T18]["MeZO (LoRA)"]["RTE"] == "65.0 (5.0) [64.9 (3.6); +0.1]"  # nothing unfinished
+
+
+def test_missing_cells_are_missing_not_zero(roberta):
+    table = cells(render(roberta, fmt="csv"))
+    missing = table.loc[(T18, "MeZO-Adam", "MNLI")]
+    assert math.isnan(missing["value"]) and missing["n"] == 0 and missing["paper"] == pytest.approx(64.3)
+    assert table.loc[(T18, "MeZO-momentum", "RTE"), ["value", "paper"]].isna().all()
+
+
+def test_generic_layout_for_model_and_task_not_in_the_paper(experiments, parse_markdown):
+    sections = parse_markdown(render(experiments["tiny"]))
+    # seed 13: lr=1e-3 (dev .7, test .6) beats lr=1e-4 (dev .6, test .9); seed 21: .7 -> 65.0 (5.0)
+    assert sections["/tmp/models/tiny-roberta, k=16"] == {
+        "MeZO": {"synthetic-sst2": "65.0 (5.0)"},
+        "FT": {"synthetic-sst2": "75.0, n=1"},
+    }
+    assert "paper" not in render(experiments["tiny"]).split("### Peak memory")[0]
+
+
+def test_opt_sections_use_table1_and_table20_numbers(experiments, parse_markdown):
+    sections = parse_markdown(render(experiments["opt"]))
+    table1 = sections["Table 1 (OPT-13B): facebook/opt-13b"]
+    assert list(table1) == ["Zero-shot", "ICL", "LP", "MeZO", "MeZO (LoRA)", "MeZO (prefix)", "FT"]
+    assert list(table1["MeZO"]) == [
+        "SST-2",
+        "RTE",
+        "CB",
+        "BoolQ",
+        "WSC",
+        "WIC",
+        "MultiRC",
+        "COPA",
+        "ReCoRD",
+        "SQuAD",
+        "DROP",
+    ]
+    assert table1["MeZO"]["SST-2"] == "91.4 [91.4; +0.0]"  # dev .92 (test .914) beats dev .90 (test .95)
+    assert table1["MeZO"]["COPA"] == "— [88.0]"
+    assert table1["FT"]["DROP"] == "— [31.3]"
+    table20 = sections["Table 20 (OPT-66B): /models/opt-66b"]
+    assert table20["MeZO"]["SST-2"] == "90.0 [91.2; -1.2]"
+    assert table20["MeZO"]["SQuAD"] == "— [*]"  # the paper's "needs more tuning"
+    assert table20["MeZO"]["CB"] == "—"  # not in Table 20
+
+
+def test_memory_table_takes_the_max_peak_and_table22_numbers_for_multirc(
+    tmp_path, writer, roberta, parse_markdown
+):
+    sections = parse_markdown(render(roberta))
+    # MeZO SST-2 finished trials peak at 1.5, 1.25, 1, 1 GiB; the unfinished 9 GiB one is not used
+    assert sections["Peak memory: SST-2"]["roberta-large"] == {
+        "Zero-shot": "1.0",
+        "MeZO": "1.5",
+        "MeZO-momentum": "1.0",
+        "FT": "3.0",
+    }
+    cfg, curve = writer.cfg, writer.curve
+    writer.write_trial(
+        tmp_path, cfg("facebook/opt-13b", "MultiRC", "mezo", None, 0, 1e-6), curve(0.6, 0.5, 0.6, peak_gib=25)
+    )
+    writer.write_trial(
+        tmp_path, cfg("facebook/opt-13b", "MultiRC", "ft", None, 0, 1e-5), curve(0.7, 0.4, 0.7, peak_gib=300)
+    )
+    writer.write_trial(
+        tmp_path, cfg("facebook/opt-13b", "MultiRC", "mezo", None, 0, 1e-4, mode="lora"), curve(0.6, 0.5, 0.6)
+    )
+    table22 = parse_markdown(render(tmp_path))["Table 22 (peak memory, MultiRC)"]
+    assert table22 == {
+        "facebook/opt-13b": {
+            "MeZO": "25.0 [1× 26.0; -1.0]",
+            "MeZO (LoRA)": "1.0",
+            "FT": "300.0 [4× 316.0; -16.0]",
+        }
+    }
+
+
+class FakeResult:
+    """What the report reads from a ray.tune Result: config, metrics, metrics_dataframe, error, path."""
+
+    def __init__(self, trial_dir: Path):
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+        self.config = json.loads((trial_dir / "params.json").read_text())
+        self.metrics = rows[-1]
+        self.metrics_dataframe = pd.json_normalize(rows, sep="/")  # with config/<key> columns, as Tune's
+        error = trial_dir / "error.txt"
+        self.error = RuntimeError(error.read_text().splitlines()[-1]) if error.exists() else None
+        self.path = str(trial_dir)
+
+
+def test_result_grid_gives_the_same_tables_as_the_folders(experiments, roberta):
+    dirs = sorted(p for name in ("roberta_mezo", "roberta_ft") for p in experiments[name].iterdir())
+    grid = from_result_grid([FakeResult(d) for d in dirs])
+    assert grid.trials[["trial_id", "status", "row", "test_acc"]].equals(
+        roberta.trials[["trial_id", "status", "row", "test_acc"]]
+    )
+    for ours, theirs in zip(build_tables(grid), build_tables(roberta), strict=True):
+        assert ours.title == theirs.title
+        pd.testing.assert_frame_equal(ours.cells, theirs.cells)
+    assert render(grid, fmt="csv") == render(roberta, fmt="csv")
+
+
+def test_published_numbers_are_transcribed():
+    assert PAPER_SCORES[("roberta-large", 512)]["MeZO-Adam"]["trec"] == (95.1, 0.3, "")
+    assert PAPER_SCORES[("roberta-large", 512)]["Zero-shot"]["SST-2"] == (79.0, None, "")
+    assert PAPER_SCORES[("roberta-large", 16)]["MeZO-Adam"]["RTE"] == (59.2, 11.1, "†")
+    assert PAPER_SCORES[("opt-13b", None)]["ICL"]["ReCoRD"] == (82.5, None, "")
+    assert PAPER_SCORES[("opt-30b", None)]["MeZO (prefix)"]["SQuAD"] == (83.9, None, "")
+    assert PAPER_SCORES[("opt-66b", None)]["MeZO"]["SQuAD"].mean is None
+    assert "LP" not in PAPER_SCORES[("opt-30b", None)]
+    assert PAPER_MEMORY["opt-30b"]["Full FT"] == (8, 633.0)
+    assert PAPER_MEMORY["opt-66b"]["Prefix FT"] == (8, None)

@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(PY) -m mezo_ray.demo
+	$(PY) -m mezo_ray.tune --space demo
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -239,6 +239,7 @@ class MeZO(torch.optim.Optimizer):
                 self.nonfinite_steps += 1
             else:
                 self._update(record)
+        self.forward_passes += 2 * len(record.seeds)  # the budget spent by the original step
         self._finish(record)
 
     # ------------------------------------------------------------------------------------------------

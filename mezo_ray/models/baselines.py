@@ -1,0 +1,112 @@
+"""Baselines that need no optimizer: zero-shot, in-context learning (causal family), linear probing.
+
+- Zero-shot: ``head.evaluate`` on the untrained model (``zero_shot`` is that, named).
+- ICL (protocol §2.3): each test example gets its own 32 demonstrations
+  (``mezo_ray.tasks.sample_icl_demonstrations``, the paper's per-example seeds) and the prompt
+  ``task.icl_prompt`` builds (gold-verbalised demonstrations joined by blank lines, then the test
+  prompt); the head cuts over-long prompts from the left, so early demonstrations go first.
+- Linear probing (protocol §1.3 / §2.3): features at the mask (input of the MLM decoder) or the
+  final hidden state that predicts the (single-token) option, ``LogisticRegressionCV`` (multinomial
+  lbfgs, random_state 0, max_iter 5000, tol 1e-4; intercept for RoBERTa, none for OPT). The probe is
+  returned as its own classifier; the model's weights are not touched.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.linear_model import LogisticRegressionCV
+
+from mezo_ray.models.heads import CausalLMHead, MaskedLMHead
+from mezo_ray.tasks.data import sample_icl_demonstrations
+
+
+def zero_shot(head: MaskedLMHead | CausalLMHead, examples: Sequence[Any], batch_size: int = 16) -> dict:
+    """Returns ``head.evaluate`` of the untrained model: ``{"metric", "loss"}``."""
+    return head.evaluate(examples, batch_size=batch_size)
+
+
+def icl_contexts(
+    task: Any, examples: Sequence[Any], pool: Sequence[Any], num_demos: int = 32, seed: int = 0
+) -> list[str]:
+    """Returns each test example's ICL prompt: its own ``num_demos`` demonstrations from ``pool``, then it."""
+    demos = sample_icl_demonstrations(pool, len(examples), num_demos=num_demos, seed=seed)
+    return [task.icl_prompt(ex, d) for ex, d in zip(examples, demos, strict=True)]
+
+
+def icl_evaluate(
+    head: CausalLMHead,
+    examples: Sequence[Any],
+    pool: Sequence[Any],
+    num_demos: int = 32,
+    seed: int = 0,
+    batch_size: int = 4,
+) -> dict:
+    """Returns ``{"metric", "loss"}`` of in-context learning on ``examples``, demos drawn from ``pool``."""
+    if not isinstance(head, CausalLMHead):
+        raise ValueError("in-context learning is a causal-family baseline; got a " + type(head).__name__)
+    contexts = icl_contexts(head.task, examples, pool, num_demos=num_demos, seed=seed)
+    return head.evaluate(examples, batch_size=batch_size, contexts=contexts)
+
+
+@dataclass
+class LinearProbe:
+    """A fitted logistic-regression probe on frozen features of ``head``'s model."""
+
+    head: MaskedLMHead | CausalLMHead
+    classifier: LogisticRegressionCV
+    batch_size: int = 16
+
+    def predict(self, examples: Sequence[Any]) -> list[int]:
+        """Returns the probe's class index for each example."""
+        return [int(y) for y in self.classifier.predict(self.head.features(examples, self.batch_size))]
+
+    def evaluate(self, examples: Sequence[Any]) -> dict:
+        """Returns ``{"metric": task.score(probe predictions)}``."""
+        return {"metric": float(self.head.task.score(self.predict(examples), list(examples)))}
+
+
+def linear_probe(
+    head: MaskedLMHead | CausalLMHead,
+    train_examples: Sequence[Any],
+    batch_size: int = 16,
+    early_stopping: bool = False,
+    n_jobs: int | None = None,
+) -> LinearProbe:
+    """Returns a ``LinearProbe`` fitted on ``train_examples`` (classification tasks only).
+
+    ``early_stopping`` is the paper's ``--lp_early_stopping`` (max_iter 1000, tol 0.01, used for LP-MeZO).
+    """
+    if not isinstance(head, MaskedLMHead | CausalLMHead):
+        raise ValueError(
+            f"linear probing needs a prompt head (MaskedLMHead / CausalLMHead); got {type(head).__name__}"
+        )
+    kind = getattr(head.task, "kind", "classification")
+    if kind != "classification":
+        raise ValueError(
+            f"linear probing is for classification tasks; task {head.task.name!r} is {kind!r} "
+            "(the paper head-tunes multiple-choice and generation tasks)"
+        )
+    features = head.features(train_examples, batch_size)
+    labels = np.array([ex.label for ex in train_examples])
+    kwargs: dict[str, Any] = {
+        "fit_intercept": isinstance(head, MaskedLMHead),
+        "random_state": 0,
+        "max_iter": 1000 if early_stopping else 5000,
+        "tol": 0.01 if early_stopping else 1e-4,
+        "n_jobs": n_jobs,
+    }
+    # scikit-learn >= 1.8 warns unless the L2 penalty and accuracy CV scoring are spelled out.
+    params = inspect.signature(LogisticRegressionCV).parameters
+    if "l1_ratios" in params:
+        kwargs["l1_ratios"] = (0.0,)
+    if "scoring" in params:
+        kwargs["scoring"] = "accuracy"
+    if "use_legacy_attributes" in params:
+        kwargs["use_legacy_attributes"] = False
+    classifier = LogisticRegressionCV(**kwargs).fit(features, labels)
+    return LinearProbe(head=head, classifier=classifier, batch_size=batch_size)

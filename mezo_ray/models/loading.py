@@ -1,0 +1,181 @@
+"""Load a Hugging Face model + tokenizer for one trial: family, dtype, fine-tuning mode.
+
+``load_model(ModelSpec(...))`` returns a ``LoadedModel`` in ``eval()`` mode (MeZO forwards never use
+dropout) whose ``trainable_named_parameters()`` are exactly the parameters the mode trains (and that
+MeZO perturbs); every other parameter has ``requires_grad=False``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from mezo_ray.models.modes import MODES, apply_mode
+
+Family = Literal["mlm", "causal", "seq_cls"]
+FAMILIES: tuple[str, ...] = ("mlm", "causal", "seq_cls")
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_AUTO_CLASSES = {
+    "mlm": AutoModelForMaskedLM,
+    "causal": AutoModelForCausalLM,
+    "seq_cls": AutoModelForSequenceClassification,  # the paper's no-prompt ablation (Table 5)
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load: hub name or local path, model family, dtype and fine-tuning mode.
+
+    ``family``: ``mlm`` (masked LM, prompt + label words), ``causal`` (causal LM, prompt + candidates)
+    or ``seq_cls`` (sequence classification head, needs ``num_labels``). ``init_seed`` seeds the
+    mode's new parameters (LoRA A, the random tokens whose activations initialise the prefix), so
+    the same spec always gives the same starting point.
+    """
+
+    name_or_path: str
+    family: Family
+    dtype: str = "float32"
+    mode: str = "full"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    num_prefix: int = 5
+    trust_remote_code: bool = False
+    device: str = "cpu"
+    num_labels: int | None = None
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.family in FAMILIES, "family", self.family, FAMILIES)
+        _check(self.dtype in DTYPES, "dtype", self.dtype, tuple(DTYPES))
+        _check(self.mode in MODES, "mode", self.mode, MODES)
+        _check(self.lora_r > 0, "lora_r", self.lora_r, "a positive int")
+        _check(self.num_prefix > 0, "num_prefix", self.num_prefix, "a positive int")
+        _check(
+            self.family != "seq_cls" or (self.num_labels or 0) > 1,
+            "num_labels",
+            self.num_labels,
+            "an int >= 2 when family='seq_cls'",
+        )
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for MeZO / FT / evaluation, with its tokenizer and the spec it came from.
+
+    ``model`` is the Hugging Face model (mode ``full``) or its peft wrapper (``lora``, ``prefix``).
+    """
+
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    spec: ModelSpec
+
+    def trainable_named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """Returns the (name, parameter) pairs the mode trains, in module order (what MeZO perturbs)."""
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The underlying transformers model (peft wrapper removed; LoRA layers stay injected)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def num_prefix(self) -> int:
+        return self.spec.num_prefix if self.spec.mode == "prefix" else 0
+
+    @property
+    def max_length(self) -> int:
+        """Longest input (tokens) the model takes; prefix tokens shift positions, so they count."""
+        config = self.hf_model.config
+        positions = getattr(config, "max_position_embeddings", None) or 2048
+        if config.model_type in ("roberta", "xlm-roberta", "camembert"):
+            positions -= config.pad_token_id + 1  # position ids start after padding_idx
+        tok_max = self.tokenizer.model_max_length
+        if tok_max and tok_max < 1_000_000:
+            positions = min(positions, tok_max)
+        return positions - self.num_prefix
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Returns the backbone's last hidden states (B, T, H), with the prefix injected in prefix mode.
+
+        Calling the backbone instead of the full model lets heads apply the vocabulary projection
+        only where they need it (the mask, the option tokens).
+        """
+        kwargs: dict[str, Any] = {"use_cache": False}
+        if self.num_prefix:
+            batch = input_ids.shape[0]
+            # peft's own forward does exactly this: prefix K/V as a cache, mask extended to cover it.
+            kwargs["past_key_values"] = self.model.get_prompt(batch_size=batch)
+            prefix_mask = attention_mask.new_ones(batch, self.num_prefix)
+            attention_mask = torch.cat([prefix_mask, attention_mask], dim=1)
+        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return out.last_hidden_state
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Returns ``generate`` output ids (prompt included); peft injects the prefix in prefix mode."""
+        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+
+def load_model(spec: ModelSpec) -> LoadedModel:
+    """Loads tokenizer and model for ``spec``, applies the mode, freezes the rest, returns it in eval().
+
+    Raises OSError with a hint to pass a local path when a hub name can't be reached (offline).
+    """
+    path = os.path.expanduser(spec.name_or_path)
+    config = _load_config(path, spec.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.trust_remote_code)
+    if spec.family == "seq_cls":
+        config.num_labels = spec.num_labels
+    if spec.family == "causal":
+        tokenizer.padding_side = "left"  # options sit at the end of every row (paper, §2.3)
+    if tokenizer.pad_token is None:  # e.g. GPT-2 / Llama tokenizers
+        tokenizer.pad_token = tokenizer.eos_token
+    if config.pad_token_id is None:
+        config.pad_token_id = tokenizer.pad_token_id
+    model = _AUTO_CLASSES[spec.family].from_pretrained(
+        path, config=config, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
+    )
+    model.to(spec.device)
+    model = apply_mode(model, spec)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec)
+
+
+def _load_config(path: str, trust_remote_code: bool) -> Any:
+    if path.startswith(("/", "./", "../")) and not os.path.isdir(path):
+        raise FileNotFoundError(f"model {path!r}: no such directory (ModelSpec.name_or_path)")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        if os.path.isdir(path):
+            raise
+        raise OSError(
+            f"could not load model {path!r} (ModelSpec.name_or_path): it is not a local directory, and "
+            "neither the Hugging Face Hub (unreachable offline) nor the local HF cache has it. Pass a "
+            "local path to a directory saved with save_pretrained (model + tokenizer), or download it "
+            f"first on a machine with network access. Original error: {e}"
+        ) from e
+
+
+def _check(ok: bool, field: str, value: Any, allowed: Any) -> None:
+    if not ok:
+        raise ValueError(f"ModelSpec.{field}={value!r} is not allowed; expected {allowed}")

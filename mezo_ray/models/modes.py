@@ -1,0 +1,120 @@
+"""Fine-tuning modes: which parameters a trial trains (and MeZO perturbs).
+
+- ``full``: every parameter.
+- ``lora``: peft LoRA on the attention query/value projections (RoBERTa ``query``/``value``, OPT
+  ``q_proj``/``v_proj``), r=8, alpha=16, no dropout. peft keeps B·A as a separate branch in eval(),
+  so perturbing A/B changes the forward; the paper's loralib merged them on eval() and its RoBERTa
+  "MeZO (LoRA)" silently trained only the LM head (protocol §1.4).
+- ``prefix``: peft prefix tuning, ``num_prefix`` key/value vectors per attention layer, no
+  reparameterisation, initialised from the real keys/values of uniformly random vocabulary tokens
+  (paper: ``--prefix_init_by_real_act``). peft passes the prefix as a KV cache, so the input's
+  positions start after the prefix (the paper's hooks left them unshifted); in exchange the model
+  behaves exactly as if the random tokens preceded the input (for OPT at every layer).
+For ``seq_cls`` models peft also trains the (randomly initialised) classifier in lora/prefix mode.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+
+if TYPE_CHECKING:
+    from mezo_ray.models.loading import ModelSpec
+
+MODES: tuple[str, ...] = ("full", "lora", "prefix")
+
+# Attention projections: LoRA targets and where the prefix init reads the real keys/values.
+_QUERY_VALUE = {"roberta": ("query", "value"), "bert": ("query", "value"), "opt": ("q_proj", "v_proj")}
+_KEY_VALUE_SUFFIXES = (
+    ("attention.self.key", "attention.self.value"),
+    ("self_attn.k_proj", "self_attn.v_proj"),
+)
+_TASK_TYPES = {"mlm": TaskType.FEATURE_EXTRACTION, "causal": TaskType.CAUSAL_LM, "seq_cls": TaskType.SEQ_CLS}
+
+
+def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """Returns the model for ``spec.mode`` (peft-wrapped for lora/prefix) with only its parameters trainable.
+
+    New parameters are drawn under ``torch.manual_seed(spec.init_seed)`` without touching the global RNG.
+    """
+    if spec.mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(spec.init_seed)
+        if spec.mode == "lora":
+            return get_peft_model(model, _lora_config(model, spec))
+        ids = prefix_init_ids(model.config.vocab_size, spec.num_prefix, spec.init_seed)
+        prefix_init = real_key_values(model, ids)
+        config = PrefixTuningConfig(
+            task_type=_TASK_TYPES[spec.family], num_virtual_tokens=spec.num_prefix, prefix_projection=False
+        )
+        peft_model = get_peft_model(model, config)
+        embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
+        with torch.no_grad():
+            embedding.copy_(prefix_init.to(embedding.dtype))
+        return peft_model
+
+
+def _lora_config(model: torch.nn.Module, spec: ModelSpec) -> LoraConfig:
+    model_type = model.config.model_type
+    if model_type not in _QUERY_VALUE:
+        raise ValueError(
+            f"mode='lora' has no query/value module names for model_type={model_type!r} "
+            f"(ModelSpec.name_or_path={spec.name_or_path!r}); known: {sorted(_QUERY_VALUE)}"
+        )
+    return LoraConfig(
+        task_type=_TASK_TYPES[spec.family],
+        r=spec.lora_r,
+        lora_alpha=spec.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(_QUERY_VALUE[model_type]),
+        bias="none",
+    )
+
+
+def prefix_init_ids(vocab_size: int, num_prefix: int, seed: int) -> torch.Tensor:
+    """Returns the (1, num_prefix) uniformly random token ids whose activations initialise the prefix."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (1, num_prefix), generator=generator)
+
+
+@torch.no_grad()
+def real_key_values(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    """Returns (P, layers * 2 * hidden): every layer's keys then values when the model reads ``ids`` (1, P).
+
+    That is the layout of peft's prefix embedding (viewed as (P, layers * 2, heads, head_dim)).
+    """
+    device = next(model.parameters()).device
+    ids = ids.to(device)
+    num_prefix = ids.shape[1]
+    captured: dict[str, torch.Tensor] = {}
+    names, hooks = [], []
+    for name, module in model.named_modules():
+        if any(name.endswith(suffix) for pair in _KEY_VALUE_SUFFIXES for suffix in pair):
+            names.append(name)
+            hooks.append(module.register_forward_hook(_store(captured, name)))
+    if not hooks:
+        raise ValueError(
+            f"mode='prefix' cannot find key/value projections in model_type={model.config.model_type!r}; "
+            f"looked for module names ending in {_KEY_VALUE_SUFFIXES}"
+        )
+    try:
+        model.base_model(input_ids=ids, use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    # named_modules() is in layer order and each layer defines its key before its value.
+    per_layer = torch.stack([captured[name][0] for name in names])  # (layers * 2, P, hidden)
+    return per_layer.transpose(0, 1).reshape(num_prefix, -1).float()
+
+
+def _store(captured: dict[str, torch.Tensor], name: str):
+    def hook(module: torch.nn.Module, args: tuple, output: torch.Tensor) -> None:
+        captured[name] = output.detach()
+
+    return hook

@@ -1,0 +1,183 @@
+"""Search spaces: ``search_spaces/*.yaml`` -> a validated ``SearchSpace`` -> Tune's inputs.
+
+A space is data::
+
+    description: one line
+    metric: best_dev_acc            # what Tune optimises (mode: max)
+    defaults: {model: roberta-large, max_steps: 100000, ...}   # every trial
+    grids:                          # a union of grids: each expands to its cartesian product
+      - name: MeZO
+        set: {method: mezo, eps: 1.0e-3}
+        grid: {task: [SST-2, sst-5], k: [16, 512], data_seed: [13, 21, 42, 87, 100], lr: [1.0e-7, 1.0e-6]}
+    optuna:                         # distributions for --search optuna (optional)
+      lr: {loguniform: [1.0e-7, 1.0e-4]}
+      mode: {choice: [full, lora, prefix]}
+
+Every expanded trial is validated into a ``TrialConfig`` before Ray starts; errors name the space,
+the grid, the field, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import itertools
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mezo_ray.train.config import TrialConfig, format_validation_error, parse_trial_config
+
+DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    set: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("grid")
+    @classmethod
+    def _non_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+        return grid
+
+
+class SearchSpace(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str
+    metric: str = "best_dev_acc"
+    mode: Literal["max", "min"] = "max"
+    defaults: dict[str, Any] = Field(default_factory=dict)
+    grids: list[Grid] = Field(min_length=1)
+    optuna: dict[str, dict[str, list[Any]]] | None = None
+
+    @field_validator("optuna")
+    @classmethod
+    def _known_distributions(cls, optuna: dict[str, dict[str, list[Any]]] | None) -> Any:
+        for key, dist in (optuna or {}).items():
+            if len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+                raise ValueError(f"optuna.{key}={dist!r}: expected one of {DISTRIBUTIONS} with its arguments")
+        return optuna
+
+    # ------------------------------------------------------------------------------------------------
+    def trials(self, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every trial of the grid search as a flat config dict (validated), overrides applied last."""
+        overrides = overrides or {}
+        seen, out = set(), []
+        for grid in self.grids:
+            keys = list(grid.grid)
+            for values in itertools.product(*(grid.grid[k] for k in keys)):
+                raw = {**self.defaults, **grid.set, **dict(zip(keys, values, strict=True)), **overrides}
+                cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
+                explicit = {k: getattr(cfg, k) for k in raw}
+                key = repr(sorted(explicit.items()))
+                if key not in seen:  # an override can collapse a grid axis
+                    seen.add(key)
+                    out.append(explicit)
+        return _same_keys(out)
+
+    def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Tune's param_space for Optuna: constants plus distributions (explicit, or the grids' values)."""
+        from ray import tune
+
+        constants = {**self.defaults, **(overrides or {})}
+        dists: dict[str, Any] = {}
+        if self.optuna:
+            for key, spec in self.optuna.items():
+                ((kind, args),) = spec.items()
+                dists[key] = getattr(tune, kind)(args) if kind == "choice" else getattr(tune, kind)(*args)
+        else:  # every value a grid or a grid's `set` gives a key becomes a category
+            values: dict[str, list[Any]] = {}
+            for grid in self.grids:
+                for key, options in [*((k, [v]) for k, v in grid.set.items()), *grid.grid.items()]:
+                    values.setdefault(key, [])
+                    values[key] += [v for v in options if v not in values[key]]
+            for key, options in values.items():
+                if key not in constants:
+                    dists[key] = tune.choice(options) if len(options) > 1 else options[0]
+        space = {**{k: v for k, v in constants.items() if k not in dists}, **dists}
+        _check_keys(space, f"space {self.name!r} (optuna)")
+        return space
+
+
+def _same_keys(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give every trial the same keys (TrialConfig defaults where a grid did not set one): Tune's
+    ``points_to_evaluate`` needs them, and params.json then says everything a trial used."""
+    keys = sorted({k for t in trials for k in t})
+    defaults = TrialConfig.model_fields
+    return [
+        {k: t[k] if k in t else defaults[k].get_default(call_default_factory=True) for k in keys}
+        for t in trials
+    ]
+
+
+def _check_keys(raw: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(raw) - set(TrialConfig.model_fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(TrialConfig.model_fields)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+def builtin_spaces() -> dict[str, str]:
+    """Names of the spaces shipped with mezo_ray -> their YAML paths."""
+    root = importlib.resources.files("mezo_ray.search_spaces")
+    return {p.name.removesuffix(".yaml"): str(p) for p in root.iterdir() if p.name.endswith(".yaml")}
+
+
+def load_space(name_or_path: str) -> SearchSpace:
+    """A built-in space by name, or a user's YAML file by path."""
+    spaces = builtin_spaces()
+    if name_or_path in spaces:
+        path = spaces[name_or_path]
+    elif os.path.isfile(name_or_path):
+        path = name_or_path
+    else:
+        raise ValueError(
+            f"--space {name_or_path!r} is neither a built-in space {sorted(spaces)} "
+            "nor a YAML file that exists"
+        )
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ValueError(f"search space {path}: malformed YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"search space {path}: expected a mapping with description, defaults, grids")
+    raw.setdefault("name", os.path.basename(path).removesuffix(".yaml"))
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(f"search space {path}: {format_validation_error(err)}") from None
+    for grid in space.grids:
+        _check_keys({**space.defaults, **grid.set, **grid.grid}, f"search space {path}, grid {grid.name!r}")
+    return space
+
+
+def _scalar(value: Any) -> Any:
+    """YAML 1.1 reads 1e-6 (no dot) as a string; a user typing --set lr=1e-6 means a number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs -> a dict (values parsed as YAML: numbers, booleans, lists)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected key=value")
+        out[key.strip()] = _scalar(yaml.safe_load(value))
+    _check_keys(out, "--set")
+    return out

@@ -1,0 +1,15 @@
+"""The trial layer: a validated TrialConfig, the recipe that runs it, checkpoints, Ray wiring."""
+
+from mezo_ray.train.config import TrialConfig, parse_trial_config
+from mezo_ray.train.recipe import run_trial
+from mezo_ray.train.session import LocalSession, RayTrainSession, Session, TuneSession
+
+__all__ = [
+    "LocalSession",
+    "RayTrainSession",
+    "Session",
+    "TrialConfig",
+    "TuneSession",
+    "parse_trial_config",
+    "run_trial",
+]

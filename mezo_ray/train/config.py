@@ -1,0 +1,185 @@
+"""One trial's configuration, validated once at the edge into a typed object that flows down unchanged.
+
+Tune's ``params.json`` holds exactly these fields, flat (see docs/CONTRACTS.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mezo_ray.tasks import DataSpec, Task, get_task
+
+Method = Literal["mezo", "ft", "zero_shot", "icl", "lp"]
+TRAINING_METHODS = ("mezo", "ft")
+TINY_MODELS = {"tiny-mlm": "mlm", "tiny-causal": "causal"}  # embedded offline models (mezo_ray.models.tiny)
+_MLM_HINTS = ("roberta", "bert", "electra", "deberta")
+_CAUSAL_HINTS = ("opt", "gpt", "llama", "mistral", "qwen", "pythia", "bloom", "phi", "gemma")
+
+
+class TrialConfig(BaseModel):
+    """Everything one trial needs; every field has the paper's default where the paper has one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # What to train
+    task: str
+    model: str = Field(description="hub name, local path, or tiny-mlm / tiny-causal (offline)")
+    family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
+    method: Method = "mezo"
+    zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
+    mode: Literal["full", "lora", "prefix"] = "full"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    lora_r: int = Field(8, gt=0)
+    lora_alpha: int = Field(16, gt=0)
+    num_prefix: int = Field(5, gt=0)
+    trust_remote_code: bool = False
+
+    # Data (paper: k=16/512 per class and seeds 13/21/42/87/100 for MLM; 1000/500/1000 from seed 0 causal)
+    k: int | None = Field(None, gt=0)
+    data_seed: int | None = None
+    data_source: Literal["hub", "local", "lmbff", "lmbff-original", "synthetic"] | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    test_file: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    num_train: int = Field(1000, ge=0)
+    num_dev: int | None = Field(None, ge=0)
+    num_test: int = Field(1000, ge=0)
+    fix_wsc: bool = False
+    strict_k: bool = False
+    max_eval_examples: int | None = Field(None, gt=0, description="cap dev and test (speed)")
+
+    # Optimisation
+    lr: float = Field(1e-6, gt=0)
+    eps: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    batch_size: int = Field(64, gt=0)
+    micro_batch_size: int | None = Field(None, gt=0, description="split each +-eps forward (memory)")
+    eval_batch_size: int = Field(32, gt=0)
+    max_steps: int = Field(1000, ge=0)
+    max_forward_passes: int | None = Field(None, gt=0, description="stop on a forward-pass budget")
+    eval_steps: int = Field(100, gt=0)
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    n_perturbations: int = Field(1, gt=0)
+    perturbation_schedule: Literal["constant", "linear"] = "constant"
+    objective: Literal["loss", "metric"] = Field("loss", description="metric: minimise -accuracy / -F1")
+    selection: Literal["dev_acc", "dev_loss"] = "dev_acc"
+    seed: int | None = Field(None, description="training seed; None = the data seed, as the paper")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="first-order baseline only")
+    nonfinite_patience: int = Field(5, gt=0, description="fail after this many non-finite losses in a row")
+    checkpoint_mode: Literal["weights", "seed_log"] = Field(
+        "weights",
+        description="weights: trainable weights at every eval; seed_log (MeZO): only the seed log, replayed "
+        "from the base model on resume (tiny checkpoints; resume costs 3 sweeps per step)",
+    )
+    icl_demos: int = Field(32, ge=0)
+
+    # Resources (per trial)
+    num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs in the Tune trial process")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    fsdp: bool = False
+    max_worker_failures: int = Field(2, ge=0, description="Train restarts workers from the last checkpoint")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrialConfig:
+        task = self.resolved_task()  # unknown task -> ValueError listing the known ones
+        if self.family is None:
+            object.__setattr__(self, "family", task.family)
+        if self.method in TRAINING_METHODS and self.max_steps and self.eval_steps > self.max_steps:
+            raise ValueError(
+                f"eval_steps={self.eval_steps} is larger than max_steps={self.max_steps}; the trial would "
+                f"never evaluate. Set eval_steps <= max_steps"
+            )
+        if self.method == "icl" and task.family != "causal":
+            raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")
+        if self.fsdp and self.num_workers < 1:
+            raise ValueError("fsdp=true needs num_workers >= 1 (FSDP shards across Ray Train workers)")
+        if self.k is not None and task.family != "mlm":
+            raise ValueError(f"k={self.k} applies to the mlm family (k-shot); task {task.name!r} is causal")
+        if self.micro_batch_size and self.micro_batch_size > self.batch_size:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} > batch_size={self.batch_size}")
+        return self
+
+    # ------------------------------------------------------------------------------------------------
+    def resolved_task(self) -> Task:
+        """The task object (the family decides between same-named tasks such as RTE)."""
+        try:
+            return get_task(self.task, self.family)
+        except ValueError:
+            if self.family is not None:
+                raise
+            family = model_family_hint(self.model)
+            if family is None:
+                raise
+            return get_task(self.task, family)
+
+    @property
+    def training_seed(self) -> int:
+        return self.seed if self.seed is not None else (self.data_seed if self.data_seed is not None else 0)
+
+    def data_spec(self) -> DataSpec:
+        return DataSpec(
+            source=self.data_source,
+            data_dir=self.data_dir,
+            train_file=self.train_file,
+            test_file=self.test_file,
+            columns=self.columns,
+            k=self.k,
+            seed=self.data_seed,
+            num_train=self.num_train,
+            num_dev=self.num_dev,
+            num_test=self.num_test,
+            strict_k=self.strict_k,
+            fix_wsc=self.fix_wsc,
+        )
+
+    def forward_passes(self) -> int:
+        """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
+        if self.method == "mezo":
+            passes = 2 * self.n_perturbations * self.max_steps
+            return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
+        return self.max_steps if self.method == "ft" else 0
+
+    def resources(self) -> dict[str, float]:
+        """Resources the trial's Train workers take, in total."""
+        workers = max(self.num_workers, 1)
+        return {"CPU": workers * self.cpus_per_worker, "GPU": workers * self.gpus_per_worker}
+
+
+def model_family_hint(model: str) -> str | None:
+    """mlm / causal guessed from a model name (tiny-mlm, roberta-large, facebook/opt-13b), else None."""
+    if model in TINY_MODELS:
+        return TINY_MODELS[model]
+    lowered = model.lower().rsplit("/", 1)[-1]
+    if any(h in lowered for h in _MLM_HINTS):
+        return "mlm"
+    if any(h in lowered for h in _CAUSAL_HINTS):
+        return "causal"
+    return None
+
+
+def parse_trial_config(raw: dict[str, Any], where: str = "trial config") -> TrialConfig:
+    """Validate a flat dict into a TrialConfig; errors name the field, the bad value and what is allowed."""
+    try:
+        return TrialConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ValueError(f"{where}: {format_validation_error(err)}") from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(sorted(TrialConfig.model_fields))
+            lines.append(f"unknown key {field!r} (value {value!r}); known keys: {known}")
+        elif field == "config":
+            lines.append(str(e["msg"]).removeprefix("Value error, "))
+        else:
+            lines.append(f"{field}={value!r}: {e['msg']}")
+    return "; ".join(lines)

@@ -1,0 +1,115 @@
+"""Checks that need files, tokenizers or the hub, run once per distinct model / data set before Ray
+starts, so a bad path or an unreachable model fails in seconds instead of inside a trial."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from mezo_ray.tasks import DatasetUnavailableError, load_splits
+from mezo_ray.train.config import TINY_MODELS, TrialConfig
+
+CHEAP_SOURCES = ("local", "synthetic", "lmbff", "lmbff-original")
+
+
+def preflight(configs: Iterable[TrialConfig]) -> None:
+    """Raise ValueError for the first model or data problem among ``configs``."""
+    configs = list(configs)
+    for model in sorted({c.model for c in configs}):
+        check_model(model)
+    seen_tokenizers: set[tuple[str, str]] = set()
+    for cfg in configs:
+        task = cfg.resolved_task()
+        if task.family == "mlm" and (cfg.model, task.name) not in seen_tokenizers:
+            seen_tokenizers.add((cfg.model, task.name))
+            check_label_words(cfg)
+    seen_data: set[str] = set()
+    for cfg in configs:
+        spec = cfg.data_spec()
+        key = repr((cfg.task, cfg.family, spec))
+        if key not in seen_data and (spec.source or _default_source(cfg)) in CHEAP_SOURCES:
+            seen_data.add(key)
+            check_data(cfg)
+
+
+def check_model(model: str) -> None:
+    """A local path must hold a config.json; a hub name must be cached or reachable."""
+    if model in TINY_MODELS:
+        return
+    if _looks_like_path(model):
+        if not os.path.isfile(os.path.join(os.path.expanduser(model), "config.json")):
+            raise ValueError(
+                f"model={model!r}: no config.json there; pass a folder saved with save_pretrained"
+            )
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    if isinstance(cached, str):
+        return
+    local_hint = f"--set model=/path/to/{model.split('/')[-1]}"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        raise ValueError(
+            f"model={model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            f"download it on a machine with network, or pass a local path ({local_hint})"
+        )
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        model_info(model, timeout=5)
+    except RepositoryNotFoundError:
+        raise ValueError(f"model={model!r}: no such model on the Hugging Face hub") from None
+    except Exception as err:  # no network, proxy, DNS: the message says which
+        raise ValueError(
+            f"model={model!r} cannot be reached on the Hugging Face hub ({type(err).__name__}) and is not in "
+            f"the local cache; pass a local path ({local_hint})"
+        ) from None
+
+
+def check_label_words(cfg: TrialConfig) -> None:
+    """Every label word of an MLM task must be one token of the model's tokenizer."""
+    path = _local_model_path(cfg.model)
+    if path is None:
+        return
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    try:
+        cfg.resolved_task().label_word_ids(tokenizer)
+    except ValueError as err:
+        raise ValueError(f"model={cfg.model!r}, task={cfg.task!r}: {err}") from None
+
+
+def check_data(cfg: TrialConfig) -> None:
+    """Load the splits of a local / synthetic data set (cheap): missing files, columns, too large a k."""
+    try:
+        splits = load_splits(cfg.resolved_task(), cfg.data_spec())
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as err:
+        raise ValueError(f"task={cfg.task!r} data: {err}") from None
+    if not splits.train:
+        raise ValueError(
+            f"task={cfg.task!r}: the sampled training split is empty; check k / num_train and the files"
+        )
+
+
+def _default_source(cfg: TrialConfig) -> str:
+    return "synthetic" if cfg.task.startswith("synthetic") else "hub"
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.path.isdir(model) or model.count("/") > 1
+
+
+def _local_model_path(model: str) -> str | None:
+    if model in TINY_MODELS:
+        from mezo_ray.models import ensure_tiny_models
+
+        tiny = ensure_tiny_models()
+        return tiny.mlm if TINY_MODELS[model] == "mlm" else tiny.causal
+    if _looks_like_path(model):
+        return os.path.expanduser(model)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json")
+    return os.path.dirname(cached) if isinstance(cached, str) else None

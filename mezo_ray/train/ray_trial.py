@@ -1,0 +1,71 @@
+"""Ray wiring: the Tune trainable that runs one trial, on Ray Train workers or in its own process.
+
+In Ray 2.60 (Train V2) Tune runs a function that builds a ``TorchTrainer`` and calls ``fit()``;
+``TuneReportCallback`` forwards rank 0's reports to Tune. The Train run is named after the Tune
+trial id under the experiment's storage path, so a restored experiment finds each trial's latest
+checkpoint. With ``num_workers=0`` the recipe runs in the trial's own process (no worker start-up,
+about 20 s less per trial: the right choice for tiny models).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mezo_ray.train.config import TrialConfig, parse_trial_config
+from mezo_ray.train.recipe import run_trial
+
+
+def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
+    """One Tune trial (use it via ``trainable_with_resources``)."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from mezo_ray.train.session import TuneSession
+
+    cfg = parse_trial_config(config)
+    if cfg.num_workers == 0:
+        run_trial(cfg, TuneSession())
+        return
+    use_gpu = cfg.gpus_per_worker > 0
+    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
+    TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{ray.tune.get_context().get_trial_id()}",
+            storage_path=storage_path,
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_worker_failures),
+        ),
+    ).fit()
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The function every Ray Train worker runs."""
+    from mezo_ray.train.session import RayTrainSession
+
+    run_trial(parse_trial_config(config), RayTrainSession())
+
+
+def trial_resources(cfg: TrialConfig) -> dict[str, float]:
+    """What Tune reserves for the trial process itself. With Train workers it only waits for them,
+    so it takes no CPU (the workers' own placement group holds theirs); alone, it is the worker."""
+    if cfg.num_workers == 0:
+        return {"cpu": cfg.cpus_per_worker, "gpu": cfg.gpus_per_worker}
+    return {"cpu": 0, "memory": 1}  # Tune refuses an empty request; one byte of memory is none
+
+
+def trainable_with_resources(cfg: TrialConfig, storage_path: str) -> Any:
+    """``tune_trainable`` with its storage path bound and its resources declared, for a ``Tuner``."""
+    import ray.tune
+
+    return ray.tune.with_resources(
+        ray.tune.with_parameters(tune_trainable, storage_path=storage_path), trial_resources(cfg)
+    )

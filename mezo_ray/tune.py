@@ -1,0 +1,323 @@
+"""``python -m mezo_ray.tune``: a search space plus overrides -> a Ray Tune experiment.
+
+    python -m mezo_ray.tune --list
+    python -m mezo_ray.tune --space demo
+    python -m mezo_ray.tune --space roberta_table18 --set task=SST-2 --dry-run
+    python -m mezo_ray.tune --space roberta_optuna --search optuna --num-samples 40 --scheduler asha
+    ray job submit --address http://127.0.0.1:8265 -- python -m mezo_ray.tune --space demo
+
+Everything is validated before Ray starts. The run ends with the best trials and the paper-format
+table (``mezo_ray.report``). ``--resume`` finishes an interrupted experiment: finished trials are
+kept, unfinished ones continue from their last checkpoints. Restoring unpickles the experiment's
+``tuner.pkl``: resume only experiments you wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+from mezo_ray.spaces import SearchSpace, builtin_spaces, load_space, parse_overrides
+from mezo_ray.train.config import TrialConfig, parse_trial_config
+
+DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mezo_ray.tune",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--space", help="built-in space name (see --list) or a path to a YAML file")
+    p.add_argument("--list", action="store_true", help="list the built-in spaces with their trial counts")
+    p.add_argument("--dry-run", action="store_true", help="show the expanded trials; do not start Ray")
+    p.add_argument("--json", action="store_true", help="with --dry-run or --list: one JSON object")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a trial field")
+    p.add_argument("--search", choices=("grid", "optuna"), default="grid")
+    p.add_argument("--num-samples", type=int, default=None, help="optuna trials (default 20); grid repeats")
+    p.add_argument(
+        "--scheduler", choices=("none", "asha"), default="none", help="asha stops bad trials early"
+    )
+    p.add_argument("--max-concurrent", type=int, default=None, help="default: what the cluster can hold")
+    p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (0: in-process)")
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=None, help="GPUs per trial, split over its workers"
+    )
+    p.add_argument("--storage-path", default=DEFAULT_STORAGE)
+    p.add_argument("--name", default=None, help="experiment name (default: <space>-<time>)")
+    p.add_argument("--resume", action="store_true", help="finish the experiment --name (default: latest)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: local, or the job's)")
+    p.add_argument("--skip-preflight", action="store_true", help="do not check models and data before Ray")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.list:
+            return list_spaces(args.json)
+        if not args.space:
+            raise ValueError("--space is required (see --list for the built-in spaces)")
+        plan = plan_experiment(args)
+        if args.dry_run:
+            print_plan(plan, args.json)
+            return 0
+        return run(plan, args)
+    except ValueError as err:  # bad input: say what and stop before any cluster work
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+# ----------------------------------------------------------------------------------------------------
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    overrides = parse_overrides(args.set)
+    if args.workers_per_trial is not None:
+        if args.workers_per_trial < 0:
+            raise ValueError(f"--workers-per-trial={args.workers_per_trial}: must be >= 0")
+        overrides["num_workers"] = args.workers_per_trial
+    if args.gpus_per_trial is not None:
+        if args.gpus_per_trial < 0:
+            raise ValueError(f"--gpus-per-trial={args.gpus_per_trial}: must be >= 0")
+        workers = overrides.get("num_workers", 1) or 1
+        overrides["gpus_per_worker"] = args.gpus_per_trial / workers
+    return overrides
+
+
+def plan_experiment(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything about the experiment that can be known (and checked) without Ray."""
+    space = load_space(args.space)
+    overrides = overrides_from(args)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ValueError(f"--num-samples={args.num_samples}: must be >= 1")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
+    plan: dict[str, Any] = {"space": space, "overrides": overrides, "search": args.search}
+    if args.search == "grid":
+        trials = space.trials(overrides)
+        repeats = args.num_samples or 1
+        configs = [parse_trial_config(t) for t in trials]
+        plan.update(trials=trials, num_trials=len(trials) * repeats, repeats=repeats)
+    else:
+        param_space = space.optuna_space(overrides)
+        samples = args.num_samples or 20
+        sample = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
+        example = {**sample, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
+        configs = [parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")]
+        plan.update(param_space=param_space, num_trials=samples, repeats=samples)
+    plan["resources_per_trial"] = max((c.resources() for c in configs), key=lambda r: (r["GPU"], r["CPU"]))
+    plan["total_forward_passes"] = sum(c.forward_passes() for c in configs) * (
+        plan["repeats"] if args.search == "grid" else samples
+    )
+    plan["configs"] = configs
+    return plan
+
+
+def print_plan(plan: dict[str, Any], as_json: bool) -> None:
+    space: SearchSpace = plan["space"]
+    summary = {
+        "space": space.name,
+        "search": plan["search"],
+        "num_trials": plan["num_trials"],
+        "resources_per_trial": plan["resources_per_trial"],
+        "total_forward_passes": plan["total_forward_passes"],
+        "metric": space.metric,
+        "mode": space.mode,
+    }
+    if as_json:
+        summary["trials"] = plan.get("trials", [])
+        if "param_space" in plan:
+            summary["param_space"] = {k: repr(v) for k, v in plan["param_space"].items()}
+        print(json.dumps(summary, default=str))
+        return
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    trials = plan.get("trials", [])
+    varying = [k for k in (trials[0] if trials else {}) if len({repr(t[k]) for t in trials}) > 1]
+    if trials:
+        print("\n" + "  ".join(["#", *varying]))
+        for i, t in enumerate(trials):
+            print("  ".join([str(i), *(str(t[k]) for k in varying)]))
+    else:
+        for key, value in plan["param_space"].items():
+            print(f"  {key}: {value}")
+
+
+def list_spaces(as_json: bool) -> int:
+    rows = []
+    for name, path in sorted(builtin_spaces().items()):
+        space = load_space(path)
+        rows.append({"name": name, "trials": len(space.trials()), "description": space.description})
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['trials']:>6} trials  {r['description']}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
+    import ray
+    from ray import tune
+
+    from mezo_ray.train.ray_trial import trial_resources, tune_trainable
+
+    space: SearchSpace = plan["space"]
+    storage = os.path.abspath(os.path.expanduser(args.storage_path))
+    name = experiment_name(args, space, storage)
+    if not args.skip_preflight:
+        from mezo_ray.train.preflight import preflight
+
+        preflight(plan["configs"])
+    remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
+    if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
+        check_resources(plan, args.max_concurrent, local_resources())
+    connect(args.address)
+    max_concurrent = check_resources(plan, args.max_concurrent, ray.cluster_resources())
+
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trainable, storage_path=storage),
+        lambda config: trial_resources(parse_trial_config(config)),
+    )
+    path = os.path.join(storage, name)
+    if args.resume:
+        if not tune.Tuner.can_restore(path):
+            raise ValueError(f"--resume: no restorable experiment at {path}")
+        print(f"Resuming {path}")
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(plan),
+            tune_config=tune.TuneConfig(
+                metric=space.metric,
+                mode=space.mode,
+                search_alg=search_algorithm(plan),
+                scheduler=scheduler(args.scheduler, plan),
+                num_samples=plan["num_trials"],
+                max_concurrent_trials=max_concurrent,
+            ),
+            run_config=tune.RunConfig(name=name, storage_path=storage),
+        )
+    print(f"Experiment {path}: {plan['num_trials']} trials, up to {max_concurrent} at a time")
+    results = tuner.fit()
+    print_results(results, space, path)
+    return 0 if not results.errors else 1
+
+
+def connect(address: str | None) -> None:
+    """Join the given cluster, the one a ``ray job`` runs in, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init()  # local: dashboard (if installed) on 127.0.0.1 only
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray started here would have."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def check_resources(plan: dict[str, Any], requested: int | None, cluster: dict[str, float]) -> int:
+    """Refuse trials the cluster can never hold (they would wait forever); derive the concurrency.
+
+    Tune cannot see the Train workers' own placement groups, so running more trials than there are
+    resources for their workers deadlocks: concurrency is capped at what the cluster can hold.
+    """
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
+    need = plan["resources_per_trial"]
+    if need["GPU"] > gpus:
+        raise ValueError(
+            f"each trial asks for {need['GPU']:g} GPU(s) but the cluster has {gpus:g}; "
+            f"set --gpus-per-trial 0 (or gpus_per_worker=0), or run on a cluster with GPUs"
+        )
+    if need["CPU"] > cpus:
+        raise ValueError(
+            f"each trial asks for {need['CPU']:g} CPUs (workers x cpus_per_worker) but the cluster has "
+            f"{cpus:g}; lower --workers-per-trial or --set cpus_per_worker=..."
+        )
+    fits = math.floor(cpus / need["CPU"])
+    if need["GPU"]:
+        fits = min(fits, math.floor(gpus / need["GPU"]))
+    return max(1, min(fits, requested) if requested else fits)
+
+
+def param_space(plan: dict[str, Any]) -> dict[str, Any]:
+    if plan["search"] == "optuna":
+        return plan["param_space"]
+    return dict(plan["trials"][0])  # placeholders: every trial comes from points_to_evaluate
+
+
+def search_algorithm(plan: dict[str, Any]) -> Any:
+    if plan["search"] == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(seed=0)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # a union of grids is a list of exact configs: Tune runs them as given, flat in params.json
+    return BasicVariantGenerator(points_to_evaluate=plan["trials"] * plan["repeats"])
+
+
+def scheduler(kind: str, plan: dict[str, Any]) -> Any:
+    if kind == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    configs: list[TrialConfig] = plan["configs"]
+    return ASHAScheduler(
+        time_attr="step",
+        max_t=max(c.max_steps for c in configs),
+        grace_period=max(1, min(c.eval_steps for c in configs)),
+        reduction_factor=3,
+    )
+
+
+def experiment_name(args: argparse.Namespace, space: SearchSpace, storage: str) -> str:
+    if args.name:
+        return args.name
+    if args.resume:  # the latest experiment of this space
+        found = sorted(glob.glob(os.path.join(storage, f"{space.name}-*")), key=os.path.getmtime)
+        if not found:
+            raise ValueError(f"--resume: no experiment of space {space.name!r} under {storage}; pass --name")
+        return os.path.basename(found[-1])
+    return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def print_results(results: Any, space: SearchSpace, path: str) -> None:
+    frame = results.get_dataframe()
+    if space.metric in frame:
+        columns = [
+            c
+            for c in ("trial_id", "config/task", "config/method", "config/mode", "config/lr", "config/eps")
+            if c in frame
+        ] + [m for m in (space.metric, "test_acc", "step") if m in frame]
+        best = frame.sort_values(space.metric, ascending=space.mode == "min").head(10)
+        print("\nBest trials:\n" + best[columns].to_string(index=False))
+    if results.errors:
+        print(f"\n{len(results.errors)} trial(s) errored; see {path}")
+    try:
+        from mezo_ray.report import render
+
+        print("\n" + render(results))
+    except ValueError as err:
+        print(f"(no report table: {err})")
+    print(f"\nResults: {path}\nReport:  python -m mezo_ray.report {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Models for the model-layer tests: random-weight ("micro") models in the tiny architectures.
+
+They share a byte-level BPE trained on a slice of the synthetic corpus (so " great" / " terrible" are
+single tokens) and are built once per session in a few seconds. Tests that need a model which actually
+learned something use the cached tiny models (``ensure_tiny_models``, about 80 s once per machine).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import OPTForCausalLM, RobertaForMaskedLM
+
+from mezo_ray.models import ModelSpec, load_model
+from mezo_ray.models.tiny import make_tokenizers, opt_config, roberta_config
+from mezo_ray.tasks import get_task, synthetic_pretraining_corpus, synthetic_sst2_examples
+
+FAMILY_TASKS = {"mlm": "synthetic-sst2", "causal": "synthetic-sst2-causal"}
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Paths of random-weight models: ``mlm``, ``causal`` (2 layers) and ``mlm_1layer``."""
+    root = tmp_path_factory.mktemp("micro")
+    mlm_tok, causal_tok = make_tokenizers(synthetic_pretraining_corpus(num_sentences=2000, seed=0))
+    torch.manual_seed(0)
+    one_layer = roberta_config(len(mlm_tok))
+    one_layer.num_hidden_layers = 1
+    builds = {
+        "mlm": (RobertaForMaskedLM(roberta_config(len(mlm_tok))), mlm_tok),
+        "mlm_1layer": (RobertaForMaskedLM(one_layer), mlm_tok),
+        "causal": (OPTForCausalLM(opt_config(len(causal_tok))), causal_tok),
+    }
+    paths = {}
+    for name, (model, tok) in builds.items():
+        path = Path(root) / name
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+        paths[name] = str(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_models) -> dict[str, str]:
+    """Paths of the cached pretrained tiny models (tests/conftest.py; first use on a machine builds them)."""
+    return {"mlm": tiny_models.mlm, "causal": tiny_models.causal}
+
+
+@pytest.fixture(scope="session")
+def sst2_examples() -> list:
+    """A few labelled synthetic reviews, both classes."""
+    return synthetic_sst2_examples(num=6, seed=3)
+
+
+def load(micro: dict[str, str], family: str, mode: str = "full", **kwargs):
+    """Loads the micro model of ``family`` in ``mode``."""
+    return load_model(ModelSpec(micro[family], family, mode=mode, **kwargs))
+
+
+def task_for(family: str):
+    return get_task(FAMILY_TASKS[family])

@@ -1,0 +1,108 @@
+"""Fine-tuning modes: exactly the mode's parameters train, and they really change the forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mezo_ray.models import ModelSpec, load_model, make_head
+from mezo_ray.models.modes import prefix_init_ids
+from tests.models.conftest import load, task_for
+
+FAMILIES = ["mlm", "causal"]
+MODES = ["full", "lora", "prefix"]
+ATTENTION = {  # (module path of layer i's attention, query name, value name)
+    "mlm": ("roberta.encoder.layer.{i}.attention.self", "query", "value"),
+    "causal": ("model.decoder.layers.{i}.self_attn", "q_proj", "v_proj"),
+}
+
+
+def expected_trainable(loaded, family: str, mode: str) -> set[str]:
+    if mode == "full":
+        return {name for name, _ in loaded.hf_model.named_parameters()}
+    if mode == "prefix":
+        return {"prompt_encoder.default.embedding.weight"}
+    path, query, value = ATTENTION[family]
+    return {
+        f"base_model.model.{path.format(i=i)}.{proj}.lora_{ab}.default.weight"
+        for i in range(loaded.hf_model.config.num_hidden_layers)
+        for proj in (query, value)
+        for ab in "AB"
+    }
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_trainable_parameters_are_exactly_the_modes(micro, family, mode):
+    loaded = load(micro, family, mode)
+    trainable = dict(loaded.trainable_named_parameters())
+    assert set(trainable) == expected_trainable(loaded, family, mode)
+    frozen = [n for n, p in loaded.model.named_parameters() if n not in trainable]
+    assert all(not p.requires_grad for n, p in loaded.model.named_parameters() if n in frozen)
+    if mode != "full":
+        assert frozen  # the base model is there, frozen
+
+
+def test_lora_has_rank_alpha_and_no_dropout(micro):
+    loaded = load(micro, "causal", "lora", lora_r=4, lora_alpha=12)
+    layer = loaded.hf_model.model.decoder.layers[0].self_attn.q_proj
+    assert layer.lora_A["default"].weight.shape == (4, 64)
+    assert layer.lora_B["default"].weight.shape == (64, 4)
+    assert layer.scaling["default"] == 3.0
+    assert isinstance(layer.lora_dropout["default"], torch.nn.Identity)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_starts_as_the_base_model(micro, sst2_examples, family):
+    """B = 0 at init: the LoRA model computes exactly the base model's loss."""
+    task = task_for(family)
+    with torch.no_grad():
+        base = make_head(task, load(micro, family)).loss(sst2_examples)
+        lora = make_head(task, load(micro, family, "lora")).loss(sst2_examples)
+    torch.testing.assert_close(lora, base)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("mode", MODES)
+def test_perturbing_trainable_parameters_changes_the_eval_loss(micro, sst2_examples, family, mode):
+    """The paper's RoBERTa LoRA was inert (merged on eval); here every mode's parameters count."""
+    loaded = load(micro, family, mode)
+    head = make_head(task_for(family), loaded)
+    params = [p for _, p in loaded.trainable_named_parameters()]
+    torch.manual_seed(1)
+    z = [torch.randn_like(p) for p in params]
+    with torch.no_grad():
+        before = head.loss(sst2_examples)
+        for p, dz in zip(params, z, strict=True):
+            p.add_(0.1 * dz)
+        after = head.loss(sst2_examples)
+        for p, dz in zip(params, z, strict=True):
+            p.sub_(0.1 * dz)
+        restored = head.loss(sst2_examples)
+    assert not loaded.model.training
+    assert abs(float(after - before)) > 1e-6  # an inert (merged) adapter gives exactly 0
+    torch.testing.assert_close(restored, before)
+
+
+def test_causal_prefix_is_the_random_tokens_as_real_context(micro):
+    """Prefix from real activations: the prefixed model reads x as the plain model reads [tokens, x]."""
+    loaded = load(micro, "causal", "prefix", num_prefix=5, init_seed=7)
+    plain = load(micro, "causal").model
+    tokens = prefix_init_ids(plain.config.vocab_size, 5, seed=7)
+    x = torch.tensor([[2, 50, 60, 70, 80, 90]])
+    with torch.no_grad():
+        prefixed = loaded.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        reference = plain(input_ids=torch.cat([tokens, x], dim=1)).logits[:, 5:]
+    torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_lm_prefix_is_the_random_tokens_as_real_context(micro):
+    """Same check for RoBERTa; one layer, since deeper bidirectional keys of the tokens would see x."""
+    loaded = load_model(ModelSpec(micro["mlm_1layer"], "mlm", mode="prefix", init_seed=3))
+    plain = load_model(ModelSpec(micro["mlm_1layer"], "mlm")).model
+    tokens = prefix_init_ids(plain.config.vocab_size, 5, seed=3)
+    x = torch.tensor([[0, 50, 60, 4, 70, 2]])
+    with torch.no_grad():
+        prefixed = loaded.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        reference = plain(input_ids=torch.cat([tokens, x], dim=1)).logits[:, 5:]
+    torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)

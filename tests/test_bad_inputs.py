@@ -1,0 +1,108 @@
+"""Every bad input is refused before Ray starts, with a message naming the value and what is allowed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from mezo_ray.tune import main
+
+SMOKE = ["--space", "smoke"]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, tiny_models):
+    """A malformed space, a CSV with the wrong columns, and a model whose tokenizer splits the label words."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizer
+
+    root = tmp_path_factory.mktemp("bad")
+    (root / "malformed.yaml").write_text("description: x\ngrids: [{name: a, grid: {lr: [1e-6}]}\n")
+    (root / "no_grids.yaml").write_text(json.dumps({"description": "x", "defaults": {}}))
+    (root / "wrong_columns.csv").write_text("text,polarity\ngood film,1\nbad film,0\n")
+    model = root / "split-words"
+    shutil.copytree(tiny_models.mlm, model)
+    for name in os.listdir(model):
+        if "token" in name or name in ("vocab.json", "merges.txt"):
+            os.remove(model / name)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["a b c d e f g h"] * 20, vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    )
+    bpe.save_model(str(model))
+    RobertaTokenizer(str(model / "vocab.json"), str(model / "merges.txt")).save_pretrained(model)
+    return root
+
+
+CASES = [
+    (["--space", "roberta_table99"], "neither a built-in space"),
+    (["--space", "{root}/malformed.yaml"], "malformed YAML"),
+    (["--space", "{root}/no_grids.yaml"], "grids"),
+    ([*SMOKE, "--set", "task=SST-3"], "unknown task 'SST-3'"),
+    ([*SMOKE, "--set", "mode=adapter"], "mode='adapter'"),
+    ([*SMOKE, "--set", "method=sgd"], "method='sgd'"),
+    ([*SMOKE, "--set", "zo_variant=lion"], "zo_variant='lion'"),
+    ([*SMOKE, "--set", "lr=0"], "lr=0"),
+    ([*SMOKE, "--set", "lr=-1e-3"], "lr=-0.001"),
+    ([*SMOKE, "--set", "eps=0"], "eps=0"),
+    ([*SMOKE, "--set", "eval_steps=100"], "eval_steps=100 is larger than max_steps=6"),
+    ([*SMOKE, "--set", "learning_rate=1e-3"], "unknown keys ['learning_rate']"),
+    ([*SMOKE, "--set", "lr"], "expected key=value"),
+    ([*SMOKE, "--set", "batch_size=0"], "batch_size=0"),
+    ([*SMOKE, "--set", "dtype=float8"], "dtype='float8'"),
+    ([*SMOKE, "--set", "selection=test_acc"], "selection='test_acc'"),
+    ([*SMOKE, "--set", "micro_batch_size=64"], "micro_batch_size=64 > batch_size=16"),
+    ([*SMOKE, "--set", "method=icl"], "causal-family baseline"),
+    ([*SMOKE, "--set", "fsdp=true"], "fsdp=true needs num_workers >= 1"),
+    ([*SMOKE, "--num-samples", "0"], "--num-samples=0"),
+    ([*SMOKE, "--max-concurrent", "0"], "--max-concurrent=0"),
+    ([*SMOKE, "--workers-per-trial", "-1"], "--workers-per-trial=-1"),
+    ([*SMOKE, "--set", "k=5000", "--set", "strict_k=true"], "5000"),
+    ([*SMOKE, "--set", "model=/no/such/model"], "model='/no/such/model': no config.json"),
+    ([*SMOKE, "--set", "model=roberta-large"], "'roberta-large' is not in the local Hugging Face cache"),
+    ([*SMOKE, "--set", "model={root}/split-words"], "label words must be single tokens"),
+    (
+        [
+            *SMOKE,
+            "--set",
+            "task=SST-2",
+            "--set",
+            "data_source=local",
+            "--set",
+            "train_file=/no/train.csv",
+            "--set",
+            "test_file=/no/test.csv",
+        ],
+        "/no/train.csv",
+    ),
+    (
+        [
+            *SMOKE,
+            "--set",
+            "task=SST-2",
+            "--set",
+            "data_source=local",
+            "--set",
+            "train_file={root}/wrong_columns.csv",
+            "--set",
+            "test_file={root}/wrong_columns.csv",
+        ],
+        "sentence",
+    ),
+    ([*SMOKE, "--gpus-per-trial", "1"], "asks for 1 GPU(s) but the cluster has 0"),
+    ([*SMOKE, "--workers-per-trial", "64"], "asks for 64 CPUs"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), CASES, ids=[" ".join(a[2:] or a) for a, _ in CASES])
+def test_bad_input_is_refused_before_ray_with_a_clear_message(argv, message, bad_files, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started for a bad input"))
+    argv = [a.replace("{root}", str(bad_files)) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err

@@ -1,0 +1,262 @@
+"""``python -m mezo_ray.tune`` end to end on one shared local Ray: grid, Train workers, Optuna + ASHA,
+driver and worker faults."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mezo_ray.report import from_experiment_dirs, render
+from mezo_ray.tune import main
+
+pytestmark = pytest.mark.ray
+
+
+def results(experiment: str) -> dict[str, list[dict]]:
+    """trial folder -> its reports (result.json lines)."""
+    out = {}
+    for path in glob.glob(os.path.join(experiment, "*", "result.json")):
+        with open(path) as f:
+            out[os.path.basename(os.path.dirname(path))] = [json.loads(line) for line in f if line.strip()]
+    return out
+
+
+def write_space(tmp_path, **defaults) -> str:
+    path = tmp_path / "space.yaml"
+    base = {
+        "model": "tiny-mlm",
+        "task": "synthetic-sst2",
+        "k": 16,
+        "data_seed": 13,
+        "batch_size": 16,
+        "max_eval_examples": 32,
+        "method": "mezo",
+        "lr": 1e-3,
+        **defaults,
+    }
+    path.write_text(json.dumps({"description": "test", "defaults": base, "grids": [{"name": "one"}]}))
+    return str(path)
+
+
+def test_dry_run_json_counts_trials_without_ray(capsys):
+    assert main(["--space", "roberta_table18", "--set", "k=16", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["num_trials"] == len(plan["trials"]) > 90
+    mezo = [
+        t
+        for t in plan["trials"]
+        if t["method"] == "mezo" and t["mode"] == "full" and t["zo_variant"] == "sgd"
+    ]
+    assert len(mezo) == 90
+    assert main(["--space", "nope"]) == 2 and "neither a built-in space" in capsys.readouterr().err
+
+
+def test_list_shows_every_space_with_its_trial_count(capsys):
+    assert main(["--list", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"smoke", "demo", "roberta_table18", "opt13b_table1"} <= set(rows)
+    assert rows["smoke"]["trials"] == 3
+
+
+def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, capsys):
+    assert main(["--space", "smoke", "--storage-path", str(tmp_path), "--name", "smoke"]) == 0
+    out = capsys.readouterr().out
+    trials = results(str(tmp_path / "smoke"))
+    assert len(trials) == 3 and all(r[-1]["done"] for r in trials.values())
+    report = from_experiment_dirs([str(tmp_path / "smoke")])
+    table = render(report)
+    assert "Zero-shot" in table and "MeZO" in table and "synthetic-sst2" in table
+    assert "Best trials" in out and "synthetic-sst2" in out
+
+
+def test_two_worker_torch_trainer_trial_under_tune(ray_local, tiny_models, tmp_path):
+    space = write_space(tmp_path, num_workers=2, max_steps=4, eval_steps=2)
+    assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "dp"]) == 0
+    (reports,) = results(str(tmp_path / "dp")).values()
+    assert [r["step"] for r in reports] == [2, 4, 4] and reports[-1]["done"]
+    assert glob.glob(str(tmp_path / "train-*" / "checkpoint_*" / "snapshot-rank0.safetensors"))
+
+
+def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path):
+    space = write_space(tmp_path, num_workers=0, max_steps=9, eval_steps=3)
+    with open(space) as f:
+        spec = json.load(f)
+    spec["optuna"] = {"lr": {"loguniform": [1e-4, 1e-1]}, "mode": {"choice": ["full", "lora"]}}
+    with open(space, "w") as f:
+        json.dump(spec, f)
+    code = main(
+        [
+            "--space",
+            space,
+            "--storage-path",
+            str(tmp_path),
+            "--name",
+            "optuna",
+            "--search",
+            "optuna",
+            "--num-samples",
+            "4",
+            "--scheduler",
+            "asha",
+            "--max-concurrent",
+            "2",
+        ]
+    )
+    assert code == 0
+    trials = results(str(tmp_path / "optuna"))
+    assert len(trials) == 4 and all(reports for reports in trials.values())
+    modes = set()
+    for t in trials:
+        with open(os.path.join(tmp_path, "optuna", t, "params.json")) as f:
+            modes.add(json.load(f)["mode"])
+    assert modes <= {"full", "lora"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Faults, for real: kill the driver, kill a Train worker
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mezo_ray.tune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_resume_after_the_driver_is_killed(tiny_models, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        json.dumps(
+            {
+                "description": "resume",
+                "grids": [
+                    {"name": "zs", "set": {"method": "zero_shot"}},
+                    {"name": "mezo", "grid": {"lr": [1e-3, 2e-3]}},
+                ],
+                "defaults": {
+                    "model": "tiny-mlm",
+                    "task": "synthetic-sst2",
+                    "k": 16,
+                    "data_seed": 13,
+                    "batch_size": 16,
+                    "max_eval_examples": 32,
+                    "num_workers": 0,
+                    "max_steps": 400,
+                    "eval_steps": 20,
+                },
+            }
+        )
+    )
+    args = ["--space", str(space), "--storage-path", str(tmp_path), "--name", "exp", "--max-concurrent", "1"]
+    driver = cli(*args)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once one trial has finished and another has checkpointed
+        trials = results(str(tmp_path / "exp"))
+        done = [t for t, r in trials.items() if r and r[-1].get("done")]
+        started = [t for t, r in trials.items() if r and not r[-1].get("done")]
+        if done and started:
+            break
+        time.sleep(0.5)
+    else:
+        driver.kill()
+        pytest.fail("the experiment did not get going:\n" + driver.communicate()[0][-3000:])
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    finished_before = {t: len(results(str(tmp_path / "exp"))[t]) for t in done}
+    interrupted = started[0]
+    steps_before = [r["step"] for r in results(str(tmp_path / "exp"))[interrupted]]
+
+    resumed = cli(*args, "--resume")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    trials = results(str(tmp_path / "exp"))
+    assert len(trials) == 3 and all(r[-1].get("done") for r in trials.values())
+    assert {t: len(trials[t]) for t in finished_before} == finished_before  # not re-run
+    steps_after = [r["step"] for r in trials[interrupted] if not r.get("done")]
+    # continued from its checkpoint: no step reported twice from scratch, and it reached the end
+    assert steps_after[: len(steps_before)] == steps_before and steps_after[-1] == 400
+    assert steps_after[len(steps_before)] <= steps_before[-1] + 20
+
+
+def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models, tmp_path):
+    from mezo_ray.train.config import parse_trial_config
+    from mezo_ray.train.recipe import run_trial
+    from mezo_ray.train.session import LocalSession
+
+    config = {
+        "model": "tiny-mlm",
+        "task": "synthetic-sst2",
+        "k": 16,
+        "data_seed": 13,
+        "batch_size": 16,
+        "max_eval_examples": 32,
+        "method": "mezo",
+        "lr": 1e-3,
+        "num_workers": 1,
+        "max_steps": 300,
+        "eval_steps": 25,
+    }
+    space = write_space(tmp_path, **config)
+    runner = _background(main, ["--space", space, "--storage-path", str(tmp_path), "--name", "fault"])
+    pid = _wait_for_checkpoint_then_worker_pid(tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    assert runner.result(timeout=600) == 0
+    (reports,) = results(str(tmp_path / "fault")).values()
+    final = reports[-1]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the worker (1 CPU): the same matmul reductions, the same bits
+    try:
+        uninterrupted = run_trial(parse_trial_config(config), LocalSession())
+    finally:
+        torch.set_num_threads(threads)
+    for key in ("test_acc", "best_dev_acc", "dev_loss", "selected_step", "forward_passes", "step"):
+        assert final[key] == uninterrupted[key], key
+
+
+def _background(fn, args):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(1).submit(fn, args)
+
+
+def _wait_for_checkpoint_then_worker_pid(root) -> int:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if glob.glob(str(root / "train-*" / "checkpoint_*" / "state.json")):
+            pids = subprocess.run(
+                ["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True
+            ).stdout.split()
+            if pids:
+                return int(pids[0])
+        time.sleep(0.2)
+    pytest.fail("no Train checkpoint appeared")
+
+
+def test_fifty_trials_under_load_are_all_accounted_for(ray_local, tiny_models, tmp_path):
+    from ray.util import placement_group_table
+
+    space = tmp_path / "load.yaml"
+    space.write_text(json.dumps({
+        "description": "load", "grids": [{"name": "seeds", "grid": {"seed": list(range(50))}}],
+        "defaults": {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 16, "data_seed": 13, "batch_size": 8,
+                     "max_eval_examples": 8, "eval_batch_size": 8, "num_workers": 0, "max_steps": 2,
+                     "eval_steps": 2, "lr": 1e-3, "cpus_per_worker": 0.5}}))
+    assert main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "load"]) == 0
+    trials = results(str(tmp_path / "load"))
+    assert len(trials) == 50 and all(r and r[-1].get("done") for r in trials.values())
+    seeds = set()
+    for t in trials:
+        with open(os.path.join(tmp_path, "load", t, "params.json")) as f:
+            seeds.add(json.load(f)["seed"])
+    assert seeds == set(range(50))  # every trial ran once: none lost, none twice
+    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())

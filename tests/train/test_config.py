@@ -1,0 +1,83 @@
+"""Trial configs and search spaces are validated before Ray starts, with messages that say what to fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from mezo_ray.spaces import load_space, parse_overrides
+from mezo_ray.train.config import parse_trial_config
+
+BASE = {"task": "SST-2", "model": "roberta-large"}
+
+
+def test_family_is_derived_from_the_task_and_the_model():
+    assert parse_trial_config(BASE).family == "mlm"
+    assert parse_trial_config({"task": "RTE", "model": "facebook/opt-13b"}).family == "causal"
+    assert parse_trial_config({"task": "RTE", "model": "roberta-large"}).family == "mlm"
+    with pytest.raises(ValueError, match="exists in both families"):
+        parse_trial_config({"task": "RTE", "model": "/data/my-model"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"lr": 0}, "lr=0"),
+        ({"eps": -1e-3}, "eps=-0.001"),
+        ({"mode": "adapter"}, "mode='adapter'"),
+        ({"method": "sgd"}, "method='sgd'"),
+        ({"zo_variant": "lion"}, "zo_variant='lion'"),
+        ({"task": "SST-3"}, "unknown task 'SST-3'"),
+        ({"eval_steps": 500, "max_steps": 100}, "eval_steps=500 is larger than max_steps=100"),
+        ({"lrr": 1e-6}, "unknown key 'lrr'"),
+        ({"method": "icl"}, "causal-family baseline"),
+        ({"fsdp": True, "num_workers": 0}, "fsdp=true needs num_workers >= 1"),
+        ({"k": 0}, "k=0"),
+        ({"dtype": "float8"}, "dtype='float8'"),
+    ],
+)
+def test_bad_trial_configs_name_the_field_and_value(change, message):
+    with pytest.raises(ValueError, match=message):
+        parse_trial_config({**BASE, **change})
+
+
+def test_counts_of_the_paper_grids():
+    table18 = load_space("roberta_table18").trials()
+    mezo_k16 = [
+        t
+        for t in table18
+        if t["method"] == "mezo"
+        and t.get("zo_variant", "sgd") == "sgd"
+        and t.get("mode", "full") == "full"
+        and t["k"] == 16
+    ]
+    assert len(mezo_k16) == 6 * 5 * 3  # tasks x data seeds x learning rates
+    assert len(table18) == 6 + 60 + 180 * 3 + 300 + 270 * 2 + 540 * 2
+    assert len(load_space("opt13b_table1").trials()) == 11 + 11 + 7 + 3 * (9 * 2 + 2 * 3) + 11 * 3
+    assert len(load_space("roberta_table4_ablation").trials()) == 3 * 5 * 2 * 3 * 2 * 2
+
+
+def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():
+    trials = load_space("roberta_table18").trials(parse_overrides(["task=SST-2", "data_seed=13"]))
+    assert {t["task"] for t in trials} == {"SST-2"} and {t["data_seed"] for t in trials} == {13}
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
+        parse_overrides(["learning_rate=1e-6"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_overrides(["lr"])
+
+
+def test_bad_spaces_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="neither a built-in space"):
+        load_space("roberta_table99")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("description: x\ngrids: [{name: a, grid: {lr: [1e-6}]}\n")
+    with pytest.raises(ValueError, match="malformed YAML"):
+        load_space(str(bad))
+    bad.write_text(
+        "description: x\ndefaults: {model: tiny-mlm, task: synthetic-sst2}\n"
+        "grids: [{name: a, grid: {lr: [-1.0]}}]\n"
+    )
+    with pytest.raises(ValueError, match=r"grid 'a'.*lr=-1.0"):
+        load_space(str(bad)).trials()
+    bad.write_text("description: x\ngrids: [{name: a, grid: {learning_rate: [1.0]}}]\n")
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
+        load_space(str(bad))

@@ -1,0 +1,158 @@
+"""The trial recipe without Ray: reports, resume, budgets, faults, and data-parallel / FSDP parity."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+from mezo_ray.train import recipe
+from mezo_ray.train.config import parse_trial_config
+from mezo_ray.train.recipe import run_trial
+from mezo_ray.train.session import LocalSession
+from mezo_ray.zo import NonFiniteLossError
+
+SMOKE = {
+    "model": "tiny-mlm",
+    "task": "synthetic-sst2",
+    "k": 16,
+    "data_seed": 13,
+    "batch_size": 16,
+    "max_steps": 8,
+    "eval_steps": 4,
+    "max_eval_examples": 32,
+    "num_workers": 0,
+    "lr": 1e-3,
+}
+REPORT_KEYS = {
+    "step",
+    "forward_passes",
+    "dev_acc",
+    "best_dev_acc",
+    "dev_loss",
+    "train_loss",
+    "lr",
+    "eps",
+    "peak_mem_bytes",
+    "steps_per_s",
+    "nonfinite_steps",
+}
+
+
+def trial(tmp_path, resume_from=None, **changes):
+    session = LocalSession(str(tmp_path / f"ckpt-{len(os.listdir(tmp_path))}"), resume_from=resume_from)
+    final = run_trial(parse_trial_config({**SMOKE, **changes}), session)
+    return final, session
+
+
+def same_run(metrics: dict) -> dict:
+    """Metrics that must be equal between an uninterrupted and a resumed run (not speed or RSS)."""
+    return {k: v for k, v in metrics.items() if k not in ("steps_per_s", "peak_mem_bytes")}
+
+
+def snapshot(path: str) -> dict[str, torch.Tensor]:
+    return load_file(os.path.join(path, "snapshot-rank0.safetensors"))
+
+
+def test_mezo_trial_reports_every_eval_then_the_test_metric(tiny_models, tmp_path):
+    final, session = trial(tmp_path)
+    evals, last = session.reports[:-1], session.reports[-1]
+    assert [r["step"] for r in evals] == [4, 8] and all(set(r) >= REPORT_KEYS for r in evals)
+    assert [r["forward_passes"] for r in evals] == [8, 16]  # two forwards per step
+    assert last["done"] is True and last == final and 0.0 <= last["test_acc"] <= 1.0
+    assert last["best_dev_acc"] == max(r["dev_acc"] for r in evals)
+    assert last["selected_step"] in (4, 8) and len(session.checkpoints) == 2
+
+
+@pytest.mark.parametrize(
+    "changes", [{}, {"zo_variant": "adam"}, {"checkpoint_mode": "seed_log"}, {"method": "ft"}]
+)
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_trial(tiny_models, tmp_path, changes):
+    straight, whole = trial(tmp_path, **changes)
+    resumed, rest = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)  # as if killed after step 4
+    assert [r["step"] for r in rest.reports[:-1]] == [8]
+    assert same_run(rest.reports[0]) == same_run(whole.reports[1])
+    assert same_run(resumed) == same_run(straight)
+    if changes.get("checkpoint_mode") != "seed_log":
+        a, b = snapshot(whole.checkpoints[1]), snapshot(rest.checkpoints[0])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_seed_log_checkpoints_hold_no_weights(tiny_models, tmp_path):
+    _, session = trial(tmp_path, checkpoint_mode="seed_log")
+    files = sorted(os.listdir(session.checkpoints[-1]))
+    assert files == ["state.json"]
+    assert os.path.getsize(os.path.join(session.checkpoints[-1], "state.json")) < 10_000
+
+
+def test_forward_pass_budget_ends_the_trial(tiny_models, tmp_path):
+    final, _ = trial(tmp_path, max_steps=100, eval_steps=50, max_forward_passes=10)
+    assert final["forward_passes"] == 10 and final["step"] == 5
+
+
+def test_non_finite_losses_fail_the_trial_after_the_patience(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipe, "batch_loss", lambda *args, **kwargs: math.nan)
+    with pytest.raises(NonFiniteLossError, match="non-finite 3 times in a row"):
+        trial(tmp_path, nonfinite_patience=3)
+
+
+@pytest.mark.parametrize("method", ["zero_shot", "lp"])
+def test_mlm_baselines_run_end_to_end(tiny_models, tmp_path, method):
+    final, session = trial(tmp_path, method=method)
+    assert final["done"] and 0.0 <= final["test_acc"] <= 1.0 and len(session.reports) == 1
+
+
+def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
+    causal = {
+        "model": "tiny-causal",
+        "task": "synthetic-sst2-causal",
+        "k": None,
+        "num_train": 64,
+        "num_dev": 32,
+        "num_test": 32,
+    }
+    for method in ("mezo", "zero_shot", "icl"):
+        final, _ = trial(tmp_path, method=method, icl_demos=4, **causal)
+        assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# Data parallel and FSDP over 2 gloo processes reproduce the 1-worker trajectory
+PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers": 1}
+
+
+def _parity_worker(rank: int, world: int, init_file: str, out_dir: str, fsdp: bool) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        session = LocalSession(os.path.join(out_dir, f"rank{rank}"), rank=rank, world_size=world)
+        run_trial(parse_trial_config({**PARITY, "fsdp": fsdp}), session)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_workers(world: int, fsdp: bool) -> dict[str, torch.Tensor]:
+    out = tempfile.mkdtemp()
+    mp.spawn(_parity_worker, args=(world, os.path.join(out, "init"), out, fsdp), nprocs=world)
+    shards = [
+        load_file(os.path.join(out, f"rank{r}", "checkpoint_000000", f"snapshot-rank{r}.safetensors"))
+        for r in range(world if fsdp else 1)
+    ]
+    return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+
+
+@pytest.mark.parametrize("fsdp", [False, True], ids=["data-parallel", "fsdp"])
+def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, fsdp):
+    one = snapshot(trial(tmp_path, **PARITY)[1].checkpoints[0])
+    two = run_workers(2, fsdp)
+    start = load_file(os.path.join(tiny_models.mlm, "model.safetensors"))
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
+    assert max(float((one[k] - start[k]).abs().max()) for k in one if k in start) > 1e-3  # the weights moved

@@ -142,16 +142,22 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], None], device: str, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed(
+    work: dict[str, Callable[[], None]], names: list[str], device: str, repeats: int
+) -> dict[str, float]:
+    """Median seconds of each workload, measured interleaved (a, b, c, a, b, c, ...) so that a slow
+    stretch of the machine hits every workload alike and the ratios stay fair."""
+    for name in names:
+        work[name]()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name in names:
+            sync(device)
+            start = time.perf_counter()
+            work[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def workloads(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Callable[[], None]]]:
@@ -235,7 +241,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk-numel", type=int, default=DEFAULT_CHUNK_NUMEL)
     parser.add_argument("--skip-memory", action="store_true", help="timings only")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -247,10 +253,8 @@ def main() -> None:
 
     model, work = workloads(args)
     numel = sum(p.numel() for p in model.parameters())
-    t_two = timed(work["two_forwards"], args.device, args.repeats)
-    t_mezo = timed(work["mezo"], args.device, args.repeats)
-    t_ref = timed(work["reference"], args.device, args.repeats)
-    t_sweep = timed(work["sweep"], args.device, args.repeats)
+    t = timed(work, ["two_forwards", "mezo", "reference", "sweep"], args.device, args.repeats)
+    t_two, t_mezo, t_ref, t_sweep = t["two_forwards"], t["mezo"], t["reference"], t["sweep"]
     del model, work
     result = {
         "model_config": args.model_config,

@@ -27,7 +27,7 @@ def ray_local(tmp_path_factory):
 
     ray.init(
         num_cpus=2,
-        include_dashboard=False,
+        include_dashboard=True,  # as the CLI: Train cleans up placement groups through the State API
         log_to_driver=False,
         object_store_memory=200 * 1024**2,
         _temp_dir=tempfile.mkdtemp(prefix="ray-", dir="/tmp"),  # short: socket paths are limited

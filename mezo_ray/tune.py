@@ -82,12 +82,29 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         if args.workers_per_trial < 0:
             raise ValueError(f"--workers-per-trial={args.workers_per_trial}: must be >= 0")
         overrides["num_workers"] = args.workers_per_trial
-    if args.gpus_per_trial is not None:
-        if args.gpus_per_trial < 0:
-            raise ValueError(f"--gpus-per-trial={args.gpus_per_trial}: must be >= 0")
-        workers = overrides.get("num_workers", 1) or 1
-        overrides["gpus_per_worker"] = args.gpus_per_trial / workers
+    if args.gpus_per_trial is not None and args.gpus_per_trial < 0:
+        raise ValueError(f"--gpus-per-trial={args.gpus_per_trial}: must be >= 0")
     return overrides
+
+
+def with_gpus(trial: dict[str, Any], gpus_per_trial: float | None) -> dict[str, Any]:
+    """Spread --gpus-per-trial over the trial's own workers (grids may differ in num_workers)."""
+    if gpus_per_trial is None:
+        return trial
+    workers = trial.get("num_workers", TrialConfig.model_fields["num_workers"].default) or 1
+    return {**trial, "gpus_per_worker": gpus_per_trial / workers}
+
+
+def repeated(trials: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
+    """--num-samples N with a grid: every trial N times, each repeat with its own training seed."""
+    if repeats == 1:
+        return trials
+    out = []
+    for r in range(repeats):
+        for t in trials:
+            base = t.get("seed") if t.get("seed") is not None else (t.get("data_seed") or 0)
+            out.append({**t, "seed": base + r})
+    return out
 
 
 def plan_experiment(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,21 +117,20 @@ def plan_experiment(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
     plan: dict[str, Any] = {"space": space, "overrides": overrides, "search": args.search}
     if args.search == "grid":
-        trials = space.trials(overrides)
-        repeats = args.num_samples or 1
-        configs = [parse_trial_config(t) for t in trials]
-        plan.update(trials=trials, num_trials=len(trials) * repeats, repeats=repeats)
+        expanded = [with_gpus(t, args.gpus_per_trial) for t in space.trials(overrides)]
+        trials = repeated(expanded, args.num_samples or 1)
+        configs = [parse_trial_config(t, where=f"space {space.name!r}, trial {t}") for t in trials]
+        plan.update(trials=trials, num_trials=len(trials))
     else:
-        param_space = space.optuna_space(overrides)
+        param_space = with_gpus(space.optuna_space(overrides), args.gpus_per_trial)
         samples = args.num_samples or 20
         sample = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
         example = {**sample, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
         configs = [parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")]
-        plan.update(param_space=param_space, num_trials=samples, repeats=samples)
+        plan.update(param_space=param_space, num_trials=samples)
     plan["resources_per_trial"] = max((c.resources() for c in configs), key=lambda r: (r["GPU"], r["CPU"]))
-    plan["total_forward_passes"] = sum(c.forward_passes() for c in configs) * (
-        plan["repeats"] if args.search == "grid" else samples
-    )
+    per_config = sum(c.forward_passes() for c in configs)
+    plan["total_forward_passes"] = per_config if args.search == "grid" else per_config * samples
     plan["configs"] = configs
     return plan
 
@@ -205,7 +221,11 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
                 num_samples=plan["num_trials"],
                 max_concurrent_trials=max_concurrent,
             ),
-            run_config=tune.RunConfig(name=name, storage_path=storage),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=storage,
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # in-process trials' checkpoints
+            ),
         )
     print(f"Experiment {path}: {plan['num_trials']} trials, up to {max_concurrent} at a time")
     results = tuner.fit()
@@ -270,7 +290,7 @@ def search_algorithm(plan: dict[str, Any]) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # a union of grids is a list of exact configs: Tune runs them as given, flat in params.json
-    return BasicVariantGenerator(points_to_evaluate=plan["trials"] * plan["repeats"])
+    return BasicVariantGenerator(points_to_evaluate=plan["trials"])
 
 
 def scheduler(kind: str, plan: dict[str, Any]) -> Any:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mezo_ray.report import from_experiment_dirs, render
 from mezo_ray.tune import main
@@ -30,19 +31,21 @@ def results(experiment: str) -> dict[str, list[dict]]:
     return out
 
 
+TRIAL = {
+    "model": "tiny-mlm",
+    "task": "synthetic-sst2",
+    "k": 16,
+    "data_seed": 13,
+    "batch_size": 16,
+    "max_eval_examples": 32,
+    "method": "mezo",
+    "lr": 1e-3,
+}
+
+
 def write_space(tmp_path, **defaults) -> str:
     path = tmp_path / "space.yaml"
-    base = {
-        "model": "tiny-mlm",
-        "task": "synthetic-sst2",
-        "k": 16,
-        "data_seed": 13,
-        "batch_size": 16,
-        "max_eval_examples": 32,
-        "method": "mezo",
-        "lr": 1e-3,
-        **defaults,
-    }
+    base = {**TRIAL, **defaults}
     path.write_text(json.dumps({"description": "test", "defaults": base, "grids": [{"name": "one"}]}))
     return str(path)
 
@@ -196,19 +199,7 @@ def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models
     from mezo_ray.train.recipe import run_trial
     from mezo_ray.train.session import LocalSession
 
-    config = {
-        "model": "tiny-mlm",
-        "task": "synthetic-sst2",
-        "k": 16,
-        "data_seed": 13,
-        "batch_size": 16,
-        "max_eval_examples": 32,
-        "method": "mezo",
-        "lr": 1e-3,
-        "num_workers": 1,
-        "max_steps": 300,
-        "eval_steps": 25,
-    }
+    config = {**TRIAL, "num_workers": 1, "max_steps": 300, "eval_steps": 25}
     space = write_space(tmp_path, **config)
     runner = _background(main, ["--space", space, "--storage-path", str(tmp_path), "--name", "fault"])
     pid = _wait_for_checkpoint_then_worker_pid(tmp_path)
@@ -218,12 +209,21 @@ def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models
     final = reports[-1]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the worker (1 CPU): the same matmul reductions, the same bits
+    session = LocalSession(str(tmp_path / "uninterrupted"))
     try:
-        uninterrupted = run_trial(parse_trial_config(config), LocalSession())
+        uninterrupted = run_trial(parse_trial_config(config), session)
     finally:
         torch.set_num_threads(threads)
     for key in ("test_acc", "best_dev_acc", "dev_loss", "selected_step", "forward_passes", "step"):
         assert final[key] == uninterrupted[key], key
+    restarted = sorted(glob.glob(str(tmp_path / "train-*" / "checkpoint_*" / "snapshot-rank0.safetensors")))[
+        -1
+    ]
+    a, b = (
+        load_file(restarted),
+        load_file(os.path.join(session.checkpoints[-1], "snapshot-rank0.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the final weights, bit for bit
 
 
 def _background(fn, args):
@@ -249,11 +249,28 @@ def test_fifty_trials_under_load_are_all_accounted_for(ray_local, tiny_models, t
     from ray.util import placement_group_table
 
     space = tmp_path / "load.yaml"
-    space.write_text(json.dumps({
-        "description": "load", "grids": [{"name": "seeds", "grid": {"seed": list(range(50))}}],
-        "defaults": {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 16, "data_seed": 13, "batch_size": 8,
-                     "max_eval_examples": 8, "eval_batch_size": 8, "num_workers": 0, "max_steps": 2,
-                     "eval_steps": 2, "lr": 1e-3, "cpus_per_worker": 0.5}}))
+    space.write_text(
+        json.dumps(
+            {
+                "description": "load",
+                "grids": [{"name": "seeds", "grid": {"seed": list(range(50))}}],
+                "defaults": {
+                    "model": "tiny-mlm",
+                    "task": "synthetic-sst2",
+                    "k": 16,
+                    "data_seed": 13,
+                    "batch_size": 8,
+                    "max_eval_examples": 8,
+                    "eval_batch_size": 8,
+                    "num_workers": 0,
+                    "max_steps": 2,
+                    "eval_steps": 2,
+                    "lr": 1e-3,
+                    "cpus_per_worker": 0.5,
+                },
+            }
+        )
+    )
     assert main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "load"]) == 0
     trials = results(str(tmp_path / "load"))
     assert len(trials) == 50 and all(r and r[-1].get("done") for r in trials.values())

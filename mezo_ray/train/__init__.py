@@ -2,14 +2,6 @@
 
 from mezo_ray.train.config import TrialConfig, parse_trial_config
 from mezo_ray.train.recipe import run_trial
-from mezo_ray.train.session import LocalSession, RayTrainSession, Session, TuneSession
+from mezo_ray.train.session import LocalSession, RaySession, Session
 
-__all__ = [
-    "LocalSession",
-    "RayTrainSession",
-    "Session",
-    "TrialConfig",
-    "TuneSession",
-    "parse_trial_config",
-    "run_trial",
-]
+__all__ = ["LocalSession", "RaySession", "Session", "TrialConfig", "parse_trial_config", "run_trial"]

@@ -1,16 +1,14 @@
-"""Small, pickle-free trial checkpoints: JSON state + the seed log + safetensors weight snapshots.
+"""Small, pickle-free trial checkpoints: JSON state + safetensors tensors.
 
 A checkpoint folder holds
-- ``state.json`` (rank 0): progress, best-dev bookkeeping, the optimizer's counters, and the MeZO
-  seed log since the last weight snapshot;
-- ``snapshot-rank{r}.safetensors``: the trainable weights (and optimizer state) at the snapshot step;
-  absent when the snapshot is step 0, i.e. the base model as loaded (its mode parameters are
-  re-created from ``init_seed``);
+- ``state.json`` (rank 0): progress and best-dev bookkeeping, the optimizer's state dict without its
+  tensors (hyper-parameters, MeZO's counters), and, with ``checkpoint_mode=seed_log``, MeZO's seed log;
+- ``snapshot-rank{r}.safetensors``: the trainable weights and the optimizer's tensors (Adam moments,
+  momentum); absent in seed-log mode, where the base model plus the replayed log rebuild them;
 - ``best-rank{r}.safetensors``: the best-dev trainable weights, when they are not the snapshot.
 
-Resuming loads the snapshot and replays the seed log, which reproduces the uninterrupted run bit for
-bit. Only rank 0 writes the weights of a replicated (data-parallel) model; with FSDP every rank
-writes its own shards (Ray Train merges the workers' folders into one checkpoint).
+Only rank 0 writes the tensors of a replicated (data-parallel) model; with FSDP every rank writes its
+own shards (Ray Train merges the workers' folders into one checkpoint).
 """
 
 from __future__ import annotations
@@ -23,9 +21,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mezo_ray.zo import StepRecord
+from mezo_ray.zo import StepRecord, local_tensor
 
 STATE_FILE = "state.json"
+OPTIMIZER_PREFIX = "optimizer/"
 
 
 @dataclass
@@ -33,60 +32,77 @@ class Progress:
     """The scalars of a trial that a resumed run continues from."""
 
     step: int = 0
-    snapshot_step: int = 0
     max_dev_acc: float = float("-inf")  # the running best dev metric (what Tune optimises)
     best_dev_acc: float = float("-inf")  # best_*: the checkpoint kept by the selection rule
     best_dev_loss: float = float("inf")
     best_step: int = 0
     consecutive_nonfinite: int = 0
+    nonfinite_steps: int = 0
     train_loss_sum: float = 0.0
     train_loss_count: int = 0
-    optimizer: dict[str, Any] = field(default_factory=dict)  # counters (MeZO) or scheduler state (FT)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
     fsdp: bool = False
 
 
-def local_tensor(t: torch.Tensor) -> torch.Tensor:
-    """The part of a (possibly DTensor) parameter this process holds."""
-    return t.to_local() if hasattr(t, "to_local") else t
+@dataclass
+class Checkpoint:
+    """What a folder holds, for this rank."""
 
-
-def shard_file(kind: str, rank: int) -> str:
-    return f"{kind}-rank{rank}.safetensors"
+    progress: Progress
+    trajectory: list[StepRecord]
+    weights: dict[str, torch.Tensor] | None  # trainable weights at ``progress.step`` (None: seed log)
+    best: dict[str, torch.Tensor] | None  # best-dev trainable weights
+    optimizer: dict[str, Any] | None  # a torch optimizer state dict, ready for load_state_dict
 
 
 def save(
     directory: str,
     progress: Progress,
     trajectory: list[StepRecord],
-    snapshot: dict[str, torch.Tensor] | None,
+    weights: dict[str, torch.Tensor] | None,
     best: dict[str, torch.Tensor] | None,
+    optimizer: dict[str, Any] | None,
     rank: int,
-    writes_weights: bool,
+    writes_tensors: bool,
 ) -> None:
     """Write this rank's part of a checkpoint into ``directory``."""
     os.makedirs(directory, exist_ok=True)
+    tensors, optimizer_json = _split(optimizer) if optimizer is not None else ({}, None)
     if rank == 0:
-        state = {"progress": asdict(progress), "trajectory": [r.to_dict() for r in trajectory]}
+        state = {
+            "progress": asdict(progress),
+            "trajectory": [r.to_dict() for r in trajectory],
+            "optimizer": optimizer_json,
+        }
         with open(os.path.join(directory, STATE_FILE), "w") as f:
             json.dump(state, f)
-    if writes_weights:
-        for kind, tensors in (("snapshot", snapshot), ("best", best)):
-            if tensors is not None:
-                contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-                save_file(contiguous, os.path.join(directory, shard_file(kind, rank)))
+    if not writes_tensors:
+        return
+    for kind, named in (("snapshot", weights), ("best", best)):
+        if named is not None:
+            payload = {**named, **tensors} if kind == "snapshot" else named
+            contiguous = {k: local_tensor(v).detach().contiguous().cpu() for k, v in payload.items()}
+            save_file(contiguous, os.path.join(directory, f"{kind}-rank{rank}.safetensors"))
 
 
-def load_state(directory: str) -> tuple[Progress, list[StepRecord]]:
+def load(directory: str | None, rank: int) -> Checkpoint | None:
+    """This rank's view of a checkpoint folder, or None when there is none."""
+    if directory is None or not os.path.exists(os.path.join(directory, STATE_FILE)):
+        return None
     with open(os.path.join(directory, STATE_FILE)) as f:
         state = json.load(f)
     progress = Progress(**state["progress"])
-    return progress, [StepRecord.from_dict(r) for r in state["trajectory"]]
-
-
-def load_tensors(directory: str, kind: str, rank: int) -> dict[str, torch.Tensor] | None:
-    path = os.path.join(directory, shard_file(kind, rank))
-    return load_file(path) if os.path.exists(path) else None
+    shard = rank if progress.fsdp else 0
+    snapshot = _tensors(directory, "snapshot", shard)
+    weights = {k: v for k, v in snapshot.items() if not k.startswith(OPTIMIZER_PREFIX)} if snapshot else None
+    best = _tensors(directory, "best", shard)
+    if best is None and weights is not None and progress.best_step == progress.step:
+        best = weights
+    optimizer = _join(state["optimizer"], snapshot or {}) if state["optimizer"] is not None else None
+    return Checkpoint(
+        progress, [StepRecord.from_dict(r) for r in state["trajectory"]], weights, best, optimizer
+    )
 
 
 def copy_into(named: list[tuple[str, torch.Tensor]], tensors: dict[str, torch.Tensor], what: str) -> None:
@@ -103,3 +119,30 @@ def copy_into(named: list[tuple[str, torch.Tensor]], tensors: dict[str, torch.Te
                     f"the model's is {tuple(local.shape)} (a different world size with FSDP?)"
                 )
             local.copy_(tensors[name])
+
+
+def _split(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A torch optimizer state dict -> (its tensors, keyed optimizer/<param>/<key>; the rest, JSON)."""
+    tensors, scalars = {}, {}
+    for index, state in state_dict["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"{OPTIMIZER_PREFIX}{index}/{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {**{k: v for k, v in state_dict.items() if k != "state"}, "state_scalars": scalars}
+
+
+def _join(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in json_part["state_scalars"].items()}
+    for name, value in tensors.items():
+        if name.startswith(OPTIMIZER_PREFIX):
+            index, key = name[len(OPTIMIZER_PREFIX) :].split("/", 1)
+            state.setdefault(int(index), {})[key] = value
+    rest = {k: v for k, v in json_part.items() if k != "state_scalars"}
+    return {**rest, "state": state}
+
+
+def _tensors(directory: str, kind: str, rank: int) -> dict[str, torch.Tensor] | None:
+    path = os.path.join(directory, f"{kind}-rank{rank}.safetensors")
+    return load_file(path) if os.path.exists(path) else None

@@ -89,7 +89,16 @@ class TrialConfig(BaseModel):
         task = self.resolved_task()  # unknown task -> ValueError listing the known ones
         if self.family is None:
             object.__setattr__(self, "family", task.family)
-        if self.method in TRAINING_METHODS and self.max_steps and self.eval_steps > self.max_steps:
+        if self.method in TRAINING_METHODS and self.max_steps == 0:
+            raise ValueError(
+                f"max_steps=0 with method={self.method!r} trains nothing; use method='zero_shot'"
+            )
+        if self.num_workers > 1 and 0 < self.gpus_per_worker < 1:
+            raise ValueError(
+                f"gpus_per_worker={self.gpus_per_worker:g} with num_workers={self.num_workers}: NCCL needs a "
+                f"whole GPU per worker; use gpus_per_worker=1 or fewer workers"
+            )
+        if self.method in TRAINING_METHODS and self.eval_steps > self.max_steps:
             raise ValueError(
                 f"eval_steps={self.eval_steps} is larger than max_steps={self.max_steps}; the trial would "
                 f"never evaluate. Set eval_steps <= max_steps"
@@ -140,7 +149,11 @@ class TrialConfig(BaseModel):
     def forward_passes(self) -> int:
         """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
         if self.method == "mezo":
-            passes = 2 * self.n_perturbations * self.max_steps
+            if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))
+                k = self.n_perturbations
+                passes = sum(2 * max(1, int(t / self.max_steps * k)) for t in range(self.max_steps))
+            else:
+                passes = 2 * self.n_perturbations * self.max_steps
             return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
         return self.max_steps if self.method == "ft" else 0
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 
-from mezo_ray.tasks import DatasetUnavailableError, load_splits
+from mezo_ray.tasks import DatasetUnavailableError, SyntheticSource, load_splits
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 
 CHEAP_SOURCES = ("local", "synthetic", "lmbff", "lmbff-original")
@@ -27,7 +27,8 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
     for cfg in configs:
         spec = cfg.data_spec()
         key = repr((cfg.task, cfg.family, spec))
-        if key not in seen_data and (spec.source or _default_source(cfg)) in CHEAP_SOURCES:
+        own_source = "synthetic" if isinstance(cfg.resolved_task().source, SyntheticSource) else "hub"
+        if key not in seen_data and (spec.source or own_source) in CHEAP_SOURCES:
             seen_data.add(key)
             check_data(cfg)
 
@@ -91,10 +92,6 @@ def check_data(cfg: TrialConfig) -> None:
         raise ValueError(
             f"task={cfg.task!r}: the sampled training split is empty; check k / num_train and the files"
         )
-
-
-def _default_source(cfg: TrialConfig) -> str:
-    return "synthetic" if cfg.task.startswith("synthetic") else "hub"
 
 
 def _looks_like_path(model: str) -> bool:

@@ -22,11 +22,11 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from mezo_ray.train.session import TuneSession
+    from mezo_ray.train.session import RaySession
 
     cfg = parse_trial_config(config)
     if cfg.num_workers == 0:
-        run_trial(cfg, TuneSession())
+        run_trial(cfg, RaySession("tune"))
         return
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
@@ -49,9 +49,9 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
 
 def train_worker(config: dict[str, Any]) -> None:
     """The function every Ray Train worker runs."""
-    from mezo_ray.train.session import RayTrainSession
+    from mezo_ray.train.session import RaySession
 
-    run_trial(parse_trial_config(config), RayTrainSession())
+    run_trial(parse_trial_config(config), RaySession("train"))
 
 
 def trial_resources(cfg: TrialConfig) -> dict[str, float]:
@@ -60,12 +60,3 @@ def trial_resources(cfg: TrialConfig) -> dict[str, float]:
     if cfg.num_workers == 0:
         return {"cpu": cfg.cpus_per_worker, "gpu": cfg.gpus_per_worker}
     return {"cpu": 0, "memory": 1}  # Tune refuses an empty request; one byte of memory is none
-
-
-def trainable_with_resources(cfg: TrialConfig, storage_path: str) -> Any:
-    """``tune_trainable`` with its storage path bound and its resources declared, for a ``Tuner``."""
-    import ray.tune
-
-    return ray.tune.with_resources(
-        ray.tune.with_parameters(tune_trainable, storage_path=storage_path), trial_resources(cfg)
-    )

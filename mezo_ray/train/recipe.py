@@ -8,13 +8,14 @@ Features and the flags that control them:
   ``micro_batch_size`` (the loss at each +-eps point is averaged over micro-batches: a batch of 64 at
   the memory of the micro-batch), a forward-pass budget (``max_forward_passes``), and
   non-differentiable objectives (``objective=metric`` minimises -accuracy / -F1).
-- The first-order baseline (``method=ft``): AdamW + backprop, linear decay, grad clipping, dropout on.
+- The first-order baseline (``method=ft``): AdamW + backprop, linear decay, grad clipping, dropout
+  on; ``dtype`` float16 / bfloat16 means mixed precision over float32 weights, as the paper's ``--fp16``.
 - Baselines without training: ``zero_shot``, ``icl`` (causal family), ``lp`` (linear probing).
 - Data parallel across the trial's workers (``num_workers``): losses are all-reduced, every rank
   applies the same update; FSDP2 (``fsdp=true``) also shards the weights.
 - Every ``eval_steps``: dev evaluation and a report (dev_acc, best_dev_acc, dev_loss, train_loss,
-  step, forward_passes, lr, eps, peak memory, steps/s) with a small checkpoint (seed log + periodic
-  safetensors snapshots, ``snapshot_every_evals``); a restarted worker resumes the same trajectory.
+  step, forward_passes, lr, eps, peak memory, steps/s) with a checkpoint (``checkpoint_mode``:
+  safetensors weights, or MeZO's seed log alone); a restarted worker resumes the same trajectory.
 - At the end: the test metric of the best-dev weights (``selection``: dev_acc, or dev_loss as the
   paper's OPT code did), reported with ``done: true``.
 
@@ -23,9 +24,8 @@ Errors: ``NonFiniteLossError`` when the loss is non-finite ``nonfinite_patience`
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
-import resource
 import tempfile
 import time
 from typing import Any
@@ -35,14 +35,14 @@ import transformers
 
 from mezo_ray.models import linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
-from mezo_ray.models.loading import LoadedModel, ModelSpec
+from mezo_ray.models.loading import DTYPES, ModelSpec
 from mezo_ray.models.tiny import ensure_tiny_models
-from mezo_ray.tasks import Example, Splits, Task, load_splits
+from mezo_ray.tasks import Example, load_splits
 from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.session import Session
-from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, mix_seed
+from mezo_ray.zo import MeZO, NonFiniteLossError, local_tensor, mix_seed
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -58,11 +58,9 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     dev, test = _cap(splits.dev, cfg), _cap(splits.test, cfg)
     loaded = load_model(_model_spec(cfg, device))
     if cfg.method in ("zero_shot", "icl", "lp"):
-        return _run_baseline(cfg, task, loaded, splits, dev, test, session)
-
-    # 2. Resume from the last checkpoint: its weights, or a replay of its seed log from the base model
+        return _run_baseline(cfg, loaded, splits.train, dev, test, session, device)
     with session.latest_checkpoint() as resume_dir:
-        progress, trajectory, snapshot, best_weights = _restore(resume_dir, rank)
+        resumed = ckpt.load(resume_dir, rank)
     if cfg.fsdp:
         shard_model(loaded, device)
     head = make_head(task, loaded)
@@ -70,87 +68,78 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
     optimizer = _build_optimizer(cfg, params)
-    if snapshot is not None:
-        ckpt.copy_into(params, snapshot, "snapshot")
-        _load_optimizer_state(optimizer, params, snapshot)
-        optimizer_counters(optimizer, progress.optimizer)
-    for record in trajectory:  # bit-exact: the same sweeps as the original steps
-        optimizer.apply_record(record)
-        if record.step + 1 == progress.best_step:
-            best_weights = _trainable_copy(params)
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
+
+    # 2. Resume: the saved weights and optimizer state, or a replay of the seed log from the base model
+    progress, best_weights = ckpt.Progress(), None
+    if resumed is not None:
+        progress, best_weights = resumed.progress, resumed.best
+        if resumed.weights is not None:
+            ckpt.copy_into(params, resumed.weights, "weights")
+            optimizer.load_state_dict(resumed.optimizer)
+        else:
+            optimizer.check_compatible(resumed.optimizer["mezo"])
+            for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
+                optimizer.apply_record(record)
+                if record.step + 1 == progress.best_step:
+                    best_weights = _trainable_copy(params)
 
     # 3. The loop
     clock, steps_at_clock = time.perf_counter(), progress.step
     for step in range(progress.step + 1, cfg.max_steps + 1):
-        batch = rank_shard(batch_at(splits.train, step, cfg), rank, world)
-        _set_lr(optimizer, cfg, step)
-        loss = _train_step(cfg, optimizer, head, batch, step, device)
-        progress.step = step
-        if math.isfinite(loss):
-            progress.train_loss_sum += loss
-            progress.train_loss_count += 1
-            progress.consecutive_nonfinite = 0
-        else:
-            progress.consecutive_nonfinite += 1
-            if progress.consecutive_nonfinite >= cfg.nonfinite_patience:
-                raise NonFiniteLossError(
-                    f"the training loss was non-finite {progress.consecutive_nonfinite} times in a row "
-                    f"(at step {step}); the trial stops instead of training on (nonfinite_patience="
-                    f"{cfg.nonfinite_patience}). Lower lr or eps, or use float32"
-                )
-        out_of_budget = (
-            bool(cfg.max_forward_passes) and forward_passes(optimizer, step) >= cfg.max_forward_passes
-        )
-        if step % cfg.eval_steps == 0 or step == cfg.max_steps or out_of_budget:
-            dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
-            progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
-            if _improves(cfg, dev_acc, dev_loss, progress):
-                progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
-                best_weights = _trainable_copy(params)
-            elapsed = time.perf_counter() - clock
-            metrics = {
-                "step": step,
-                "forward_passes": forward_passes(optimizer, step),
-                "dev_acc": dev_acc,
-                "best_dev_acc": progress.max_dev_acc,
-                "dev_loss": dev_loss,
-                "train_loss": progress.train_loss_sum / max(progress.train_loss_count, 1),
-                "lr": optimizer.param_groups[0]["lr"],
-                "eps": cfg.eps if cfg.method == "mezo" else 0.0,
-                "peak_mem_bytes": peak_memory_bytes(device),
-                "steps_per_s": (step - steps_at_clock) / elapsed if elapsed > 0 else 0.0,
-                "nonfinite_steps": getattr(optimizer, "nonfinite_steps", 0),
-            }
-            progress.train_loss_sum, progress.train_loss_count = 0.0, 0
-            if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
-                print(
-                    f"[{cfg.task} {cfg.method} lr={cfg.lr:g}] step {step}/{cfg.max_steps} "
-                    f"dev_acc {dev_acc:.4f} (best {progress.max_dev_acc:.4f}) dev_loss {dev_loss:.4f} "
-                    f"{metrics['steps_per_s']:.2f} steps/s",
-                    flush=True,
-                )
-            with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
-                _save(directory, cfg, progress, optimizer, params, best_weights, rank, world)
-                session.report(metrics, directory)
-            clock, steps_at_clock = time.perf_counter(), step
-        if out_of_budget:
+        if _out_of_budget(cfg, optimizer, step - 1):
             break
+        batch = batch_at(splits.train, step, cfg)
+        _set_lr(optimizer, cfg, step)
+        loss = _train_step(cfg, optimizer, scaler, head, batch, step, rank, world, device)
+        progress.step = step
+        _count_loss(cfg, progress, loss, step)
+        if step % cfg.eval_steps and step != cfg.max_steps and not _out_of_budget(cfg, optimizer, step):
+            continue
+        steps_per_s = (step - steps_at_clock) / (time.perf_counter() - clock)
+        dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
+        progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
+        if _improves(cfg, dev_acc, dev_loss, progress):
+            progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
+            best_weights = _trainable_copy(params)
+        progress.last_metrics = {
+            "step": step,
+            "forward_passes": forward_passes(optimizer, step),
+            "dev_acc": dev_acc,
+            "best_dev_acc": progress.max_dev_acc,
+            "dev_loss": dev_loss,
+            "train_loss": progress.train_loss_sum / max(progress.train_loss_count, 1),
+            "lr": optimizer.param_groups[0]["lr"],
+            "eps": cfg.eps if cfg.method == "mezo" else 0.0,
+            "peak_mem_bytes": peak_memory_bytes(device),
+            "steps_per_s": steps_per_s,
+            "nonfinite_steps": progress.nonfinite_steps,
+        }
+        progress.train_loss_sum, progress.train_loss_count = 0.0, 0
+        if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
+            print(
+                f"[{cfg.task} {cfg.method} lr={cfg.lr:g}] step {step}/{cfg.max_steps} "
+                f"dev_acc {dev_acc:.4f} (best {progress.max_dev_acc:.4f}) dev_loss {dev_loss:.4f} "
+                f"{steps_per_s:.2f} steps/s",
+                flush=True,
+            )
+        with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
+            _save(directory, cfg, progress, optimizer, params, best_weights, rank, world)
+            session.report(progress.last_metrics, directory)
+        clock, steps_at_clock = time.perf_counter(), step
 
-    # 4. Test metric of the selected (best-dev) weights
+    # 4. The test metric of the selected (best-dev) weights
     if best_weights is not None:
         ckpt.copy_into(params, best_weights, "best weights")
     test_acc, _ = evaluate(head, test, cfg, rank, world, device)
     final = {
-        "step": progress.step,
-        "forward_passes": forward_passes(optimizer, progress.step),
+        **progress.last_metrics,
         "dev_acc": progress.best_dev_acc,  # of the selected checkpoint
-        "best_dev_acc": progress.max_dev_acc,
         "dev_loss": progress.best_dev_loss,
         "test_acc": test_acc,
         "selected_step": progress.best_step,
         "selection": cfg.selection,
         "peak_mem_bytes": peak_memory_bytes(device),
-        "nonfinite_steps": getattr(optimizer, "nonfinite_steps", 0),
         "done": True,
     }
     session.report(final, None)
@@ -162,58 +151,83 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
 def _train_step(
     cfg: TrialConfig,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     head: Any,
     batch: list[Example],
     step: int,
+    rank: int,
+    world: int,
     device: torch.device,
 ) -> float:
-    """One MeZO step (two forwards per perturbation) or one backprop + AdamW step; returns the loss."""
+    """One MeZO step (two forwards per perturbation) or one backprop + AdamW step; returns the loss,
+    the same on every worker (a non-finite FT loss skips the update on all of them)."""
+    local = rank_shard(batch, rank, world)
+    forwards = _forwards_per_loss(cfg, len(batch), world)
     if cfg.method == "mezo":
-        return optimizer.step(lambda: batch_loss(head, batch, cfg, device))
+        return optimizer.step(lambda: batch_loss(head, local, batch[0], forwards, cfg, device))
     torch.manual_seed(mix_seed(cfg.training_seed, step))  # dropout masks as a function of the step
     head.loaded.model.train()
     try:
-        loss = batch_loss(head, batch, cfg, device, differentiable=True)
-        loss.backward()
+        with _autocast(cfg, device):
+            total, count = batch_loss_terms(head, local, batch[0], forwards, cfg)
+        if torch.is_tensor(total):  # an empty data-parallel shard has nothing to backprop
+            scaler.scale(total / max(count, 1)).backward()
+            total = total.detach()
+        loss_sum, count_sum = all_reduce_sums([float(total), count], device)
+        loss = loss_sum / count_sum
+        if not math.isfinite(loss):
+            optimizer.zero_grad(set_to_none=True)
+            return loss
         if is_distributed():
-            _all_reduce_grads(optimizer)
+            _average_gradients(optimizer)
+        scaler.unscale_(optimizer)
         if cfg.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm
-            )
-        optimizer.step()
+            torch.nn.utils.clip_grad_norm_(_all_params(optimizer), cfg.max_grad_norm)
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
     finally:
         head.loaded.model.eval()
-    return float(loss.detach())
+    return loss
 
 
 def batch_loss(
-    head: Any, batch: list[Example], cfg: TrialConfig, device: torch.device, differentiable: bool = False
-) -> Any:
-    """The mean loss (or -metric) over the whole batch, summed over micro-batches and workers.
-
-    Each worker holds its shard of the batch; only the (sum, count) scalars are all-reduced.
-    """
+    head: Any, local: list[Example], filler: Example, forwards: int, cfg: TrialConfig, device: torch.device
+) -> float:
+    """The mean loss (or -metric) over the whole batch: each worker scores its shard, and only the
+    (sum, count) scalars cross the wire."""
     if cfg.objective == "metric":
-        predictions = head.predict(batch)
-        total, count = (
-            -sum(head.task.score([p], [ex]) for p, ex in zip(predictions, batch, strict=True)),
-            len(batch),
-        )
-        total, count = all_reduce_sums([total, count], device)
+        predictions = head.predict(local) if local else []
+        scores = [head.task.score([p], [ex]) for p, ex in zip(predictions, local, strict=True)]
+        total, count = all_reduce_sums([-sum(scores), len(local)], device)
         return total / count
-    size = cfg.micro_batch_size or max(len(batch), 1)
+    total, count = batch_loss_terms(head, local, filler, forwards, cfg)
+    total, count = all_reduce_sums([float(total), count], device)
+    return total / count
+
+
+def batch_loss_terms(
+    head: Any, local: list[Example], filler: Example, forwards: int, cfg: TrialConfig
+) -> tuple[Any, int]:
+    """(loss sum, count) over this worker's examples in exactly ``forwards`` forward passes (micro-
+    batches). Under FSDP every worker must run as many forwards as the others: one with fewer
+    examples runs a zero-weight forward on ``filler``."""
     total: Any = 0.0
     count = 0
-    for start in range(0, len(batch), size):
-        s, c = head.loss_terms(batch[start : start + size])
-        total = total + (s if differentiable else float(s))
-        count += c
-    if differentiable:  # backprop: each worker's mean; gradients are averaged instead
-        return total / max(count, 1)
-    total, count = all_reduce_sums([total, count], device)
-    return total / count
+    for i in range(forwards):
+        micro = local[i::forwards]
+        if micro:
+            s, c = head.loss_terms(micro)
+            total, count = total + s, count + c
+        elif cfg.fsdp:
+            total = total + 0.0 * head.loss_terms([filler])[0]
+    return total, count
+
+
+def _forwards_per_loss(cfg: TrialConfig, batch_size: int, world: int) -> int:
+    """Forward passes per loss evaluation: one per micro-batch of the largest worker shard."""
+    largest_shard = math.ceil(batch_size / world)
+    return math.ceil(largest_shard / cfg.micro_batch_size) if cfg.micro_batch_size else 1
 
 
 def batch_at(train: list[Example], step: int, cfg: TrialConfig) -> list[Example]:
@@ -229,6 +243,26 @@ def batch_at(train: list[Example], step: int, cfg: TrialConfig) -> list[Example]
 
 def forward_passes(optimizer: torch.optim.Optimizer, step: int) -> int:
     return optimizer.forward_passes if isinstance(optimizer, MeZO) else step
+
+
+def _out_of_budget(cfg: TrialConfig, optimizer: torch.optim.Optimizer, step: int) -> bool:
+    return bool(cfg.max_forward_passes) and forward_passes(optimizer, step) >= cfg.max_forward_passes
+
+
+def _count_loss(cfg: TrialConfig, progress: ckpt.Progress, loss: float, step: int) -> None:
+    if math.isfinite(loss):
+        progress.train_loss_sum += loss
+        progress.train_loss_count += 1
+        progress.consecutive_nonfinite = 0
+        return
+    progress.nonfinite_steps += 1
+    progress.consecutive_nonfinite += 1
+    if progress.consecutive_nonfinite >= cfg.nonfinite_patience:
+        raise NonFiniteLossError(
+            f"the training loss was non-finite {progress.consecutive_nonfinite} times in a row (at step "
+            f"{step}); the trial stops instead of training on (nonfinite_patience={cfg.nonfinite_patience}). "
+            f"Lower lr or eps, or use float32"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -265,26 +299,25 @@ def _improves(cfg: TrialConfig, dev_acc: float, dev_loss: float, progress: ckpt.
 # Baselines without training
 def _run_baseline(
     cfg: TrialConfig,
-    task: Task,
-    loaded: LoadedModel,
-    splits: Splits,
+    loaded: Any,
+    train: list[Example],
     dev: list[Example],
     test: list[Example],
     session: Session,
+    device: torch.device,
 ) -> dict[str, Any]:
-    head = make_head(task, loaded)
-    device = loaded.device
+    head = make_head(cfg.resolved_task(), loaded)
     if cfg.method == "zero_shot":
         dev_acc, dev_loss = evaluate(head, dev, cfg, session.rank, session.world_size, device)
         test_acc, _ = evaluate(head, test, cfg, session.rank, session.world_size, device)
     elif cfg.method == "icl":
-        dev_result = icl_evaluate(head, dev, splits.train, num_demos=cfg.icl_demos, seed=0)
-        test_result = icl_evaluate(head, test, splits.train, num_demos=cfg.icl_demos, seed=0)
+        dev_result = icl_evaluate(head, dev, train, num_demos=cfg.icl_demos, seed=0)
+        test_result = icl_evaluate(head, test, train, num_demos=cfg.icl_demos, seed=0)
         dev_acc, dev_loss, test_acc = dev_result["metric"], dev_result["loss"], test_result["metric"]
     else:
-        probe = linear_probe(head, splits.train)
+        probe = linear_probe(head, train)
         dev_result = probe.evaluate(dev)
-        dev_acc, dev_loss, test_acc = dev_result["metric"], float("nan"), probe.evaluate(test)["metric"]
+        dev_acc, dev_loss, test_acc = dev_result["metric"], math.nan, probe.evaluate(test)["metric"]
     final = {
         "step": 0,
         "forward_passes": 0,
@@ -320,7 +353,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
     return ModelSpec(
         name_or_path=path,
         family=cfg.family,
-        dtype=cfg.dtype,
+        dtype="float32" if cfg.method == "ft" else cfg.dtype,  # FT: fp32 weights, autocast (as --fp16)
         mode=cfg.mode,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
@@ -329,6 +362,12 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         device=str(device),
         init_seed=cfg.training_seed,
     )
+
+
+def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if cfg.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[cfg.dtype])
 
 
 def _cap(examples: list[Example], cfg: TrialConfig) -> list[Example]:
@@ -368,60 +407,29 @@ def peak_memory_bytes(device: torch.device) -> int:
     """Peak GPU memory allocated, or the process's peak resident set size on the CPU."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
+    import resource
+
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
-def _all_reduce_grads(optimizer: torch.optim.Optimizer) -> None:
-    """Average gradients over the workers (first-order baseline without DDP)."""
+def _all_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _average_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Average gradients over the data-parallel workers (FSDP reduce-scatters its own)."""
     import torch.distributed as dist
 
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            if p.grad is not None and not hasattr(p.grad, "to_local"):
-                dist.all_reduce(p.grad)
-                p.grad /= dist.get_world_size()
+    for p in _all_params(optimizer):
+        if p.grad is not None and not hasattr(p.grad, "to_local"):
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
 
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
 def _trainable_copy(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
-    return {n: ckpt.local_tensor(p).detach().to("cpu", copy=True) for n, p in params}
-
-
-def optimizer_counters(optimizer: torch.optim.Optimizer, counters: dict[str, Any]) -> dict[str, Any]:
-    """Restore the optimizer's counters from ``counters`` (when given) and return the current ones."""
-    if not isinstance(optimizer, MeZO):
-        return {}
-    names = ("step_count", "update_count", "forward_passes", "nonfinite_steps")
-    for name in names:
-        if name in counters:
-            setattr(optimizer, name, counters[name])
-    return {name: getattr(optimizer, name) for name in names}
-
-
-def _optimizer_tensors(
-    optimizer: torch.optim.Optimizer, params: list[tuple[str, torch.nn.Parameter]]
-) -> dict:
-    out = {}
-    for name, p in params:
-        for key, value in optimizer.state.get(p, {}).items():
-            if torch.is_tensor(value):
-                out[f"optimizer/{name}/{key}"] = ckpt.local_tensor(value)
-    return out
-
-
-def _load_optimizer_state(
-    optimizer: torch.optim.Optimizer, params: list[tuple[str, torch.nn.Parameter]], tensors: dict
-) -> None:
-    for name, p in params:
-        prefix = f"optimizer/{name}/"
-        state = {
-            k[len(prefix) :]: v.to(ckpt.local_tensor(p).device)
-            for k, v in tensors.items()
-            if k.startswith(prefix)
-        }
-        if state:
-            optimizer.state[p].update(state)
+    return {n: local_tensor(p).detach().to("cpu", copy=True) for n, p in params}
 
 
 def _save(
@@ -434,30 +442,15 @@ def _save(
     rank: int,
     world: int,
 ) -> None:
-    """Write a checkpoint: the trainable weights (and optimizer state) now, or MeZO's seed log."""
+    """Write a checkpoint: trainable weights and optimizer state now, or MeZO's whole seed log."""
     progress.world_size, progress.fsdp = world, cfg.fsdp
-    if cfg.method == "mezo" and cfg.checkpoint_mode == "seed_log":
-        progress.snapshot_step, progress.optimizer = 0, {}
-        ckpt.save(directory, progress, optimizer.trajectory, None, None, rank, writes_weights=False)
+    state = optimizer.state_dict()
+    writes_tensors = cfg.fsdp or rank == 0
+    if cfg.method == "mezo" and cfg.checkpoint_mode == "seed_log":  # the log replays from the base model
+        ckpt.save(directory, progress, optimizer.trajectory, None, None, state, rank, writes_tensors=False)
         return
-    progress.snapshot_step, progress.optimizer = progress.step, optimizer_counters(optimizer, {})
-    snapshot = {**{n: ckpt.local_tensor(p) for n, p in params}, **_optimizer_tensors(optimizer, params)}
+    weights = {n: local_tensor(p) for n, p in params}
     best = best_weights if progress.best_step != progress.step else None
     if isinstance(optimizer, MeZO):
         optimizer.trajectory.clear()  # the weights are saved; the log is not needed to resume
-    ckpt.save(directory, progress, [], snapshot, best, rank, writes_weights=cfg.fsdp or rank == 0)
-
-
-def _restore(
-    directory: str | None, rank: int
-) -> tuple[ckpt.Progress, list[StepRecord], dict | None, dict | None]:
-    """(progress, seed log to replay, snapshot tensors, best-dev weights) of a checkpoint folder."""
-    if directory is None or not os.path.exists(os.path.join(directory, ckpt.STATE_FILE)):
-        return ckpt.Progress(), [], None, None
-    progress, trajectory = ckpt.load_state(directory)
-    shard_rank = rank if progress.fsdp else 0
-    snapshot = ckpt.load_tensors(directory, "snapshot", shard_rank)
-    best = ckpt.load_tensors(directory, "best", shard_rank)
-    if best is None and snapshot is not None and progress.best_step == progress.snapshot_step:
-        best = {k: v for k, v in snapshot.items() if not k.startswith("optimizer/")}
-    return progress, trajectory, snapshot, best
+    ckpt.save(directory, progress, [], weights, best, state, rank, writes_tensors)

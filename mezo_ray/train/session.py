@@ -1,7 +1,7 @@
 """Where a trial reports to: Ray Train workers, a Tune function trainable, or plain Python.
 
 The recipe only ever calls ``session.report(metrics, checkpoint_dir)`` and
-``session.latest_checkpoint()``; the three sessions below map that onto ``ray.train.report``
+``session.latest_checkpoint()``; the two sessions below map that onto ``ray.train.report``
 (inside a TorchTrainer worker), ``ray.tune.report`` (a single-process Tune trial: ``ray.train.report``
 would be refused there, and ``ray.tune.report`` inside a Train worker silently drops metrics), or a
 list in memory (tests, notebooks).
@@ -9,10 +9,11 @@ list in memory (tests, notebooks).
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 class Session(Protocol):
@@ -26,43 +27,23 @@ class Session(Protocol):
         """The folder of the checkpoint to resume from, or None for a fresh start."""
 
 
-class RayTrainSession:
-    """Inside a ``TorchTrainer`` worker: ``ray.train.report`` is a barrier across the workers."""
+class RaySession:
+    """Reports through ``ray.train`` (inside a ``TorchTrainer`` worker, where ``report`` is a barrier
+    across the workers) or ``ray.tune`` (a Tune trial running the recipe in its own process)."""
 
-    def __init__(self) -> None:
-        import ray.train
-
-        context = ray.train.get_context()
-        self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.train
-
-        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint)
-
-    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        return checkpoint.as_directory() if checkpoint else nullcontext(None)
-
-
-class TuneSession:
-    """A Tune function trainable running the recipe in its own process (``num_workers=0``)."""
-
-    rank, world_size = 0, 1
+    def __init__(self, api: Literal["train", "tune"]) -> None:
+        self._api = importlib.import_module(f"ray.{api}")
+        self.rank, self.world_size = 0, 1
+        if api == "train":
+            context = self._api.get_context()
+            self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        import ray.tune
-
-        checkpoint = ray.tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.tune.report(metrics, checkpoint=checkpoint)
+        checkpoint = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        self._api.report(metrics, checkpoint=checkpoint)
 
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
-        import ray.tune
-
-        checkpoint = ray.tune.get_checkpoint()
+        checkpoint = self._api.get_checkpoint()
         return checkpoint.as_directory() if checkpoint else nullcontext(None)
 
 

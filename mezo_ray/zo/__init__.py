@@ -1,6 +1,6 @@
 """The MeZO optimizer core: plain PyTorch, no Ray, no Hugging Face, no task knowledge."""
 
-from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, mix_seed
+from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, local_tensor, mix_seed
 from mezo_ray.zo.optimizer import (
     DEFAULT_NO_DECAY,
     VARIANTS,
@@ -19,6 +19,7 @@ __all__ = [
     "NonFiniteLossError",
     "StepRecord",
     "full_noise",
+    "local_tensor",
     "microbatch_mean",
     "mix_seed",
     "replay",

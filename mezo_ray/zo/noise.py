@@ -68,6 +68,11 @@ def noise_slice(param: torch.Tensor, name: str) -> NoiseSlice:
     return NoiseSlice(local=local.detach().view(-1), offset=offset, numel=param.numel(), key=name_key(name))
 
 
+def local_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The part of a (possibly DTensor-sharded) tensor this process holds."""
+    return t.to_local() if _is_dtensor(t) else t
+
+
 def _is_dtensor(t: torch.Tensor) -> bool:
     return type(t).__name__ == "DTensor" and hasattr(t, "to_local")
 

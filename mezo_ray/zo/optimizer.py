@@ -36,6 +36,7 @@ from mezo_ray.zo.noise import (
     cuda_backend,
     draw,
     for_each_chunk,
+    local_tensor,
     mix_seed,
     noise_slice,
 )
@@ -247,7 +248,7 @@ class MeZO(torch.optim.Optimizer):
     def _slices(self) -> list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]:
         """(noise slice, parameter, group) for every parameter, rebuilt only when storage moves
         (per-sweep Python work must stay small next to a GPU sweep of a few hundred microseconds)."""
-        storage = tuple(_local(p).data_ptr() for g in self.param_groups for p in g["params"])
+        storage = tuple(local_tensor(p).data_ptr() for g in self.param_groups for p in g["params"])
         if self._slice_cache is None or self._slice_cache[0] != storage:
             slices = [(noise_slice(p, self._names[p]), p, g) for g in self.param_groups for p in g["params"]]
             self._slice_cache = (storage, slices)
@@ -389,18 +390,22 @@ class MeZO(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         extra = state_dict.pop("mezo")
-        for key in ("variant", "eps", "chunk_numel"):
-            if extra[key] != getattr(self, key):
-                raise ValueError(
-                    f"state dict was saved with {key}={extra[key]!r} but this optimizer has "
-                    f"{key}={getattr(self, key)!r}; build the optimizer with the saved value"
-                )
+        self.check_compatible(extra)
         super().load_state_dict(state_dict)
         self.seed = extra["seed"]
         self.step_count = extra["step_count"]
         self.update_count = extra["update_count"]
         self.forward_passes = extra["forward_passes"]
         self.nonfinite_steps = extra["nonfinite_steps"]
+
+    def check_compatible(self, extra: dict[str, Any]) -> None:
+        """Refuse to continue a run saved with another variant, eps or chunk size (another z stream)."""
+        for key in ("variant", "eps", "chunk_numel"):
+            if extra[key] != getattr(self, key):
+                raise ValueError(
+                    f"state dict was saved with {key}={extra[key]!r} but this optimizer has "
+                    f"{key}={getattr(self, key)!r}; build the optimizer with the saved value"
+                )
 
 
 def replay(optimizer: MeZO, records: Iterable[StepRecord]) -> None:
@@ -420,10 +425,6 @@ def microbatch_mean(
     weights = [len(mb) for mb in microbatches] if sizes is None else list(sizes)
     total = sum(weights)
     return sum(float(loss_fn(mb)) * w for mb, w in zip(microbatches, weights, strict=True)) / total
-
-
-def _local(p: torch.Tensor) -> torch.Tensor:
-    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def _takes_index(closure: Callable[..., Any]) -> bool:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from mezo_ray.spaces import load_space, parse_overrides
 from mezo_ray.train.config import parse_trial_config
@@ -81,3 +84,30 @@ def test_bad_spaces_are_refused(tmp_path):
     bad.write_text("description: x\ngrids: [{name: a, grid: {learning_rate: [1.0]}}]\n")
     with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
         load_space(str(bad))
+
+
+def test_dry_run_forward_passes_follow_the_linear_perturbation_schedule():
+    from mezo_ray.zo import MeZO
+
+    cfg = parse_trial_config(
+        {**BASE, "n_perturbations": 16, "perturbation_schedule": "linear", "max_steps": 625, "eval_steps": 25}
+    )
+    opt = MeZO(
+        [torch.nn.Parameter(torch.zeros(1))],
+        lr=1e-3,
+        n_perturbations=16,
+        perturbation_schedule="linear",
+        max_steps=625,
+    )
+    assert cfg.forward_passes() == sum(2 * opt.perturbations_at(t) for t in range(625))
+
+
+def test_gpus_per_trial_is_spread_over_each_trials_own_workers(capsys):
+    from mezo_ray.tune import main
+
+    assert main(["--space", "opt13b_table1", "--gpus-per-trial", "4", "--dry-run", "--json"]) == 0
+    trials = json.loads(capsys.readouterr().out)["trials"]
+    per_worker = {(t["method"], t["num_workers"], t["gpus_per_worker"]) for t in trials}
+    assert ("ft", 4, 1.0) in per_worker and ("mezo", 1, 4.0) in per_worker
+    with pytest.raises(ValueError, match="NCCL needs a whole GPU per worker"):
+        parse_trial_config({**BASE, "num_workers": 2, "gpus_per_worker": 0.5})

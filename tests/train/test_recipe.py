@@ -65,6 +65,7 @@ def test_mezo_trial_reports_every_eval_then_the_test_metric(tiny_models, tmp_pat
     assert [r["step"] for r in evals] == [4, 8] and all(set(r) >= REPORT_KEYS for r in evals)
     assert [r["forward_passes"] for r in evals] == [8, 16]  # two forwards per step
     assert last["done"] is True and last == final and 0.0 <= last["test_acc"] <= 1.0
+    assert set(last) >= REPORT_KEYS  # the final report keeps every metric of the last evaluation
     assert last["best_dev_acc"] == max(r["dev_acc"] for r in evals)
     assert last["selected_step"] in (4, 8) and len(session.checkpoints) == 2
 
@@ -95,10 +96,28 @@ def test_forward_pass_budget_ends_the_trial(tiny_models, tmp_path):
     assert final["forward_passes"] == 10 and final["step"] == 5
 
 
-def test_non_finite_losses_fail_the_trial_after_the_patience(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setattr(recipe, "batch_loss", lambda *args, **kwargs: math.nan)
+def test_resume_at_the_forward_pass_budget_runs_no_further_step(tiny_models, tmp_path):
+    budget = {"max_steps": 100, "eval_steps": 4, "max_forward_passes": 16}
+    straight, whole = trial(tmp_path, **budget)
+    resumed, rest = trial(tmp_path, resume_from=whole.checkpoints[-1], **budget)
+    assert straight["step"] == 8 and len(rest.reports) == 1  # only the final report
+    assert same_run(resumed) == same_run(straight)
+
+
+@pytest.mark.parametrize("method", ["mezo", "ft"])
+def test_non_finite_losses_fail_the_trial_after_the_patience(tiny_models, tmp_path, monkeypatch, method):
+    def nan_terms(*args, **kwargs):
+        return torch.tensor(math.nan, requires_grad=True), 1
+
+    monkeypatch.setattr(recipe, "batch_loss_terms", nan_terms)
     with pytest.raises(NonFiniteLossError, match="non-finite 3 times in a row"):
-        trial(tmp_path, nonfinite_patience=3)
+        trial(tmp_path, nonfinite_patience=3, method=method)
+
+
+def test_ft_in_bfloat16_is_mixed_precision_over_float32_weights(tiny_models, tmp_path):
+    final, session = trial(tmp_path, method="ft", dtype="bfloat16", lr=1e-4)
+    weights = snapshot(session.checkpoints[-1])
+    assert final["done"] and all(w.dtype == torch.float32 for w in weights.values())
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "lp"])

@@ -149,17 +149,7 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path):
                     {"name": "zs", "set": {"method": "zero_shot"}},
                     {"name": "mezo", "grid": {"lr": [1e-3, 2e-3]}},
                 ],
-                "defaults": {
-                    "model": "tiny-mlm",
-                    "task": "synthetic-sst2",
-                    "k": 16,
-                    "data_seed": 13,
-                    "batch_size": 16,
-                    "max_eval_examples": 32,
-                    "num_workers": 0,
-                    "max_steps": 400,
-                    "eval_steps": 20,
-                },
+                "defaults": {**TRIAL, "num_workers": 0, "max_steps": 400, "eval_steps": 20},
             }
         )
     )

@@ -5,7 +5,7 @@ mean and population std over seeds, ×100). Importing this package needs pandas 
 matplotlib only when plots are written, so a laptop holding a copied experiment folder can report on it.
 
     from mezo_ray.report import render
-    print(render(result_grid, fmt="markdown", select="best_dev_acc"))   # end of a Tune search
+    print(render(result_grid, fmt="markdown", select="dev_acc"))   # end of a Tune search
     python -m mezo_ray.report ~/ray_results/exp1 ~/ray_results/exp2 --out report/   # CLI
 """
 

@@ -31,9 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--select",
         choices=sorted(SELECTIONS),
-        default="best_dev_acc",
-        help="per-seed selection rule: highest final best_dev_acc (RoBERTa gather script, default) or lowest "
-        "final dev_loss (the OPT code's HF Trainer)",
+        default="dev_acc",
+        help="per-seed selection rule on each trial's tested checkpoint: highest dev_acc (RoBERTa gather "
+        "script, default) or lowest dev_loss (the OPT code's HF Trainer)",
     )
     parser.add_argument(
         "--include-unfinished",

@@ -38,6 +38,9 @@ CONFIG_KEYS = (
     "max_steps",
     "eval_steps",
     "n_perturbations",
+    "perturbation_schedule",
+    "objective",
+    "max_forward_passes",
     "seed",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
@@ -69,6 +72,17 @@ STATUSES = ("done", "unfinished", "errored")
 _ZO_VARIANT_NAMES = {"sgd": "MeZO", "adam": "MeZO-Adam", "momentum": "MeZO-momentum", "sign": "MeZO-sign"}
 _MODE_SUFFIX = {"full": "", "lora": " (LoRA)", "prefix": " (prefix)"}
 _UNTRAINED_ROWS = {"zero_shot": "Zero-shot", "icl": "ICL", "lp": "LP"}
+#: Rows that use no training data: their k is dropped, so one run shows in every k section of its model.
+K_FREE_ROWS = ("Zero-shot",)
+_ROW_KEYS = (
+    "method",
+    "zo_variant",
+    "mode",
+    "n_perturbations",
+    "perturbation_schedule",
+    "objective",
+    "max_forward_passes",
+)
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
 
@@ -85,9 +99,21 @@ class Report:
     history: pd.DataFrame
 
 
-def row_label(method: Any, zo_variant: Any = None, mode: Any = None) -> str:
-    """Return the paper's row label for a (method, zo_variant, mode) triple, e.g. ("mezo", "sgd", "lora") ->
-    "MeZO (LoRA)"; unknown values still give a readable label instead of being dropped."""
+def row_label(
+    method: Any,
+    zo_variant: Any = None,
+    mode: Any = None,
+    n_perturbations: Any = None,
+    perturbation_schedule: Any = None,
+    objective: Any = None,
+    max_forward_passes: Any = None,
+) -> str:
+    """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
+
+    Settings that make a different experiment (n-SPSA, the metric objective, a forward-pass budget) go in
+    brackets, e.g. "MeZO [n=4 linear, 10000 fwd]", so ablations never share a cell (or a published number)
+    with the plain row. Unknown values still give a readable label instead of being dropped.
+    """
     method = str(method) if _present(method) else "unknown"
     mode = str(mode) if _present(mode) else "full"
     if method in _UNTRAINED_ROWS:
@@ -95,10 +121,20 @@ def row_label(method: Any, zo_variant: Any = None, mode: Any = None) -> str:
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
     if method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
-        return _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
-    if method == "ft":
-        return "FT" + suffix
-    return method + suffix
+        label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
+    elif method == "ft":
+        label = "FT" + suffix
+    else:
+        label = method + suffix
+    qualifiers = []
+    if _present(n_perturbations) and int(n_perturbations) > 1:
+        linear = " linear" if perturbation_schedule == "linear" else ""
+        qualifiers.append(f"n={int(n_perturbations)}{linear}")
+    if _present(objective) and objective != "loss":
+        qualifiers.append(f"{objective} objective")
+    if _present(max_forward_passes):
+        qualifiers.append(f"{int(max_forward_passes)} fwd")
+    return label + (f" [{', '.join(qualifiers)}]" if qualifiers else "")
 
 
 def model_key(model: Any) -> str:
@@ -253,6 +289,9 @@ def _build(records: list[_Record]) -> Report:
         reports = rec.reports.reset_index(drop=True)
         final = reports.iloc[-1].to_dict() if len(reports) else {}
         config = {key: rec.config.get(key) for key in CONFIG_KEYS}
+        row = row_label(*(config[key] for key in _ROW_KEYS))
+        if row in K_FREE_ROWS:
+            config["k"] = None
         status, reason = _status(final, rec.error, len(reports), config["max_steps"])
         peak = pd.to_numeric(reports.get("peak_mem_bytes", pd.Series(dtype=float)), errors="coerce").max()
         trial_rows.append(
@@ -262,7 +301,7 @@ def _build(records: list[_Record]) -> Report:
                 "status": status,
                 "reason": reason,
                 **config,
-                "row": row_label(config["method"], config["zo_variant"], config["mode"]),
+                "row": row,
                 **{m: final.get(m) for m in FINAL_METRICS},
                 "peak_mem_bytes": peak,
                 "n_reports": len(reports),
@@ -274,9 +313,16 @@ def _build(records: list[_Record]) -> Report:
     trials = pd.DataFrame(trial_rows)
     for key in ("k", "data_seed", "batch_size", "max_steps", "eval_steps", "n_perturbations", "seed"):
         trials[key] = pd.to_numeric(trials[key], errors="coerce").astype("Int64")
-    numeric = ["lr", "eps", "weight_decay", *(m for m in FINAL_METRICS if m != "selection"), "peak_mem_bytes"]
+    numeric = [
+        "lr",
+        "eps",
+        "max_forward_passes",
+        "weight_decay",
+        *(m for m in FINAL_METRICS if m != "selection"),
+        "peak_mem_bytes",
+    ]
     trials[numeric] = trials[numeric].apply(pd.to_numeric, errors="coerce")
-    for key in ("model", "task", "method", "zo_variant", "mode"):
+    for key in ("model", "task", "method", "zo_variant", "mode", "perturbation_schedule", "objective"):
         trials[key] = trials[key].astype(object).where(trials[key].notna(), None)
     trials["model"] = trials["model"].fillna("unknown")
     trials["task"] = trials["task"].fillna("unknown")

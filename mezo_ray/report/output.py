@@ -33,7 +33,7 @@ def as_report(source: Report | str | os.PathLike | Iterable[Any]) -> Report:
 def render(
     source: Report | str | os.PathLike | Iterable[Any],
     fmt: str = "markdown",
-    select: str = "best_dev_acc",
+    select: str = "dev_acc",
     include_unfinished: bool = False,
 ) -> str:
     """Return the report tables as ``fmt`` ("markdown", "latex" or "csv") text.
@@ -55,7 +55,7 @@ def render(
 def write_report(
     source: Report | str | os.PathLike | Iterable[Any],
     out_dir: str | os.PathLike,
-    select: str = "best_dev_acc",
+    select: str = "dev_acc",
     include_unfinished: bool = False,
     plots: bool = True,
 ) -> list[Path]:

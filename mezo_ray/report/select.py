@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-#: Selection metric -> direction. ``best_dev_acc`` is the medium-model (RoBERTa) gather script's rule;
-#: ``dev_loss`` (lowest) is what the OPT code's HF Trainer used.
-SELECTIONS = {"best_dev_acc": "max", "dev_loss": "min"}
+#: Selection metric -> direction, read from a trial's final report, whose dev metrics are those of the
+#: checkpoint it tested (CONTRACTS.md): ``dev_acc`` (highest) is the medium-model (RoBERTa) gather script's
+#: rule; ``dev_loss`` (lowest) is what the OPT code's HF Trainer used. Not ``best_dev_acc``: under a trial's
+#: own dev-loss selection its running maximum may belong to a checkpoint that was never tested.
+SELECTIONS = {"dev_acc": "max", "dev_loss": "min"}
 #: A selection is made within each of these groups (one per data seed) ...
 SEED_KEYS = ["model", "task", "k", "row", "data_seed"]
 #: ... and aggregated over seeds into one table cell per these.
@@ -34,7 +36,7 @@ def candidates(trials: pd.DataFrame, include_unfinished: bool = False) -> pd.Dat
 
 
 def select_best(
-    trials: pd.DataFrame, select: str = "best_dev_acc", include_unfinished: bool = False
+    trials: pd.DataFrame, select: str = "dev_acc", include_unfinished: bool = False
 ) -> pd.DataFrame:
     """Return one row per (model, task, k, row, data_seed): the trial with the best final ``select`` value.
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from mezo_ray.report import paper_numbers as paper
-from mezo_ray.report.load import Report, model_key
+from mezo_ray.report.load import K_FREE_ROWS, Report, model_key
 from mezo_ray.report.select import aggregate, aggregate_memory, select_best
 
 #: Canonical row order; labels not listed (new variants) follow, alphabetically.
@@ -37,8 +37,6 @@ ROW_ORDER = (
     "FT (LoRA)",
     "FT (prefix)",
 )
-#: Rows that use no training data: trials run without k are shown in every k section of their model.
-_K_FREE_ROWS = ("Zero-shot",)
 CELL_COLUMNS = [
     "row",
     "column",
@@ -105,7 +103,7 @@ def _section_cells(scores: pd.DataFrame, model: str, k: int | None) -> pd.DataFr
     if k is None:
         return scores[in_model & scores["k"].isna()]
     same_k = scores["k"].eq(k).fillna(False)
-    k_free = scores["k"].isna() & scores["row"].isin(_K_FREE_ROWS)
+    k_free = scores["k"].isna() & scores["row"].isin(K_FREE_ROWS)
     return scores[in_model & (same_k | k_free)]
 
 
@@ -115,7 +113,7 @@ def score_tables(scores: pd.DataFrame) -> list[Table]:
     for model in sorted(scores["model"].unique(), key=lambda m: natural_key(model_key(m))):
         ks = scores.loc[scores["model"] == model, "k"]
         sections = sorted({int(k) for k in ks.dropna()})
-        only_k_free = scores[(scores["model"] == model) & ks.isna()]["row"].isin(_K_FREE_ROWS).all()
+        only_k_free = scores[(scores["model"] == model) & ks.isna()]["row"].isin(K_FREE_ROWS).all()
         if ks.isna().any() and not (sections and only_k_free):
             sections.append(None)
         for k in sections:
@@ -215,9 +213,7 @@ def memory_tables(memory: pd.DataFrame) -> list[Table]:
     return tables
 
 
-def build_tables(
-    report: Report, select: str = "best_dev_acc", include_unfinished: bool = False
-) -> list[Table]:
+def build_tables(report: Report, select: str = "dev_acc", include_unfinished: bool = False) -> list[Table]:
     """Return every table of a report: score sections (paper layouts first), then peak-memory sections."""
     selected = select_best(report.trials, select, include_unfinished)
     tables = score_tables(aggregate(selected)) if len(selected) else []

@@ -19,7 +19,7 @@ def report(experiments):
 def test_csv_parses_into_one_numeric_row_per_cell(report):
     frame = pd.read_csv(io.StringIO(render(report, fmt="csv")))
     assert list(frame.columns[:6]) == ["table", "title", "kind", "model", "k", "selection"]
-    assert set(frame["selection"]) == {"best_dev_acc"}
+    assert set(frame["selection"]) == {"dev_acc"}
     scores = frame[frame["kind"] == "score"].set_index(["table", "model", "k", "row", "column"])
     cell = scores.loc[("Table 18", "roberta-large", 16, "MeZO", "SST-2")]
     assert cell[["value", "std", "n", "paper", "paper_std", "diff"]].tolist() == pytest.approx(

@@ -37,7 +37,7 @@ from mezo_ray.models import linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
 from mezo_ray.models.loading import DTYPES, ModelSpec
 from mezo_ray.models.tiny import ensure_tiny_models
-from mezo_ray.tasks import Example, load_splits
+from mezo_ray.tasks import Example, load_pool, load_splits
 from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
@@ -170,16 +170,20 @@ def _train_step(
     try:
         with _autocast(cfg, device):
             total, count = batch_loss_terms(head, local, batch[0], forwards, cfg)
+        (count,) = all_reduce_sums([count], device)
         if torch.is_tensor(total):  # an empty data-parallel shard has nothing to backprop
-            scaler.scale(total / max(count, 1)).backward()
+            # the gradient of the mean over the whole batch, whatever each worker's share of it;
+            # FSDP averages over the workers when it reduces, hence the factor
+            scale = world / count if cfg.fsdp else 1 / count
+            scaler.scale(total * scale).backward()
             total = total.detach()
-        loss_sum, count_sum = all_reduce_sums([float(total), count], device)
-        loss = loss_sum / count_sum
+        (loss_sum,) = all_reduce_sums([float(total)], device)
+        loss = loss_sum / count
         if not math.isfinite(loss):
             optimizer.zero_grad(set_to_none=True)
             return loss
-        if is_distributed():
-            _average_gradients(optimizer)
+        if is_distributed() and not cfg.fsdp:
+            _sum_gradients(optimizer)
         scaler.unscale_(optimizer)
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(_all_params(optimizer), cfg.max_grad_norm)
@@ -310,9 +314,10 @@ def _run_baseline(
     if cfg.method == "zero_shot":
         dev_acc, dev_loss = evaluate(head, dev, cfg, session.rank, session.world_size, device)
         test_acc, _ = evaluate(head, test, cfg, session.rank, session.world_size, device)
-    elif cfg.method == "icl":
-        dev_result = icl_evaluate(head, dev, train, num_demos=cfg.icl_demos, seed=0)
-        test_result = icl_evaluate(head, test, train, num_demos=cfg.icl_demos, seed=0)
+    elif cfg.method == "icl":  # demonstrations from the whole train split, as the paper drew them
+        pool = load_pool(head.task, cfg.data_spec()).train
+        dev_result = icl_evaluate(head, dev, pool, num_demos=cfg.icl_demos, seed=0)
+        test_result = icl_evaluate(head, test, pool, num_demos=cfg.icl_demos, seed=0)
         dev_acc, dev_loss, test_acc = dev_result["metric"], dev_result["loss"], test_result["metric"]
     else:
         probe = linear_probe(head, train)
@@ -416,14 +421,15 @@ def _all_params(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _average_gradients(optimizer: torch.optim.Optimizer) -> None:
-    """Average gradients over the data-parallel workers (FSDP reduce-scatters its own)."""
+def _sum_gradients(optimizer: torch.optim.Optimizer) -> None:
+    """Sum the data-parallel workers' gradients (each already divided by the whole batch's count); a
+    worker whose shard was empty has none and sends zeros, so the collectives still pair up."""
     import torch.distributed as dist
 
     for p in _all_params(optimizer):
-        if p.grad is not None and not hasattr(p.grad, "to_local"):
-            dist.all_reduce(p.grad)
-            p.grad /= dist.get_world_size()
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
 
 
 # ----------------------------------------------------------------------------------------------------

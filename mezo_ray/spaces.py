@@ -68,8 +68,15 @@ class SearchSpace(BaseModel):
         return optuna
 
     # ------------------------------------------------------------------------------------------------
-    def trials(self, overrides: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every trial of the grid search as a flat config dict (validated), overrides applied last."""
+    def trials(
+        self, overrides: dict[str, Any] | None = None, only: dict[str, list[Any]] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every trial of the grid search as a flat config dict (validated), overrides applied last,
+        then only the trials whose ``only`` keys take one of the listed values.
+
+        ``--set k=16`` rewrites every trial (a grid pinned to k=512 runs at k=16 with k=512's batch
+        sizes); ``--only k=16`` keeps the trials the space itself runs at k=16.
+        """
         overrides = overrides or {}
         seen, out = set(), []
         for grid in self.grids:
@@ -82,6 +89,10 @@ class SearchSpace(BaseModel):
                 if key not in seen:  # an override can collapse a grid axis
                     seen.add(key)
                     out.append(explicit)
+        if only:
+            out = [t for t in out if all(getattr(parse_trial_config(t), k) in v for k, v in only.items())]
+            if not out:
+                raise ValueError(f"--only {only}: no trial of space {self.name!r} matches")
         return _same_keys(out)
 
     def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -171,13 +182,25 @@ def _scalar(value: Any) -> Any:
     return value
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+def parse_overrides(pairs: list[str], flag: str = "--set") -> dict[str, Any]:
     """``--set key=value`` pairs -> a dict (values parsed as YAML: numbers, booleans, lists)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--set {pair!r}: expected key=value")
+            raise ValueError(f"{flag} {pair!r}: expected key=value")
         out[key.strip()] = _scalar(yaml.safe_load(value))
-    _check_keys(out, "--set")
+    _check_keys(out, flag)
+    return out
+
+
+def parse_filters(pairs: list[str]) -> dict[str, list[Any]]:
+    """``--only key=v1,v2`` pairs -> {key: [values]} (each value parsed as ``--set`` parses one)."""
+    out: dict[str, list[Any]] = {}
+    for pair in pairs:
+        key, sep, values = pair.partition("=")
+        if not sep or not key or not values:
+            raise ValueError(f"--only {pair!r}: expected key=value or key=value1,value2")
+        out[key.strip()] = [_scalar(yaml.safe_load(v)) for v in values.split(",")]
+    _check_keys(out, "--only")
     return out

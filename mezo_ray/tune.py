@@ -2,7 +2,7 @@
 
     python -m mezo_ray.tune --list
     python -m mezo_ray.tune --space demo
-    python -m mezo_ray.tune --space roberta_table18 --set task=SST-2 --dry-run
+    python -m mezo_ray.tune --space roberta_table18 --only k=16 --set task=SST-2 --dry-run
     python -m mezo_ray.tune --space roberta_optuna --search optuna --num-samples 40 --scheduler asha
     ray job submit --address http://127.0.0.1:8265 -- python -m mezo_ray.tune --space demo
 
@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from mezo_ray.spaces import SearchSpace, builtin_spaces, load_space, parse_overrides
+from mezo_ray.spaces import SearchSpace, builtin_spaces, load_space, parse_filters, parse_overrides
 from mezo_ray.train.config import TrialConfig, parse_trial_config
 
 DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the expanded trials; do not start Ray")
     p.add_argument("--json", action="store_true", help="with --dry-run or --list: one JSON object")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a trial field")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=V1[,V2]",
+        help="keep only the grid's trials with these values (e.g. k=16), unlike --set, which rewrites all",
+    )
     p.add_argument("--search", choices=("grid", "optuna"), default="grid")
     p.add_argument("--num-samples", type=int, default=None, help="optuna trials (default 20); grid repeats")
     p.add_argument(
@@ -117,11 +124,15 @@ def plan_experiment(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
     plan: dict[str, Any] = {"space": space, "overrides": overrides, "search": args.search}
     if args.search == "grid":
-        expanded = [with_gpus(t, args.gpus_per_trial) for t in space.trials(overrides)]
+        expanded = [
+            with_gpus(t, args.gpus_per_trial) for t in space.trials(overrides, parse_filters(args.only))
+        ]
         trials = repeated(expanded, args.num_samples or 1)
         configs = [parse_trial_config(t, where=f"space {space.name!r}, trial {t}") for t in trials]
         plan.update(trials=trials, num_trials=len(trials))
     else:
+        if args.only:
+            raise ValueError(f"--only {args.only}: filters a grid search; with --search optuna use --set")
         param_space = with_gpus(space.optuna_space(overrides), args.gpus_per_trial)
         samples = args.num_samples or 20
         sample = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}

@@ -51,9 +51,11 @@ def write_space(tmp_path, **defaults) -> str:
 
 
 def test_dry_run_json_counts_trials_without_ray(capsys):
-    assert main(["--space", "roberta_table18", "--set", "k=16", "--dry-run", "--json"]) == 0
+    assert main(["--space", "roberta_table18", "--only", "k=16", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["num_trials"] == len(plan["trials"]) > 90
+    assert plan["num_trials"] == len(plan["trials"]) == 6 + 30 + 3 * 90 + 150 + 3 * 270  # half of 2526 + 6
+    ft = {t["batch_size"] for t in plan["trials"] if t["method"] == "ft" and t["mode"] == "full"}
+    assert ft == {2, 4, 8}  # k=16's grid only (--set k=16 would also run k=512's {8, 16, 32} at k=16)
     mezo = [
         t
         for t in plan["trials"]

@@ -80,6 +80,8 @@ def caption(table: Table, select: str, include_unfinished: bool) -> str:
         if table.has_paper:
             text += (
                 " Cell: ours [paper's A100s × GB (nvidia-smi, MultiRC, batch 1 per device); ours − paper]."
+                " Ours is torch's max_memory_allocated: nvidia-smi also counts the CUDA context and the"
+                " allocator's cache, so expect ours to read lower."
             )
     else:
         best = "highest" if SELECTIONS[select] == "max" else "lowest"

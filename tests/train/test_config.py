@@ -102,6 +102,11 @@ def test_dry_run_forward_passes_follow_the_linear_perturbation_schedule():
     assert cfg.forward_passes() == sum(2 * opt.perturbations_at(t) for t in range(625))
 
 
+def test_every_table6_trial_spends_the_10k_forward_pass_budget():
+    trials = [parse_trial_config(t) for t in load_space("roberta_table6_nspsa").trials()]
+    assert {t.forward_passes() for t in trials} == {10_000}
+
+
 def test_gpus_per_trial_is_spread_over_each_trials_own_workers(capsys):
     from mezo_ray.tune import main
 

@@ -6,18 +6,20 @@ full logits at a fraction of the cost on 50K vocabularies.
 
 - ``MaskedLMHead`` (RoBERTa family, protocol §1.1): MLM logits at the ``<mask>`` restricted to the
   task's label words -> C logits -> cross-entropy; prediction = argmax.
-- ``CausalLMHead`` (OPT family, protocol §2.3): left padding, left truncation keeping BOS. For
+- ``CausalLMHead`` (OPT family, protocol §2.3): left padding, left truncation keeping BOS (id 0
+  for OPT: the paper's tokenizer quirk, ``LoadedModel.bos_token_id``). For
   ``train_as_classification`` tasks every example expands to one sequence per candidate,
   score = mean log-prob of the candidate's tokens, loss = CE over the scores; otherwise the loss
   is token-level CE on the gold candidate's / target's tokens. Prediction = argmax of the scores
   (one forward over all candidates of a batch), or greedy generation (<= 50 new tokens, cut at the
   first newline, stripped) for generation tasks.
-- ``SequenceClassificationHead``: the no-prompt ablation, ``<s> sentence(s) </s>`` through a
-  ``seq_cls`` model's classifier.
+- ``SequenceClassificationHead``: the no-prompt ablation, LM-BFF's ``<s>A</s>B</s>`` cut at the
+  task's max length, through a ``seq_cls`` model's classifier.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -273,11 +275,11 @@ class CausalLMHead(_Head):
         """Returns (ids of context + option, number of option tokens), as the paper's ``encode_prompt``.
 
         The option is the tokens the full text has beyond the context alone; over-long rows are cut
-        from the left, keeping BOS.
+        from the left, keeping BOS (id 0 for OPT, see ``LoadedModel.bos_token_id``).
         """
         context = context.strip(" ")
-        full = self.tokenizer(f"{context}{option}".strip(" "))["input_ids"]
-        option_len = len(full) - len(self.tokenizer(context)["input_ids"])
+        full = self.loaded.encode(f"{context}{option}".strip(" "))
+        option_len = len(full) - len(self.loaded.encode(context))
         if option_len < 1:
             raise ValueError(f"task {self.task.name!r}: option {option!r} adds no tokens to its context")
         full = self._truncate(full, self.loaded.max_length)
@@ -286,7 +288,7 @@ class CausalLMHead(_Head):
     def _truncate(self, ids: list[int], max_length: int) -> list[int]:
         if len(ids) <= max_length:
             return ids
-        bos = self.tokenizer.bos_token_id
+        bos = self.loaded.bos_token_id
         if bos is not None and ids[0] == bos:
             return ids[:1] + ids[len(ids) - max_length + 1 :]
         return ids[len(ids) - max_length :]
@@ -296,7 +298,7 @@ class CausalLMHead(_Head):
         tok = self.tokenizer
         limit = self.loaded.max_length - self.max_new_tokens
         seqs = [
-            self._truncate(tok(self._context(ex, contexts, i).strip(" "))["input_ids"], limit)
+            self._truncate(self.loaded.encode(self._context(ex, contexts, i).strip(" ")), limit)
             for i, ex in enumerate(examples)
         ]
         ids, attention_mask = _pad(seqs, tok.pad_token_id, "left", self._device())
@@ -314,21 +316,27 @@ class CausalLMHead(_Head):
 
 
 class SequenceClassificationHead(_ClassifierHead):
-    """No-prompt ablation (paper Table 5): ``<s> sentence(s) </s>`` into a classification head."""
+    """No-prompt ablation (paper Table 5): ``<s>A</s>B</s>`` into a classification head."""
 
     def logits(self, examples: Sequence[Any]) -> torch.Tensor:
         """Returns (B, num_labels) classifier logits."""
-        texts = [[ex.fields[name] for name in self.task.input_fields] for ex in examples]
-        if any(len(t) > 2 for t in texts):
-            raise ValueError(
-                f"task {self.task.name!r} has more than two input fields; no-prompt takes 1 or 2"
-            )
-        encoded = self.tokenizer(
-            *zip(*texts, strict=True), truncation=True, max_length=self.loaded.max_length, padding=True
+        ids, attention_mask = _pad(
+            [self.encode(ex) for ex in examples], self.tokenizer.pad_token_id, "right", self._device()
         )
-        ids = torch.tensor(encoded["input_ids"], device=self._device())
-        attention_mask = torch.tensor(encoded["attention_mask"], device=self._device())
         return self.loaded.model(input_ids=ids, attention_mask=attention_mask).logits
+
+    def encode(self, ex: Any) -> list[int]:
+        """Returns LM-BFF's no-prompt ids: ``<s>A</s>B</s>`` (one separator), tail-cut at the task's length.
+
+        Not the tokenizer's pair encoding (``<s>A</s></s>B</s>``, cut at 512): the paper's Table 5
+        baseline came from LM-BFF's own ``tokenize_multipart_input``.
+        """
+        tok = self.tokenizer
+        ids = [] if tok.cls_token_id is None else [tok.cls_token_id]
+        for name in self.task.input_fields:
+            ids += [*tok.encode(ex.fields[name], add_special_tokens=False), tok.sep_token_id]
+        max_length = min(getattr(self.task, "max_length", None) or math.inf, self.loaded.max_length)
+        return ids[:max_length]
 
 
 # ---- helpers -----------------------------------------------------------------------------------

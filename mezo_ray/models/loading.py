@@ -46,6 +46,12 @@ class ModelSpec:
     or ``seq_cls`` (sequence classification head, needs ``num_labels``). ``init_seed`` seeds the
     mode's new parameters (LoRA A, the random tokens whose activations initialise the prefix), so
     the same spec always gives the same starting point.
+
+    ``untie_word_embeddings``: give the output projection its own copy of the input embeddings, so
+    full-parameter MeZO perturbs them with separate noise. ``None`` = the paper's model per family:
+    untied for ``mlm`` (its RobertaModelForPromptFinetuning has no tie, protocol §1.1), as loaded
+    otherwise (OPT ties them, §2.3). ``opt_bos_quirk``: start OPT prompts with id 0 instead of the
+    tokenizer's BOS, as the paper's code does (``tokenizer.bos_token_id = 0``, protocol §2.3).
     """
 
     name_or_path: str
@@ -59,6 +65,8 @@ class ModelSpec:
     device: str = "cpu"
     num_labels: int | None = None
     init_seed: int = 0
+    untie_word_embeddings: bool | None = None
+    opt_bos_quirk: bool = True
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "family", self.family, FAMILIES)
@@ -101,6 +109,21 @@ class LoadedModel:
     @property
     def num_prefix(self) -> int:
         return self.spec.num_prefix if self.spec.mode == "prefix" else 0
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The id prompts start with: 0 for OPT under ``spec.opt_bos_quirk``, else the tokenizer's BOS."""
+        if self.spec.opt_bos_quirk and self.hf_model.config.model_type == "opt":
+            return 0
+        return self.tokenizer.bos_token_id
+
+    def encode(self, text: str) -> list[int]:
+        """Returns the ids of ``text`` with special tokens, starting with ``bos_token_id`` (the OPT quirk)."""
+        ids = list(self.tokenizer(text)["input_ids"])
+        own_bos = self.tokenizer.bos_token_id
+        if self.bos_token_id in (None, own_bos):
+            return ids
+        return [self.bos_token_id, *(ids[1:] if ids[:1] == [own_bos] else ids)]
 
     @property
     def max_length(self) -> int:
@@ -155,9 +178,20 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         path, config=config, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
     )
     model.to(spec.device)
+    if spec.untie_word_embeddings or (spec.untie_word_embeddings is None and spec.family == "mlm"):
+        _untie_word_embeddings(model)
     model = apply_mode(model, spec)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec)
+
+
+def _untie_word_embeddings(model: PreTrainedModel) -> None:
+    """Gives the output projection its own copy of the tied input embeddings (same values, own storage)."""
+    output = model.get_output_embeddings()
+    if output is None or output.weight is not model.get_input_embeddings().weight:
+        return
+    output.weight = torch.nn.Parameter(output.weight.detach().clone())
+    model.config.tie_word_embeddings = False  # so a later tie_weights() does not tie them again
 
 
 def _load_config(path: str, trust_remote_code: bool) -> Any:

@@ -271,6 +271,21 @@ def _hub_pool(task: Task, spec: DataSpec) -> Pool:
     )
 
 
+def check_hub_dataset(task: Task, spec: DataSpec | None = None) -> None:
+    """Raise DatasetUnavailableError (with how to use local files) when the task's hub data set is
+    neither cached nor reachable; reads metadata only, so it is cheap to run before any trial."""
+    import datasets
+
+    hub = task.source
+    if not isinstance(hub, HubSource):
+        return
+    path = (spec.hub_path if spec else None) or hub.path
+    try:
+        datasets.load_dataset_builder(path, hub.name)
+    except Exception as err:
+        raise DatasetUnavailableError(offline_help(task, path, hub.name, err)) from err
+
+
 def _load_hub_dataset(task: Task, path: str, name: str | None) -> Any:
     import datasets  # heavy import, only when the hub is used
 

@@ -48,7 +48,9 @@ class TrialConfig(BaseModel):
     num_dev: int | None = Field(None, ge=0)
     num_test: int = Field(1000, ge=0)
     fix_wsc: bool = False
-    strict_k: bool = False
+    strict_k: bool = Field(
+        True, description="refuse a k the data cannot give (the paper's TREC k=512 took fewer: false there)"
+    )
     max_eval_examples: int | None = Field(None, gt=0, description="cap dev and test (speed)")
 
     # Optimisation
@@ -102,6 +104,11 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"eval_steps={self.eval_steps} is larger than max_steps={self.max_steps}; the trial would "
                 f"never evaluate. Set eval_steps <= max_steps"
+            )
+        if self.method == "lp" and task.kind != "classification":
+            raise ValueError(
+                f"method='lp' (linear probing) needs a classification task; task {task.name!r} is "
+                f"{task.kind} (the paper head-tuned those, which mezo_ray does not implement)"
             )
         if self.method == "icl" and task.family != "causal":
             raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")

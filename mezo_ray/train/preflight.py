@@ -3,10 +3,11 @@ starts, so a bad path or an unreachable model fails in seconds instead of inside
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 
-from mezo_ray.tasks import DatasetUnavailableError, SyntheticSource, load_splits
+from mezo_ray.tasks import DatasetUnavailableError, SyntheticSource, check_hub_dataset, load_splits
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 
 CHEAP_SOURCES = ("local", "synthetic", "lmbff", "lmbff-original")
@@ -17,6 +18,8 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
     configs = list(configs)
     for model in sorted({c.model for c in configs}):
         check_model(model)
+    for model, family in sorted({(c.model, c.family) for c in configs}):
+        check_model_family(model, family)
     seen_tokenizers: set[tuple[str, str]] = set()
     for cfg in configs:
         task = cfg.resolved_task()
@@ -28,9 +31,16 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
         spec = cfg.data_spec()
         key = repr((cfg.task, cfg.family, spec))
         own_source = "synthetic" if isinstance(cfg.resolved_task().source, SyntheticSource) else "hub"
-        if key not in seen_data and (spec.source or own_source) in CHEAP_SOURCES:
-            seen_data.add(key)
+        if key in seen_data:
+            continue
+        seen_data.add(key)
+        if (spec.source or own_source) in CHEAP_SOURCES:
             check_data(cfg)
+        else:  # the hub: is it cached or reachable (metadata only; the trials download)
+            try:
+                check_hub_dataset(cfg.resolved_task(), spec)
+            except DatasetUnavailableError as err:
+                raise ValueError(f"task={cfg.task!r} data: {err}") from None
 
 
 def check_model(model: str) -> None:
@@ -66,6 +76,27 @@ def check_model(model: str) -> None:
             f"model={model!r} cannot be reached on the Hugging Face hub ({type(err).__name__}) and is not in "
             f"the local cache; pass a local path ({local_hint})"
         ) from None
+
+
+_FAMILY_OF_ARCHITECTURE = {"ForMaskedLM": "mlm", "ForCausalLM": "causal"}
+
+
+def check_model_family(model: str, family: str) -> None:
+    """The model's architecture must be the task family's: a masked LM for the mlm (prompt) tasks, a
+    causal LM for the causal ones (read from config.json where it is on disk)."""
+    path = _local_model_path(model)
+    if path is None or not os.path.isfile(os.path.join(path, "config.json")):
+        return
+    with open(os.path.join(path, "config.json")) as f:
+        architectures = json.load(f).get("architectures") or []
+    found = {f for arch in architectures for end, f in _FAMILY_OF_ARCHITECTURE.items() if arch.endswith(end)}
+    if found and family not in found:
+        wanted = (
+            "a masked LM (e.g. roberta-large)" if family == "mlm" else "a causal LM (e.g. facebook/opt-13b)"
+        )
+        raise ValueError(
+            f"model={model!r} is {', '.join(architectures)} but the task is {family}-family: use {wanted}"
+        )
 
 
 def check_label_words(cfg: TrialConfig) -> None:

@@ -356,6 +356,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         tiny = ensure_tiny_models()
         path = tiny.mlm if TINY_MODELS[path] == "mlm" else tiny.causal
     return ModelSpec(
+        opt_bos_quirk=cfg.model not in TINY_MODELS,  # the tiny OPT was pretrained with its own BOS
         name_or_path=path,
         family=cfg.family,
         dtype="float32" if cfg.method == "ft" else cfg.dtype,  # FT: fp32 weights, autocast (as --fp16)

@@ -5,7 +5,9 @@ mix_seed(seed, name) and counter i // 4 gives four uniforms, two Box-Muller pair
 and element i takes number i % 4. Shards draw exactly their part, with no chunking.
 One launch per sweep (per dtype) applies ``theta_p <- a_p * theta_p + b_p * z_p`` to every
 parameter: +eps z, -2 eps z, and the restore fused with the SGD update. The arithmetic is done in
-float32 registers with one rounding on store, and z never reaches memory.
+float32 registers with one rounding on store, and z never reaches memory. So the sweep takes float32,
+bfloat16 and float16 parameters only: float64 ones would lose precision (the optimizer gives them the
+chunked path, whose sweeps compute in float64).
 """
 
 from __future__ import annotations
@@ -69,8 +71,7 @@ _TL_DTYPES = {
     torch.float32: tl.float32,
     torch.bfloat16: tl.bfloat16,
     torch.float16: tl.float16,
-    torch.float64: tl.float64,
-}
+}  # no float64: the kernel computes in float32
 
 
 def fill_normal(out: torch.Tensor, seed: int, key: int, start: int) -> None:
@@ -84,6 +85,9 @@ class FusedSweep:
     """theta_p <- a_p * theta_p + b_p * z_p(seed) for a fixed list of tensors, one launch per dtype."""
 
     def __init__(self, slices: list[NoiseSlice]) -> None:
+        wide = sorted({str(s.local.dtype) for s in slices if s.local.dtype not in _TL_DTYPES})
+        if wide:
+            raise ValueError(f"the fused sweep computes in float32 and cannot take {wide} parameters")
         self.keys = [s.key for s in slices]
         self.groups: list[tuple[list[int], torch.dtype, dict[str, torch.Tensor], int]] = []
         device = slices[0].local.device

@@ -8,8 +8,9 @@ rows of the whole parameter. Scratch memory is one chunk per worker thread.
 
 On the CPU each chunk comes from torch's generator (mt19937) seeded with
 ``mix(step_seed, name, chunk)``, so the stream depends on ``chunk_numel``. On CUDA (with Triton)
-z is counter-based, element by element (see ``cuda_noise.py``). Runs are reproducible on the same
-kind of device with the same chunk size.
+z is counter-based, element by element (see ``cuda_noise.py``); on CUDA without Triton it comes from
+torch's CUDA generator, chunk by chunk. Runs are reproducible under the same backend (``backend_tag``)
+with the same chunk size.
 """
 
 from __future__ import annotations
@@ -171,6 +172,16 @@ def cuda_backend() -> Any:
         except ImportError:
             _cuda_backend = False
     return _cuda_backend or None
+
+
+def backend_tag(device: torch.device) -> str:
+    """Which generator draws z on ``device``. z, and so a seed log, differs between them: a run
+    replays bit for bit only under the tag that recorded it."""
+    if device.type == "cpu":
+        return "cpu-mt19937"  # torch's CPU generator, one stream per chunk: depends on chunk_numel
+    if device.type == "cuda" and cuda_backend() is not None:
+        return "cuda-triton-philox"  # counter-based, per element (cuda_noise.py)
+    return f"{device.type}-torch"  # torch's generator on that device, one stream per chunk
 
 
 def scratch(like: torch.Tensor, slot: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ from mezo_ray.zo.noise import (
     DEFAULT_CHUNK_NUMEL,
     Chunk,
     NoiseSlice,
+    backend_tag,
     cuda_backend,
     draw,
     for_each_chunk,
@@ -45,8 +46,12 @@ from mezo_ray.zo.noise import scratch as scratch_like
 Variant = Literal["sgd", "momentum", "adam", "sign"]
 VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")
 PERTURBATION_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+# The settings every MeZO state dict has held; those recorded since may be absent from older ones.
+_ALWAYS_SAVED: tuple[str, ...] = ("variant", "eps", "chunk_numel")
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
 DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
+# Parameter dtypes the fused CUDA sweep handles (it computes in float32); others take the chunked path.
+FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
 Closure = Callable[[], Any] | Callable[[int], Any]
 
@@ -178,6 +183,8 @@ class MeZO(torch.optim.Optimizer):
     def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
         """Take one MeZO step; ``closure()`` (or ``closure(k)``, k = perturbation index) returns the
         loss as a tensor or float. Returns the mean loss at theta + eps*z (nan if the step was skipped).
+        If the closure raises (e.g. out of memory), the weights are restored to theta (to rounding) and
+        the exception propagates; the step is not recorded, so a retry draws the same z.
         """
         if closure is None:
             raise ValueError(
@@ -192,9 +199,9 @@ class MeZO(torch.optim.Optimizer):
             seed = mix_seed(self.seed, self.step_count, k)
             seeds.append(seed)
             self.perturb(seed, self.eps)
-            loss_plus = self._evaluate(closure, k, takes_index)
+            loss_plus = self._evaluate(closure, k, takes_index, seed, offset=self.eps)
             self.perturb(seed, -2 * self.eps)
-            loss_minus = self._evaluate(closure, k, takes_index)
+            loss_minus = self._evaluate(closure, k, takes_index, seed, offset=-self.eps)
             if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
                 self.perturb(seed, self.eps)
                 self._finish(StepRecord(self.step_count, tuple(seeds), (), self._lrs(), skipped=True))
@@ -337,8 +344,9 @@ class MeZO(torch.optim.Optimizer):
         for_each_chunk(slices, self.chunk_numel, update_chunk)
 
     def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
-        """The one-launch CUDA sweep when every parameter is on a CUDA device and Triton is there."""
-        if not slices or any(s.local.device.type != "cuda" for s in slices):
+        """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (see
+        ``_fusable``) and Triton is there."""
+        if not _fusable(slices):
             return None
         backend = cuda_backend()
         if backend is None:
@@ -360,10 +368,17 @@ class MeZO(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------------------------
     # Bookkeeping
-    def _evaluate(self, closure: Closure, k: int, takes_index: bool) -> float:
-        loss = closure(k) if takes_index else closure()  # type: ignore[call-arg]
+    def _evaluate(self, closure: Closure, k: int, takes_index: bool, seed: int, offset: float) -> float:
+        """The loss at theta + offset * z(seed); if the closure raises, move back to theta first, so
+        a caught error (an OOM at theta - eps z, a KeyboardInterrupt) leaves the weights usable."""
+        try:
+            loss = closure(k) if takes_index else closure()  # type: ignore[call-arg]
+            value = float(loss)  # a CUDA error may only surface here, at the sync
+        except BaseException:
+            self.perturb(seed, -offset)
+            raise
         self.forward_passes += 1
-        return float(loss)
+        return value
 
     def _lrs(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self.param_groups)
@@ -381,9 +396,7 @@ class MeZO(torch.optim.Optimizer):
             "update_count": self.update_count,
             "forward_passes": self.forward_passes,
             "nonfinite_steps": self.nonfinite_steps,
-            "variant": self.variant,
-            "eps": self.eps,
-            "chunk_numel": self.chunk_numel,
+            **self._trajectory_settings(),
         }
         return sd
 
@@ -392,25 +405,69 @@ class MeZO(torch.optim.Optimizer):
         extra = state_dict.pop("mezo")
         self.check_compatible(extra)
         super().load_state_dict(state_dict)
+        self._slice_cache = None  # it holds the param groups that torch has just replaced
         self.seed = extra["seed"]
         self.step_count = extra["step_count"]
         self.update_count = extra["update_count"]
         self.forward_passes = extra["forward_passes"]
         self.nonfinite_steps = extra["nonfinite_steps"]
 
-    def check_compatible(self, extra: dict[str, Any]) -> None:
-        """Refuse to continue a run saved with another variant, eps or chunk size (another z stream)."""
-        for key in ("variant", "eps", "chunk_numel"):
-            if extra[key] != getattr(self, key):
-                raise ValueError(
-                    f"state dict was saved with {key}={extra[key]!r} but this optimizer has "
-                    f"{key}={getattr(self, key)!r}; build the optimizer with the saved value"
-                )
+    def check_compatible(self, extra: Mapping[str, Any]) -> None:
+        """Refuse to resume or replay a run saved with settings that give another trajectory: another
+        noise backend (another z for the same seeds), variant, eps, chunk size, K schedule, or
+        update-rule constant. ``extra`` is ``state_dict()["mezo"]``. Settings that older state dicts
+        did not record are not checked when absent."""
+        for key, ours in self._trajectory_settings().items():
+            if key not in extra and key not in _ALWAYS_SAVED:
+                continue
+            saved = extra[key]
+            if saved == ours:
+                continue
+            hint = (
+                "z differs between noise backends: resume or replay on the same kind of device, with "
+                "Triton present or absent as when it was saved"
+                if key == "noise_backend"
+                else "build the optimizer with the saved value"
+            )
+            raise ValueError(
+                f"state dict was saved with {key}={saved!r} but this optimizer has {key}={ours!r}; {hint}"
+            )
+
+    @property
+    def noise_backend(self) -> str:
+        """The generator(s) that draw z for these parameters (``noise.backend_tag``), '+'-joined."""
+        tags = sorted({backend_tag(local_tensor(p).device) for g in self.param_groups for p in g["params"]})
+        return "+".join(tags) or "none"
+
+    def _trajectory_settings(self) -> dict[str, Any]:
+        """What, besides the counters and the groups' lr and weight decay, decides the trajectory."""
+        settings: dict[str, Any] = {
+            "variant": self.variant,
+            "noise_backend": self.noise_backend,
+            "eps": self.eps,
+            "chunk_numel": self.chunk_numel,
+            "n_perturbations": self.n_perturbations,
+            "perturbation_schedule": self.perturbation_schedule,
+        }
+        if self.perturbation_schedule == "linear":
+            settings["max_steps"] = self.max_steps
+        if self.variant == "momentum":
+            settings["momentum"] = self.momentum
+        if self.variant == "adam":
+            settings["betas"] = [float(b) for b in self.betas]  # a list: what JSON gives back
+            settings["adam_eps"] = self.adam_eps
+        return settings
 
 
-def replay(optimizer: MeZO, records: Iterable[StepRecord]) -> None:
+def replay(optimizer: MeZO, records: Iterable[StepRecord], state: Mapping[str, Any] | None = None) -> None:
     """Rebuild the weights from the starting weights (held by ``optimizer``'s parameters) and a
-    trajectory, bit for bit: the same sweeps with the recorded seeds, gradients and learning rates."""
+    trajectory, bit for bit: the same sweeps with the recorded seeds, gradients and learning rates.
+
+    ``state``: the optimizer's ``state_dict()`` (or its ``"mezo"`` entry) saved with the records; if
+    given, a replay under another noise backend or settings is refused (it would not reproduce them).
+    """
+    if state is not None:
+        optimizer.check_compatible(state.get("mezo", state))
     for record in records:
         optimizer.apply_record(record)
 
@@ -419,23 +476,64 @@ def microbatch_mean(
     loss_fn: Callable[[Any], Any], microbatches: Sequence[Any], sizes: Sequence[int] | None = None
 ) -> float:
     """Size-weighted mean of ``loss_fn`` over micro-batches: the whole batch's (mean) loss at the
-    memory of one micro-batch. Use it inside a closure: ``opt.step(lambda: microbatch_mean(f, mbs))``."""
+    memory of one micro-batch. Use it inside a closure: ``opt.step(lambda: microbatch_mean(f, mbs))``.
+
+    Without ``sizes``, a micro-batch's example count is read from it: a tensor's first dimension; a
+    tuple, or a list of tensors (a DataLoader's ``[x, y]``), or a dict of fields: the first dimension
+    of its first (non-scalar) tensor; any other list: its length (one item per example). Anything
+    else needs ``sizes``.
+    """
     if not microbatches:
         raise ValueError("microbatch_mean needs at least one micro-batch")
-    weights = [len(mb) for mb in microbatches] if sizes is None else list(sizes)
+    weights = [_example_count(mb) for mb in microbatches] if sizes is None else list(sizes)
     total = sum(weights)
+    if total <= 0:
+        raise ValueError(f"microbatch_mean: the micro-batch sizes {weights} sum to {total}, not > 0")
     return sum(float(loss_fn(mb)) * w for mb, w in zip(microbatches, weights, strict=True)) / total
 
 
+def _example_count(mb: Any) -> int:
+    """Examples in one micro-batch (see ``microbatch_mean``); ``len`` of an (x, y) tuple would be 2."""
+    if torch.is_tensor(mb):
+        fields = [mb]
+    elif isinstance(mb, Mapping):
+        fields = list(mb.values())
+    elif isinstance(mb, tuple) or (isinstance(mb, list) and mb and torch.is_tensor(mb[0])):
+        fields = list(mb)
+    elif isinstance(mb, list):
+        return len(mb)
+    else:
+        fields = []
+    for field in fields:
+        if torch.is_tensor(field) and field.dim() > 0:
+            return int(field.size(0))
+    raise ValueError(
+        f"microbatch_mean cannot tell how many examples a {type(mb).__name__} micro-batch holds (it "
+        "reads a tensor's first dimension, the first tensor of a tuple/dict, or a list's length); "
+        "pass sizes=[examples per micro-batch]"
+    )
+
+
 def _takes_index(closure: Callable[..., Any]) -> bool:
+    """Whether to call ``closure(k)``: it has a positional parameter without a default. One with a
+    default (``lambda b=batch: f(b)``) is bound by the caller and must not receive k."""
     try:
         params = inspect.signature(closure).parameters.values()
     except (TypeError, ValueError):
         return False
-    positional = [
-        p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    return bool(positional)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return any(
+        p.kind == inspect.Parameter.VAR_POSITIONAL or (p.kind in positional and p.default is p.empty)
+        for p in params
+    )
+
+
+def _fusable(slices: Sequence[NoiseSlice]) -> bool:
+    """The fused Triton sweep computes in float32 registers: fine for fp32 / bf16 / fp16 parameters
+    on CUDA, but it would drop float64 parameters to float32 precision, so those take the exact path."""
+    return bool(slices) and all(
+        s.local.device.type == "cuda" and s.local.dtype in FUSED_DTYPES for s in slices
+    )
 
 
 def _check(ok: bool, field: str, value: Any, allowed: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,9 +24,8 @@ def full_logits(loaded, ids: list[int]) -> torch.Tensor:
 
 def option_logprob(loaded, context: str, option: str) -> tuple[float, list[float]]:
     """Mean log-prob of ``option``'s tokens after ``context``, and the per-token log-probs, by hand."""
-    tok = loaded.tokenizer
-    ids = tok(context + option)["input_ids"]
-    n = len(ids) - len(tok(context)["input_ids"])
+    ids = loaded.encode(context + option)  # the tokenizer's ids, BOS as the paper's (OPT quirk)
+    n = len(ids) - len(loaded.encode(context))
     logp = full_logits(loaded, ids).log_softmax(-1)
     per_token = [float(logp[t - 1, ids[t]]) for t in range(len(ids) - n, len(ids))]
     return sum(per_token) / n, per_token
@@ -105,7 +106,7 @@ def test_generation_is_greedy_and_cut_at_the_first_newline(micro, mode):
     head.max_new_tokens = 12  # the paper's 50, shortened to keep the test fast
     expected = []
     for ex in examples:  # greedy decoding by hand, full forward per step, no cache, no padding
-        ids = loaded.tokenizer(task.prompt(ex))["input_ids"]
+        ids = loaded.encode(task.prompt(ex))
         new: list[int] = []
         for _ in range(head.max_new_tokens):
             nxt = int(full_logits(loaded, ids + new)[-1].argmax())
@@ -127,14 +128,13 @@ def test_generation_is_greedy_and_cut_at_the_first_newline(micro, mode):
 def test_overlong_context_is_cut_from_the_left_keeping_bos(micro):
     loaded = load(micro, "causal")
     task = task_for("causal")
-    tok = loaded.tokenizer
     long = Example(fields={"sentence": "the movie was great . " * 60}, label=1)
     head = make_head(task, loaded)
     for option in task.candidates(long):
-        ids = tok(task.prompt(long) + option)["input_ids"]
-        assert len(ids) > loaded.max_length and ids[0] == tok.bos_token_id
+        ids = loaded.encode(task.prompt(long) + option)
+        assert len(ids) > loaded.max_length and ids[0] == 0  # OPT's BOS under the paper's quirk
         kept = ids[:1] + ids[len(ids) - loaded.max_length + 1 :]
-        n = len(ids) - len(tok(task.prompt(long))["input_ids"])
+        n = len(ids) - len(loaded.encode(task.prompt(long)))
         logp = full_logits(loaded, kept).log_softmax(-1)
         hand = sum(float(logp[t - 1, kept[t]]) for t in range(len(kept) - n, len(kept))) / n
         with torch.no_grad():
@@ -181,3 +181,18 @@ def test_no_prompt_head_is_cross_entropy_of_the_classifier_on_the_bare_sentence(
         torch.testing.assert_close(head.loss(sst2_examples), torch.stack(hand).mean(), rtol=1e-5, atol=1e-6)
     trainable = {n for n, _ in loaded.trainable_named_parameters()}
     assert any("classifier" in n for n in trainable)  # the new head always trains
+
+
+def test_no_prompt_sentence_pair_is_lm_bffs_single_separator_encoding(micro):
+    """LM-BFF: ``<s>A</s>B</s>`` cut at the task's max length, not HF's ``<s>A</s></s>B</s>`` cut at 512."""
+    loaded = load_model(ModelSpec(micro["mlm"], "seq_cls", num_labels=2))
+    tok = loaded.tokenizer
+    premise, hypothesis = "the movie was great .", "the plot was dull ."
+    ex = Example(fields={"premise": premise, "hypothesis": hypothesis}, label=0)
+    head = make_head(get_task("RTE", family="mlm"), loaded)
+    assert tok.decode(head.encode(ex)) == f"<s>{premise}</s>{hypothesis}</s>"
+    with torch.no_grad():
+        hand = -full_logits(loaded, head.encode(ex)).log_softmax(-1)[0]
+        torch.testing.assert_close(head.loss([ex]), hand, rtol=1e-5, atol=1e-6)
+    short = make_head(dataclasses.replace(get_task("RTE", family="mlm"), max_length=8), loaded)
+    assert short.encode(ex) == head.encode(ex)[:8] and len(head.encode(ex)) > 8

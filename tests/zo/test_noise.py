@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mezo_ray.zo import MeZO, full_noise
+from mezo_ray.zo import MeZO, full_noise, noise
 from mezo_ray.zo.noise import NoiseSlice, materialise, mix_seed, name_key
 
 
@@ -49,6 +49,14 @@ def test_mix_seed_spreads_nearby_inputs():
     seeds = {mix_seed(0, t, k) for t in range(100) for k in range(4)}
     assert len(seeds) == 400 and all(0 <= s < 2**63 for s in seeds)
     assert len({s & 0xFFFFFFFF for s in seeds}) == 400  # the CPU generator uses the low 32 bits
+
+
+def test_backend_tag_tells_the_generators_apart(monkeypatch):
+    assert noise.backend_tag(torch.device("cpu")) == "cpu-mt19937"
+    monkeypatch.setattr(noise, "_cuda_backend", False)  # Triton missing: torch's CUDA generator
+    assert noise.backend_tag(torch.device("cuda")) == "cuda-torch"
+    monkeypatch.setattr(noise, "_cuda_backend", object())  # Triton there: counter-based Philox
+    assert noise.backend_tag(torch.device("cuda")) == "cuda-triton-philox"
 
 
 # --------------------------------------------------------------------------------------------------

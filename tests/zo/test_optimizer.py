@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, replay
+from mezo_ray.zo.noise import NoiseSlice, noise_slice
+from mezo_ray.zo.optimizer import _fusable
 from tests.zo.reference import ReferenceMeZO
 
 
@@ -221,6 +225,87 @@ def test_load_state_dict_refuses_another_variant():
         other.load_state_dict(opt.state_dict())
 
 
+def test_state_dict_records_the_noise_backend_and_the_trajectory_settings():
+    kwargs = {"lr": 1e-3, "variant": "adam", "n_perturbations": 2, "chunk_numel": 40}
+    extra = MeZO(tiny_model().named_parameters(), **kwargs).state_dict()["mezo"]
+    expected = {
+        "noise_backend": "cpu-mt19937",
+        "n_perturbations": 2,
+        "perturbation_schedule": "constant",
+        "chunk_numel": 40,
+        "betas": [0.9, 0.999],
+        "adam_eps": 1e-8,
+    }
+    assert {k: extra[k] for k in expected} == expected
+    # through JSON, as checkpoints store it: the same settings are still accepted
+    MeZO(tiny_model().named_parameters(), **kwargs).check_compatible(json.loads(json.dumps(extra)))
+
+
+def test_a_state_dict_from_another_noise_backend_is_refused():
+    saved = run(tiny_model(), steps=2)
+    state = saved.state_dict()
+    state["mezo"]["noise_backend"] = "cuda-triton-philox"
+    model = tiny_model()
+    start = weights(model)
+    fresh = MeZO(model.named_parameters(), lr=1e-2, eps=1e-3)
+    message = r"noise_backend='cuda-triton-philox' but this optimizer has noise_backend='cpu-mt19937'"
+    for attempt in (
+        lambda: fresh.load_state_dict(state),
+        lambda: fresh.check_compatible(state["mezo"]),
+        lambda: replay(fresh, saved.trajectory, state=state),
+    ):
+        with pytest.raises(ValueError, match=message):
+            attempt()
+    assert fresh.step_count == 0 and not fresh.trajectory  # nothing was loaded or replayed
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+    replay(fresh, saved.trajectory, state=saved.state_dict())  # the matching state is accepted
+    assert fresh.step_count == 2
+
+
+@pytest.mark.parametrize(
+    ("saved", "loading", "message"),
+    [
+        ({"n_perturbations": 2}, {}, r"n_perturbations=2 but .* n_perturbations=1"),
+        (
+            {"perturbation_schedule": "linear", "max_steps": 9},
+            {},
+            r"='linear' but .* has perturbation_schedule='constant'",
+        ),
+        (
+            {"perturbation_schedule": "linear", "max_steps": 9},
+            {"perturbation_schedule": "linear", "max_steps": 10},
+            r"max_steps=9 but .* max_steps=10",
+        ),
+        ({"eps": 1e-3}, {"eps": 1e-2}, r"eps=0.001 but .* eps=0.01"),
+        ({"chunk_numel": 40}, {}, r"chunk_numel=40 but .* chunk_numel=1048576"),
+        ({"variant": "momentum"}, {"variant": "momentum", "momentum": 0.5}, r"=0.9 but .* momentum=0.5"),
+        (
+            {"variant": "adam", "betas": (0.9, 0.99)},
+            {"variant": "adam"},
+            r"0.99\] but .* betas=\[0.9, 0.999\]",
+        ),
+    ],
+)
+def test_a_state_dict_from_other_trajectory_settings_is_refused(saved, loading, message):
+    state = MeZO(tiny_model().named_parameters(), lr=1e-3, **saved).state_dict()
+    other = MeZO(tiny_model().named_parameters(), lr=1e-3, **loading)
+    with pytest.raises(ValueError, match=message):
+        other.load_state_dict(state)
+    MeZO(tiny_model().named_parameters(), lr=1e-3, **saved).load_state_dict(state)  # the same: accepted
+
+
+def test_a_state_dict_saved_before_the_backend_was_recorded_still_loads():
+    state = run(tiny_model(), steps=3).state_dict()
+    old_keys = ("seed", "step_count", "update_count", "forward_passes", "nonfinite_steps", "variant", "eps")
+    state["mezo"] = {k: state["mezo"][k] for k in (*old_keys, "chunk_numel")}
+    fresh = MeZO(tiny_model().named_parameters(), lr=1e-2, eps=1e-3)
+    fresh.load_state_dict(state)
+    assert fresh.step_count == 3
+    del state["mezo"]["chunk_numel"]  # but the settings that were always saved stay required
+    with pytest.raises(KeyError, match="chunk_numel"):
+        MeZO(tiny_model().named_parameters(), lr=1e-2, eps=1e-3).load_state_dict(state)
+
+
 # --------------------------------------------------------------------------------------------------
 # Learning, objectives, schedules, budgets
 def test_zo_sgd_learns_a_separable_task():
@@ -265,6 +350,29 @@ def test_forward_pass_count_and_perturbation_index():
     assert seen == [0, 0, 1, 1, 2, 2] * 2
 
 
+def test_closure_default_arguments_are_not_given_the_perturbation_index():
+    model = tiny_model()
+    x, y = data()
+    batch = (x, y)
+    received: list[object] = []
+
+    def loss_of(b):
+        received.append(b)
+        return nn.functional.cross_entropy(model(b[0]), b[1])
+
+    opt = MeZO(model.named_parameters(), lr=1e-2, n_perturbations=2)
+    opt.step(lambda b=batch: loss_of(b))
+    assert len(received) == 4 and all(b is batch for b in received)
+    seen: list[tuple[int, float]] = []
+
+    def indexed(k, scale=1.0):  # a required k still gets the index, the default keeps its value
+        seen.append((k, scale))
+        return 0.0
+
+    opt.step(indexed)
+    assert seen == [(0, 1.0), (0, 1.0), (1, 1.0), (1, 1.0)]
+
+
 def test_linear_perturbation_schedule():
     opt = MeZO(
         tiny_model().parameters(), lr=1e-2, n_perturbations=8, perturbation_schedule="linear", max_steps=100
@@ -300,6 +408,49 @@ def test_microbatches_give_the_full_batch_step():
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
 
 
+def _as_form(form: str, x: torch.Tensor, y: torch.Tensor):
+    """One micro-batch of (x, y) in a given container, and how the loss function reads it back."""
+    if form == "tuple":
+        return (x, y), lambda mb: mb
+    if form == "list":  # a DataLoader's collate output
+        return [x, y], lambda mb: mb
+    if form == "dict":
+        return {"x": x, "y": y}, lambda mb: (mb["x"], mb["y"])
+    if form == "examples":  # a list of (x_i, y_i) examples
+        return list(zip(x, y, strict=True)), lambda mb: (
+            torch.stack([e[0] for e in mb]),
+            torch.stack([e[1] for e in mb]),
+        )
+    xy = torch.cat([x, y[:, None].to(x.dtype)], dim=1)  # one tensor, the label as its last column
+    return xy, lambda mb: (mb[:, :-1], mb[:, -1].long())
+
+
+@pytest.mark.parametrize("form", ["tuple", "list", "dict", "examples", "tensor"])
+def test_microbatch_mean_of_uneven_microbatches_is_the_full_batch_loss(form):
+    model = tiny_model(torch.float64)
+    x, y = data(torch.float64, n=64)
+    with torch.no_grad():
+        full = float(nn.functional.cross_entropy(model(x), y))
+    mbs, unpack = [], None
+    for i in range(0, 64, 24):  # 24, 24 and 16 examples
+        mb, unpack = _as_form(form, x[i : i + 24], y[i : i + 24])
+        mbs.append(mb)
+
+    @torch.no_grad()
+    def micro_loss(mb):
+        xs, ys = unpack(mb)
+        return nn.functional.cross_entropy(model(xs), ys)
+
+    assert microbatch_mean(micro_loss, mbs) == pytest.approx(full, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("mb", [("some text", "more"), {"ids": [1, 2]}, 7, (torch.tensor(1.0),)])
+def test_microbatch_mean_asks_for_sizes_it_cannot_infer(mb):
+    with pytest.raises(ValueError, match=r"pass sizes="):
+        microbatch_mean(lambda _: 0.0, [mb])
+    assert microbatch_mean(lambda _: 2.0, [mb], sizes=[3]) == 2.0
+
+
 # --------------------------------------------------------------------------------------------------
 # Non-finite losses and bad arguments
 def test_non_finite_loss_is_skipped_and_counted():
@@ -320,6 +471,46 @@ def test_non_finite_loss_can_raise_after_restoring():
         opt.step(lambda: float("nan"))
     for p, s in zip(model.parameters(), start, strict=True):
         assert ulps(p, s, 4e-3) <= 2
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 3, 4])  # calls: +z_0, -z_0, +z_1, -z_1
+def test_a_closure_error_restores_the_weights_before_propagating(fail_at):
+    model = tiny_model()
+    start = weights(model)
+    x, y = data()
+    opt = MeZO(model.named_parameters(), lr=1e-2, n_perturbations=2)
+    calls = 0
+
+    def closure():
+        nonlocal calls
+        calls += 1
+        if calls == fail_at:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return nn.functional.cross_entropy(model(x), y)
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        opt.step(closure)
+    # a few roundings (+eps z, -eps z, ...) at the magnitude |theta| + eps |z|; a missed undo is ~1e4 ulps
+    assert max(ulps(p, s, 4e-3) for p, s in zip(model.parameters(), start, strict=True)) <= 4
+    assert opt.step_count == 0 and not opt.trajectory and opt.forward_passes == fail_at - 1
+    opt.step(loss_fn(model, x, y))  # the retry takes the step an uninterrupted run takes
+    clean = tiny_model()
+    clean_opt = MeZO(clean.named_parameters(), lr=1e-2, n_perturbations=2)
+    clean_opt.step(loss_fn(clean, x, y))
+    assert opt.trajectory[0].seeds == clean_opt.trajectory[0].seeds
+    for p, q in zip(model.parameters(), clean.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_float64_parameters_never_take_the_float32_fused_sweep():
+    def on_cuda(dtype: torch.dtype) -> NoiseSlice:  # a stand-in: only the device and dtype are read
+        local = SimpleNamespace(device=torch.device("cuda"), dtype=dtype)
+        return NoiseSlice(local=local, offset=0, numel=3, key=0)  # type: ignore[arg-type]
+
+    assert _fusable([on_cuda(torch.float32), on_cuda(torch.bfloat16), on_cuda(torch.float16)])
+    assert not _fusable([on_cuda(torch.float32), on_cuda(torch.float64)])
+    assert not _fusable([noise_slice(torch.zeros(3), "w")])  # CPU
+    assert not _fusable([])
 
 
 @pytest.mark.parametrize(

@@ -195,6 +195,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
+    from mezo_ray.train.checkpoint import retention
     from mezo_ray.train.ray_trial import trial_resources, tune_trainable
 
     space: SearchSpace = plan["space"]
@@ -208,7 +209,8 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
     if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
         check_resources(plan, args.max_concurrent, local_resources())
     connect(args.address)
-    max_concurrent = check_resources(plan, args.max_concurrent, ray.cluster_resources())
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    max_concurrent = check_resources(plan, args.max_concurrent, ray.cluster_resources(), nodes)
 
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, storage_path=storage),
@@ -235,7 +237,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # in-process trials' checkpoints
+                checkpoint_config=retention(tune.CheckpointConfig),  # in-process trials' checkpoints
             ),
         )
     print(f"Experiment {path}: {plan['num_trials']} trials, up to {max_concurrent} at a time")
@@ -263,9 +265,15 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def check_resources(plan: dict[str, Any], requested: int | None, cluster: dict[str, float]) -> int:
+def check_resources(
+    plan: dict[str, Any],
+    requested: int | None,
+    cluster: dict[str, float],
+    nodes: list[dict[str, float]] | None = None,
+) -> int:
     """Refuse trials the cluster can never hold (they would wait forever); derive the concurrency.
 
+    A worker must fit on one node (``nodes``: each node's resources; default: the cluster is one).
     Tune cannot see the Train workers' own placement groups, so running more trials than there are
     resources for their workers deadlocks: concurrency is capped at what the cluster can hold.
     """
@@ -281,6 +289,15 @@ def check_resources(plan: dict[str, Any], requested: int | None, cluster: dict[s
             f"each trial asks for {need['CPU']:g} CPUs (workers x cpus_per_worker) but the cluster has "
             f"{cpus:g}; lower --workers-per-trial or --set cpus_per_worker=..."
         )
+    for cfg in plan["configs"]:
+        enough_cpus = [n for n in nodes or [cluster] if n.get("CPU", 0.0) >= cfg.cpus_per_worker]
+        if not any(n.get("GPU", 0.0) >= cfg.gpus_per_worker for n in enough_cpus):
+            largest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+            raise ValueError(
+                f"each worker asks for {cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) on "
+                f"one node, but no node has that (largest: {largest.get('CPU', 0.0):g} CPUs, "
+                f"{largest.get('GPU', 0.0):g} GPUs); lower cpus_per_worker / --gpus-per-trial"
+            )
     fits = math.floor(cpus / need["CPU"])
     if need["GPU"]:
         fits = min(fits, math.floor(gpus / need["GPU"]))

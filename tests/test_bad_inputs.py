@@ -58,6 +58,7 @@ CASES = [
     ([*SMOKE, "--set", "selection=test_acc"], "selection='test_acc'"),
     ([*SMOKE, "--set", "micro_batch_size=64"], "micro_batch_size=64 > batch_size=16"),
     ([*SMOKE, "--set", "method=icl"], "causal-family baseline"),
+    ([*SMOKE, "--set", "prompt=false", "--set", "method=lp"], "prompt=false (a sequence classification head"),
     ([*SMOKE, "--set", "fsdp=true"], "fsdp=true needs num_workers >= 1"),
     ([*SMOKE, "--num-samples", "0"], "--num-samples=0"),
     ([*SMOKE, "--max-concurrent", "0"], "--max-concurrent=0"),

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from mezo_ray.report import from_experiment_dirs, render
+from mezo_ray.train.config import parse_trial_config
 from mezo_ray.tune import main
 
 pytestmark = pytest.mark.ray
@@ -65,6 +66,19 @@ def test_dry_run_json_counts_trials_without_ray(capsys):
     assert main(["--space", "nope"]) == 2 and "neither a built-in space" in capsys.readouterr().err
 
 
+def test_a_worker_larger_than_every_node_is_refused():
+    from mezo_ray.tune import check_resources
+
+    plan = {
+        "configs": [parse_trial_config({**TRIAL, "cpus_per_worker": 3})],
+        "resources_per_trial": {"CPU": 3, "GPU": 0},
+    }
+    two_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
+    with pytest.raises(ValueError, match=r"asks for 3 CPU.* no node has that \(largest: 2 CPUs"):
+        check_resources(plan, None, {"CPU": 4.0}, two_nodes)  # the cluster's total would fit it
+    assert check_resources(plan, None, {"CPU": 6.0}, [*two_nodes, {"CPU": 3.0}]) == 2
+
+
 def test_list_shows_every_space_with_its_trial_count(capsys):
     assert main(["--list", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
@@ -86,15 +100,30 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
 
 
 def test_two_worker_torch_trainer_trial_under_tune(ray_local, tiny_models, tmp_path):
-    space = write_space(tmp_path, num_workers=2, max_steps=4, eval_steps=2)
+    space = write_space(tmp_path, num_workers=2, max_steps=4, eval_steps=2, snapshot_every=2)
     assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "dp"]) == 0
     (reports,) = results(str(tmp_path / "dp")).values()
     assert [r["step"] for r in reports] == [2, 4, 4] and reports[-1]["done"]
-    assert glob.glob(str(tmp_path / "train-*" / "checkpoint_*" / "snapshot-rank0.safetensors"))
+    checkpoints = sorted(p for p in glob.glob(str(tmp_path / "train-*" / "checkpoint_*")) if os.path.isdir(p))
+    files = [sorted(os.listdir(c)) for c in checkpoints]
+    assert files[0] == ["state.json"] and "snapshot-rank0.safetensors" in files[1]  # a seed log, then weights
 
 
-def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path):
-    space = write_space(tmp_path, num_workers=0, max_steps=9, eval_steps=3)
+def placement_groups_removed(timeout: float = 30) -> bool:
+    """Whether every placement group of the session is removed (Train removes its own asynchronously)."""
+    from ray.util import placement_group_table
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if all(pg["state"] == "REMOVED" for pg in placement_group_table().values()):
+            return True
+        time.sleep(0.5)
+    return False
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "train-workers"])
+def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path, workers):
+    space = write_space(tmp_path, num_workers=workers, max_steps=9, eval_steps=3)
     with open(space) as f:
         spec = json.load(f)
     spec["optuna"] = {"lr": {"loguniform": [1e-4, 1e-1]}, "mode": {"choice": ["full", "lora"]}}
@@ -126,6 +155,7 @@ def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path)
         with open(os.path.join(tmp_path, "optuna", t, "params.json")) as f:
             modes.add(json.load(f)["mode"])
     assert modes <= {"full", "lora"}
+    assert placement_groups_removed()  # a trial ASHA stops leaves none behind to starve the next ones
 
 
 # --------------------------------------------------------------------------------------------------
@@ -191,11 +221,14 @@ def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models
     from mezo_ray.train.recipe import run_trial
     from mezo_ray.train.session import LocalSession
 
-    config = {**TRIAL, "num_workers": 1, "max_steps": 300, "eval_steps": 25}
+    # weights every 2nd checkpoint (50, 100, ...): killed after step 75 or later, the restarted worker
+    # may continue a seed log from a snapshot in an older checkpoint folder
+    config = {**TRIAL, "num_workers": 1, "max_steps": 300, "eval_steps": 25, "snapshot_every": 2}
     space = write_space(tmp_path, **config)
     runner = _background(main, ["--space", space, "--storage-path", str(tmp_path), "--name", "fault"])
-    pid = _wait_for_checkpoint_then_worker_pid(tmp_path)
+    pid = _wait_for_checkpoint_then_worker_pid(tmp_path, min_step=75)
     os.kill(pid, signal.SIGKILL)
+    assert _wait_for_worker_other_than(pid), "Train did not start a new worker"
     assert runner.result(timeout=600) == 0
     (reports,) = results(str(tmp_path / "fault")).values()
     final = reports[-1]
@@ -224,10 +257,13 @@ def _background(fn, args):
     return ThreadPoolExecutor(1).submit(fn, args)
 
 
-def _wait_for_checkpoint_then_worker_pid(root) -> int:
+def _wait_for_checkpoint_then_worker_pid(root, min_step: int = 0) -> int:
     deadline = time.time() + 240
     while time.time() < deadline:
-        if glob.glob(str(root / "train-*" / "checkpoint_*" / "state.json")):
+        if any(
+            _step_of(path) >= min_step
+            for path in glob.glob(str(root / "train-*" / "checkpoint_*" / "state.json"))
+        ):
             pids = subprocess.run(
                 ["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True
             ).stdout.split()
@@ -237,8 +273,38 @@ def _wait_for_checkpoint_then_worker_pid(root) -> int:
     pytest.fail("no Train checkpoint appeared")
 
 
+def _step_of(state_json: str) -> int:
+    try:
+        with open(state_json) as f:
+            return json.load(f)["progress"]["step"]
+    except (OSError, ValueError):  # being written, or deleted by Ray's retention
+        return -1
+
+
+def _wait_for_worker_other_than(pid: int) -> bool:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        pids = subprocess.run(
+            ["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True
+        ).stdout.split()
+        if any(int(p) != pid for p in pids):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_non_finite_losses_fail_a_train_trial_once_with_the_reason(ray_local, tiny_models, tmp_path):
+    space = write_space(tmp_path, num_workers=1, lr=1e30, max_steps=40, eval_steps=2, nonfinite_patience=3)
+    assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "nan"]) == 1
+    ((trial, reports),) = results(str(tmp_path / "nan")).items()
+    steps = [r["step"] for r in reports]
+    assert steps == sorted(set(steps))  # no restart from a checkpoint (it would report steps again)
+    assert "non-finite 3 times in a row" in reports[-1]["failure"]
+    error = (tmp_path / "nan" / trial / "error.txt").read_text()
+    assert "NonFiniteLossError" in error and "non-finite 3 times in a row" in error
+
+
 def test_fifty_trials_under_load_are_all_accounted_for(ray_local, tiny_models, tmp_path):
-    from ray.util import placement_group_table
 
     space = tmp_path / "load.yaml"
     space.write_text(
@@ -271,4 +337,4 @@ def test_fifty_trials_under_load_are_all_accounted_for(ray_local, tiny_models, t
         with open(os.path.join(tmp_path, "load", t, "params.json")) as f:
             seeds.add(json.load(f)["seed"])
     assert seeds == set(range(50))  # every trial ran once: none lost, none twice
-    assert all(pg["state"] == "REMOVED" for pg in placement_group_table().values())
+    assert placement_groups_removed()

@@ -49,9 +49,10 @@ class ModelSpec:
 
     ``untie_word_embeddings``: give the output projection its own copy of the input embeddings, so
     full-parameter MeZO perturbs them with separate noise. ``None`` = the paper's model per family:
-    untied for ``mlm`` (its RobertaModelForPromptFinetuning has no tie, protocol §1.1), as loaded
-    otherwise (OPT ties them, §2.3). ``opt_bos_quirk``: start OPT prompts with id 0 instead of the
-    tokenizer's BOS, as the paper's code does (``tokenizer.bos_token_id = 0``, protocol §2.3).
+    untied for ``mlm`` (its RobertaModelForPromptFinetuning has no tie, protocol §1.1) and for
+    ``mode="head"`` (the head trains alone), as loaded otherwise (OPT ties them, §2.3).
+    ``opt_bos_quirk``: start OPT prompts with id 0 instead of the tokenizer's BOS, as the paper's
+    code does (``tokenizer.bos_token_id = 0``, protocol §2.3).
     """
 
     name_or_path: str
@@ -178,7 +179,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         path, config=config, dtype=DTYPES[spec.dtype], trust_remote_code=spec.trust_remote_code
     )
     model.to(spec.device)
-    if spec.untie_word_embeddings or (spec.untie_word_embeddings is None and spec.family == "mlm"):
+    untie = spec.untie_word_embeddings
+    if untie if untie is not None else (spec.family == "mlm" or spec.mode == "head"):
         _untie_word_embeddings(model)
     model = apply_mode(model, spec)
     model.eval()

@@ -10,6 +10,8 @@
   (paper: ``--prefix_init_by_real_act``). peft passes the prefix as a KV cache, so the input's
   positions start after the prefix (the paper's hooks left them unshifted); in exchange the model
   behaves exactly as if the random tokens preceded the input (for OPT at every layer).
+- ``head``: the output projection (LM head) alone, untied from the input embeddings: the paper's
+  "head tuning", its LP baseline for OPT tasks that are not classification (protocol §2.3).
 For ``seq_cls`` models peft also trains the (randomly initialised) classifier in lora/prefix mode.
 """
 
@@ -23,7 +25,7 @@ from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 if TYPE_CHECKING:
     from mezo_ray.models.loading import ModelSpec
 
-MODES: tuple[str, ...] = ("full", "lora", "prefix")
+MODES: tuple[str, ...] = ("full", "lora", "prefix", "head")
 
 # Attention projections: LoRA targets and where the prefix init reads the real keys/values.
 _QUERY_VALUE = {"roberta": ("query", "value"), "bert": ("query", "value"), "opt": ("q_proj", "v_proj")}
@@ -39,9 +41,13 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
 
     New parameters are drawn under ``torch.manual_seed(spec.init_seed)`` without touching the global RNG.
     """
-    if spec.mode == "full":
+    if spec.mode in ("full", "head"):
+        head = model.get_output_embeddings() if spec.mode == "head" else model
+        if head is None:
+            raise ValueError(f"mode='head': model {spec.name_or_path!r} has no output projection to train")
+        trainable = {id(p) for p in head.parameters()}
         for p in model.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(id(p) in trainable)
         return model
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

@@ -41,6 +41,7 @@ CONFIG_KEYS = (
     "perturbation_schedule",
     "objective",
     "max_forward_passes",
+    "prompt",
     "seed",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
@@ -82,6 +83,7 @@ _ROW_KEYS = (
     "perturbation_schedule",
     "objective",
     "max_forward_passes",
+    "prompt",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -107,12 +109,13 @@ def row_label(
     perturbation_schedule: Any = None,
     objective: Any = None,
     max_forward_passes: Any = None,
+    prompt: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
-    Settings that make a different experiment (n-SPSA, the metric objective, a forward-pass budget) go in
-    brackets, e.g. "MeZO [n=4 linear, 10000 fwd]", so ablations never share a cell (or a published number)
-    with the plain row. Unknown values still give a readable label instead of being dropped.
+    Settings that make a different experiment (n-SPSA, the metric objective, a forward-pass budget, no
+    prompt) go in brackets, e.g. "MeZO [n=4 linear, 10000 fwd]", so ablations never share a cell (or a
+    published number) with the plain row. Unknown values still give a readable label, never dropped.
     """
     method = str(method) if _present(method) else "unknown"
     mode = str(mode) if _present(mode) else "full"
@@ -122,6 +125,8 @@ def row_label(
     if method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
+    elif method == "ft" and mode == "head":
+        label = "LP"  # head tuning: the paper's LP for OPT tasks that are not classification (Table 1)
     elif method == "ft":
         label = "FT" + suffix
     else:
@@ -134,6 +139,8 @@ def row_label(
         qualifiers.append(f"{objective} objective")
     if _present(max_forward_passes):
         qualifiers.append(f"{int(max_forward_passes)} fwd")
+    if prompt is False:
+        qualifiers.append("no prompt")
     return label + (f" [{', '.join(qualifiers)}]" if qualifiers else "")
 
 

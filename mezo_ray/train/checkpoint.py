@@ -2,10 +2,17 @@
 
 A checkpoint folder holds
 - ``state.json`` (rank 0): progress and best-dev bookkeeping, the optimizer's state dict without its
-  tensors (hyper-parameters, MeZO's counters), and, with ``checkpoint_mode=seed_log``, MeZO's seed log;
+  tensors (hyper-parameters, MeZO's counters), and, with ``checkpoint_mode=seed_log``, MeZO's seed log
+  since the weight snapshot it continues from (``progress.snapshot_step``; 0: the base model);
 - ``snapshot-rank{r}.safetensors``: the trainable weights and the optimizer's tensors (Adam moments,
-  momentum); absent in seed-log mode, where the base model plus the replayed log rebuild them;
-- ``best-rank{r}.safetensors``: the best-dev trainable weights, when they are not the snapshot.
+  momentum); in seed-log mode only every ``snapshot_every``-th checkpoint has them, the others are
+  rebuilt from that snapshot (another checkpoint folder of the same run) and the replayed log;
+- ``best-rank{r}.safetensors``: the best-dev trainable weights, when they are not the snapshot and
+  cannot be replayed.
+
+``WEIGHTS_STEP`` is the metric Ray's retention ranks checkpoints by: the step of the weights a
+checkpoint holds, -1 for a seed log alone. Ray keeps the two best and the latest, so the snapshot a
+seed log continues from is never deleted.
 
 Only rank 0 writes the tensors of a replicated (data-parallel) model; with FSDP every rank writes its
 own shards (Ray Train merges the workers' folders into one checkpoint).
@@ -24,7 +31,16 @@ from safetensors.torch import load_file, save_file
 from mezo_ray.zo import StepRecord, local_tensor
 
 STATE_FILE = "state.json"
+WEIGHTS_STEP = "weights_step"
 OPTIMIZER_PREFIX = "optimizer/"
+
+
+def retention(checkpoint_config: Any) -> Any:
+    """Ray's ``CheckpointConfig`` (Train's or Tune's class) keeping the two latest weight snapshots;
+    Ray also keeps the latest checkpoint, so the snapshot it continues from is always there."""
+    return checkpoint_config(
+        num_to_keep=2, checkpoint_score_attribute=WEIGHTS_STEP, checkpoint_score_order="max"
+    )
 
 
 @dataclass
@@ -32,6 +48,8 @@ class Progress:
     """The scalars of a trial that a resumed run continues from."""
 
     step: int = 0
+    snapshot_step: int = 0  # the step of the weight snapshot the seed log continues from (0: base model)
+    checkpoints: int = 0
     max_dev_acc: float = float("-inf")  # the running best dev metric (what Tune optimises)
     best_dev_acc: float = float("-inf")  # best_*: the checkpoint kept by the selection rule
     best_dev_loss: float = float("inf")

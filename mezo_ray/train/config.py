@@ -29,7 +29,8 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
-    mode: Literal["full", "lora", "prefix"] = "full"
+    mode: Literal["full", "lora", "prefix", "head"] = Field("full", description="head: the LM head alone")
+    prompt: bool = Field(True, description="false: no template, a classification head (Table 5; mlm tasks)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
@@ -73,9 +74,13 @@ class TrialConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0, description="first-order baseline only")
     nonfinite_patience: int = Field(5, gt=0, description="fail after this many non-finite losses in a row")
     checkpoint_mode: Literal["weights", "seed_log"] = Field(
-        "weights",
-        description="weights: trainable weights at every eval; seed_log (MeZO): only the seed log, replayed "
-        "from the base model on resume (tiny checkpoints; resume costs 3 sweeps per step)",
+        "seed_log",
+        description="weights: trainable weights (and optimizer state) at every eval; seed_log (MeZO): the "
+        "seed log since the last weight snapshot, replayed on resume (kB per checkpoint, 3 sweeps per "
+        "replayed step); first-order trials always save weights",
+    )
+    snapshot_every: int | None = Field(
+        5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
 
@@ -109,6 +114,12 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"method='lp' (linear probing) needs a classification task; task {task.name!r} is "
                 f"{task.kind} (the paper head-tuned those, which mezo_ray does not implement)"
+            )
+        if not self.prompt and (task.family != "mlm" or self.method in ("lp", "icl") or self.fsdp):
+            raise ValueError(
+                f"prompt=false (a sequence classification head, the paper's no-prompt ablation) needs an "
+                f"mlm-family task, method mezo / ft / zero_shot and no fsdp; got task {task.name!r} "
+                f"({task.family}), method={self.method!r}, fsdp={self.fsdp}"
             )
         if self.method == "icl" and task.family != "causal":
             raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")

@@ -23,7 +23,7 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
     seen_tokenizers: set[tuple[str, str]] = set()
     for cfg in configs:
         task = cfg.resolved_task()
-        if task.family == "mlm" and (cfg.model, task.name) not in seen_tokenizers:
+        if task.family == "mlm" and cfg.prompt and (cfg.model, task.name) not in seen_tokenizers:
             seen_tokenizers.add((cfg.model, task.name))
             check_label_words(cfg)
     seen_data: set[str] = set()

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from mezo_ray.train.config import TrialConfig, parse_trial_config
-from mezo_ray.train.recipe import run_trial
+from mezo_ray.train.recipe import FAILURE_KEY, run_trial
+from mezo_ray.zo import NonFiniteLossError
 
 
 def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
@@ -22,6 +23,7 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    from mezo_ray.train.checkpoint import retention
     from mezo_ray.train.session import RaySession
 
     cfg = parse_trial_config(config)
@@ -30,7 +32,7 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
         return
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
-    TorchTrainer(
+    result = TorchTrainer(
         train_worker,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -41,17 +43,24 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
             name=f"train-{ray.tune.get_context().get_trial_id()}",
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=retention(ray.train.CheckpointConfig),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_worker_failures),
         ),
     ).fit()
+    if (result.metrics or {}).get(FAILURE_KEY):  # the workers stopped on purpose: fail the trial, once
+        raise NonFiniteLossError(result.metrics[FAILURE_KEY])
 
 
 def train_worker(config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs."""
+    """The function every Ray Train worker runs. Non-finite losses end it normally (the recipe has
+    reported why): raised, Train would restart the workers from the last checkpoint into the same
+    losses, ``max_worker_failures`` times; the trial process raises instead."""
     from mezo_ray.train.session import RaySession
 
-    run_trial(parse_trial_config(config), RaySession("train"))
+    try:
+        run_trial(parse_trial_config(config), RaySession("train"))
+    except NonFiniteLossError:
+        return
 
 
 def trial_resources(cfg: TrialConfig) -> dict[str, float]:

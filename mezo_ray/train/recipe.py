@@ -15,11 +15,13 @@ Features and the flags that control them:
   applies the same update; FSDP2 (``fsdp=true``) also shards the weights.
 - Every ``eval_steps``: dev evaluation and a report (dev_acc, best_dev_acc, dev_loss, train_loss,
   step, forward_passes, lr, eps, peak memory, steps/s) with a checkpoint (``checkpoint_mode``:
-  safetensors weights, or MeZO's seed log alone); a restarted worker resumes the same trajectory.
+  safetensors weights, or MeZO's seed log since the last weight snapshot, one every ``snapshot_every``
+  checkpoints); a restarted worker resumes the same trajectory.
 - At the end: the test metric of the best-dev weights (``selection``: dev_acc, or dev_loss as the
   paper's OPT code did), reported with ``done: true``.
 
-Errors: ``NonFiniteLossError`` when the loss is non-finite ``nonfinite_patience`` times in a row.
+Errors: ``NonFiniteLossError`` when the loss is non-finite ``nonfinite_patience`` times in a row,
+after a last report that says why (``FAILURE_KEY``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.session import Session
 from mezo_ray.zo import MeZO, NonFiniteLossError, local_tensor, mix_seed
+
+#: The key of a failed trial's last report: why it stopped (a restart would fail the same way).
+FAILURE_KEY = "failure"
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -70,19 +75,25 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     optimizer = _build_optimizer(cfg, params)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 
-    # 2. Resume: the saved weights and optimizer state, or a replay of the seed log from the base model
+    # 2. Resume: the weight snapshot (in this checkpoint, another one, or the base model), then a
+    #    replay of the seed log since it
     progress, best_weights = ckpt.Progress(), None
     if resumed is not None:
         progress, best_weights = resumed.progress, resumed.best
-        if resumed.weights is not None:
-            ckpt.copy_into(params, resumed.weights, "weights")
-            optimizer.load_state_dict(resumed.optimizer)
+        snapshot = resumed
+        if resumed.weights is None and progress.snapshot_step > 0:
+            with session.snapshot_checkpoint(progress.snapshot_step) as directory:
+                snapshot = ckpt.load(directory, rank)
+            best_weights = snapshot.best if progress.best_step <= progress.snapshot_step else None
+        if snapshot.weights is not None:
+            ckpt.copy_into(params, snapshot.weights, "weights")
+            optimizer.load_state_dict(snapshot.optimizer)
         else:
             optimizer.check_compatible(resumed.optimizer["mezo"])
-            for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
-                optimizer.apply_record(record)
-                if record.step + 1 == progress.best_step:
-                    best_weights = _trainable_copy(params)
+        for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
+            optimizer.apply_record(record)
+            if record.step + 1 == progress.best_step:
+                best_weights = _trainable_copy(params)
 
     # 3. The loop
     clock, steps_at_clock = time.perf_counter(), progress.step
@@ -93,7 +104,12 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
         _set_lr(optimizer, cfg, step)
         loss = _train_step(cfg, optimizer, scaler, head, batch, step, rank, world, device)
         progress.step = step
-        _count_loss(cfg, progress, loss, step)
+        try:
+            _count_loss(cfg, progress, loss, step)
+        except NonFiniteLossError as err:  # the reason goes in the trial's results, then the trial fails
+            progress.last_metrics = _failure_metrics(progress, optimizer, step, str(err))
+            _checkpoint_and_report(session, cfg, progress, optimizer, params, best_weights, rank, world)
+            raise
         if step % cfg.eval_steps and step != cfg.max_steps and not _out_of_budget(cfg, optimizer, step):
             continue
         steps_per_s = (step - steps_at_clock) / (time.perf_counter() - clock)
@@ -123,9 +139,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
                 f"{steps_per_s:.2f} steps/s",
                 flush=True,
             )
-        with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
-            _save(directory, cfg, progress, optimizer, params, best_weights, rank, world)
-            session.report(progress.last_metrics, directory)
+        _checkpoint_and_report(session, cfg, progress, optimizer, params, best_weights, rank, world)
         clock, steps_at_clock = time.perf_counter(), step
 
     # 4. The test metric of the selected (best-dev) weights
@@ -269,6 +283,21 @@ def _count_loss(cfg: TrialConfig, progress: ckpt.Progress, loss: float, step: in
         )
 
 
+def _failure_metrics(
+    progress: ckpt.Progress, optimizer: torch.optim.Optimizer, step: int, reason: str
+) -> dict[str, Any]:
+    """The last report of a trial that stops on non-finite losses: its last eval's metrics, where it
+    stopped, and why (``FAILURE_KEY``); the trial process raises on it (see ``ray_trial``)."""
+    return {
+        "best_dev_acc": progress.max_dev_acc if math.isfinite(progress.max_dev_acc) else math.nan,
+        **progress.last_metrics,
+        "step": step,
+        "forward_passes": forward_passes(optimizer, step),
+        "nonfinite_steps": progress.nonfinite_steps,
+        FAILURE_KEY: reason,
+    }
+
+
 # ----------------------------------------------------------------------------------------------------
 # Evaluation
 @torch.no_grad()
@@ -356,9 +385,9 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         tiny = ensure_tiny_models()
         path = tiny.mlm if TINY_MODELS[path] == "mlm" else tiny.causal
     return ModelSpec(
-        opt_bos_quirk=cfg.model not in TINY_MODELS,  # the tiny OPT was pretrained with its own BOS
         name_or_path=path,
-        family=cfg.family,
+        family=cfg.family if cfg.prompt else "seq_cls",
+        num_labels=None if cfg.prompt else len(cfg.resolved_task().label_words),
         dtype="float32" if cfg.method == "ft" else cfg.dtype,  # FT: fp32 weights, autocast (as --fp16)
         mode=cfg.mode,
         lora_r=cfg.lora_r,
@@ -367,6 +396,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         trust_remote_code=cfg.trust_remote_code,
         device=str(device),
         init_seed=cfg.training_seed,
+        opt_bos_quirk=cfg.model not in TINY_MODELS,  # the tiny OPT was pretrained with its own BOS
     )
 
 
@@ -439,6 +469,23 @@ def _trainable_copy(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, t
     return {n: local_tensor(p).detach().to("cpu", copy=True) for n, p in params}
 
 
+def _checkpoint_and_report(
+    session: Session,
+    cfg: TrialConfig,
+    progress: ckpt.Progress,
+    optimizer: torch.optim.Optimizer,
+    params: list[tuple[str, torch.nn.Parameter]],
+    best_weights: dict | None,
+    rank: int,
+    world: int,
+) -> None:
+    """Report ``progress.last_metrics`` with a checkpoint (Ray Train's result is the latest
+    checkpointed report: a failure reported without one would not reach it)."""
+    with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
+        _save(directory, cfg, progress, optimizer, params, best_weights, rank, world)
+        session.report(progress.last_metrics, directory)
+
+
 def _save(
     directory: str,
     cfg: TrialConfig,
@@ -449,15 +496,20 @@ def _save(
     rank: int,
     world: int,
 ) -> None:
-    """Write a checkpoint: trainable weights and optimizer state now, or MeZO's whole seed log."""
+    """Write a checkpoint: the trainable weights and optimizer state (a snapshot), or MeZO's seed log
+    since the last snapshot (``checkpoint_mode=seed_log``: every ``snapshot_every``-th is a snapshot)."""
     progress.world_size, progress.fsdp = world, cfg.fsdp
-    state = optimizer.state_dict()
-    writes_tensors = cfg.fsdp or rank == 0
-    if cfg.method == "mezo" and cfg.checkpoint_mode == "seed_log":  # the log replays from the base model
+    progress.checkpoints += 1
+    seed_log = isinstance(optimizer, MeZO) and cfg.checkpoint_mode == "seed_log"
+    if seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0):
+        progress.last_metrics[ckpt.WEIGHTS_STEP] = -1
+        state = optimizer.state_dict()
         ckpt.save(directory, progress, optimizer.trajectory, None, None, state, rank, writes_tensors=False)
         return
+    progress.snapshot_step = progress.step
+    progress.last_metrics[ckpt.WEIGHTS_STEP] = progress.step
+    if isinstance(optimizer, MeZO):
+        optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
     weights = {n: local_tensor(p) for n, p in params}
     best = best_weights if progress.best_step != progress.step else None
-    if isinstance(optimizer, MeZO):
-        optimizer.trajectory.clear()  # the weights are saved; the log is not needed to resume
-    ckpt.save(directory, progress, [], weights, best, state, rank, writes_tensors)
+    ckpt.save(directory, progress, [], weights, best, optimizer.state_dict(), rank, cfg.fsdp or rank == 0)

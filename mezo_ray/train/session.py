@@ -10,10 +10,15 @@ list in memory (tests, notebooks).
 from __future__ import annotations
 
 import importlib
+import json
 import os
+import posixpath
 import shutil
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal, Protocol
+
+from mezo_ray.train.checkpoint import STATE_FILE
 
 
 class Session(Protocol):
@@ -25,6 +30,10 @@ class Session(Protocol):
 
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
         """The folder of the checkpoint to resume from, or None for a fresh start."""
+
+    def snapshot_checkpoint(self, step: int) -> AbstractContextManager[str]:
+        """The folder of the run's checkpoint holding the weight snapshot of ``step`` (a seed-log
+        checkpoint continues from it); FileNotFoundError if Ray's retention lost it."""
 
 
 class RaySession:
@@ -45,6 +54,13 @@ class RaySession:
     def latest_checkpoint(self) -> AbstractContextManager[str | None]:
         checkpoint = self._api.get_checkpoint()
         return checkpoint.as_directory() if checkpoint else nullcontext(None)
+
+    @contextmanager
+    def snapshot_checkpoint(self, step: int) -> Iterator[str]:
+        latest = self._api.get_checkpoint()
+        path = find_snapshot(latest.filesystem, posixpath.dirname(latest.path), step)
+        with self._api.Checkpoint(path, filesystem=latest.filesystem).as_directory() as directory:
+            yield directory
 
 
 class LocalSession:
@@ -76,3 +92,30 @@ class LocalSession:
     @contextmanager
     def latest_checkpoint(self):  # type: ignore[override]
         yield self.resume_from
+
+    @contextmanager
+    def snapshot_checkpoint(self, step: int) -> Iterator[str]:
+        from pyarrow.fs import LocalFileSystem
+
+        yield find_snapshot(LocalFileSystem(), os.path.dirname(os.path.abspath(self.resume_from or "")), step)
+
+
+def find_snapshot(fs: Any, parent: str, step: int) -> str:
+    """The checkpoint folder under ``parent`` (on a pyarrow filesystem: local or a cloud bucket, as
+    Ray stores them) whose weights are those of ``step``; reads only the folders' state.json."""
+    from pyarrow.fs import FileSelector, FileType
+
+    for info in fs.get_file_info(FileSelector(parent)):
+        if info.type != FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(info.path, STATE_FILE)) as f:
+                progress = json.loads(f.read())["progress"]
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            continue
+        if progress["step"] == step and progress.get("snapshot_step") == step:
+            return info.path
+    raise FileNotFoundError(
+        f"no checkpoint beside {parent} holds the weights of step {step}, which the latest checkpoint's "
+        f"seed log continues from"
+    )

@@ -10,7 +10,8 @@ from mezo_ray.models.modes import prefix_init_ids
 from tests.models.conftest import load, task_for
 
 FAMILIES = ["mlm", "causal"]
-MODES = ["full", "lora", "prefix"]
+MODES = ["full", "lora", "prefix", "head"]
+HEAD = {"mlm": {"lm_head.decoder.weight", "lm_head.bias"}, "causal": {"lm_head.weight"}}
 ATTENTION = {  # (module path of layer i's attention, query name, value name)
     "mlm": ("roberta.encoder.layer.{i}.attention.self", "query", "value"),
     "causal": ("model.decoder.layers.{i}.self_attn", "q_proj", "v_proj"),
@@ -22,6 +23,8 @@ def expected_trainable(loaded, family: str, mode: str) -> set[str]:
         return {name for name, _ in loaded.hf_model.named_parameters()}
     if mode == "prefix":
         return {"prompt_encoder.default.embedding.weight"}
+    if mode == "head":
+        return HEAD[family]
     path, query, value = ATTENTION[family]
     return {
         f"base_model.model.{path.format(i=i)}.{proj}.lora_{ab}.default.weight"
@@ -41,6 +44,15 @@ def test_trainable_parameters_are_exactly_the_modes(micro, family, mode):
     assert all(not p.requires_grad for n, p in loaded.model.named_parameters() if n in frozen)
     if mode != "full":
         assert frozen  # the base model is there, frozen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_mode_trains_an_untied_copy_of_the_output_projection(micro, family):
+    loaded = load(micro, family, "head")
+    model = loaded.hf_model
+    output, embeddings = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert output is not embeddings and torch.equal(output, embeddings)  # same values, its own storage
+    assert output.requires_grad and not embeddings.requires_grad
 
 
 def test_lora_has_rank_alpha_and_no_dropout(micro):

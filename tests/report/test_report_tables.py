@@ -167,6 +167,7 @@ def test_ablations_get_rows_of_their_own_without_published_numbers(tmp_path, wri
         "MeZO [n=16 linear]": ({"n_perturbations": 16, "perturbation_schedule": "linear"}, 0.60),
         "MeZO [metric objective]": ({"objective": "metric"}, 0.50),
         "MeZO [10000 fwd]": ({"max_forward_passes": 10000}, 0.40),
+        "MeZO [no prompt]": ({"prompt": False}, 0.30),
     }
     for change, test in variants.values():  # better dev every time: merged rows would all pick the last
         config = writer.cfg(RL, "SST-2", "mezo", 16, 13, 1e-6, **{**mezo, **change})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -70,8 +71,19 @@ def test_mezo_trial_reports_every_eval_then_the_test_metric(tiny_models, tmp_pat
     assert last["selected_step"] in (4, 8) and len(session.checkpoints) == 2
 
 
+WEIGHTS = {"checkpoint_mode": "weights"}
+
+
 @pytest.mark.parametrize(
-    "changes", [{}, {"zo_variant": "adam"}, {"checkpoint_mode": "seed_log"}, {"method": "ft"}]
+    "changes",
+    [
+        WEIGHTS,
+        {**WEIGHTS, "zo_variant": "adam"},
+        {"snapshot_every": None},
+        {"zo_variant": "adam"},
+        {"method": "ft"},
+    ],
+    ids=["weights", "weights-adam", "seed-log-from-base", "seed-log-adam", "ft"],
 )
 def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_trial(tiny_models, tmp_path, changes):
     straight, whole = trial(tmp_path, **changes)
@@ -79,9 +91,25 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_trial(tiny_models
     assert [r["step"] for r in rest.reports[:-1]] == [8]
     assert same_run(rest.reports[0]) == same_run(whole.reports[1])
     assert same_run(resumed) == same_run(straight)
-    if changes.get("checkpoint_mode") != "seed_log":
+    if changes in (WEIGHTS, {"method": "ft"}):
         a, b = snapshot(whole.checkpoints[1]), snapshot(rest.checkpoints[0])
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("variant", ["sgd", "adam"])
+def test_a_seed_log_resumes_from_the_snapshot_in_another_checkpoint(tiny_models, tmp_path, variant):
+    changes = {"max_steps": 12, "eval_steps": 2, "snapshot_every": 2, "zo_variant": variant, "lr": 1e-2}
+    straight, whole = trial(tmp_path, **changes)
+    files = [sorted(os.listdir(c)) for c in whole.checkpoints]  # steps 2, 4, ..., 12; weights at 4, 8, 12
+    assert [len(f) > 1 for f in files] == [False, True, False, True, False, True]
+    resumed, rest = trial(tmp_path, resume_from=whole.checkpoints[2], **changes)  # step 6: log since 4
+    assert [r["step"] for r in rest.reports[:-1]] == [8, 10, 12]
+    assert same_run(resumed) == same_run(straight)  # test_acc too: the best-dev weights came back
+    a, b = snapshot(whole.checkpoints[-1]), snapshot(rest.checkpoints[-1])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    shutil.rmtree(whole.checkpoints[1])  # the snapshot lost: say so, never train from the wrong weights
+    with pytest.raises(FileNotFoundError, match="holds the weights of step 4"):
+        trial(tmp_path, resume_from=whole.checkpoints[2], **changes)
 
 
 def test_seed_log_checkpoints_hold_no_weights(tiny_models, tmp_path):
@@ -110,8 +138,13 @@ def test_non_finite_losses_fail_the_trial_after_the_patience(tiny_models, tmp_pa
         return torch.tensor(math.nan, requires_grad=True), 1
 
     monkeypatch.setattr(recipe, "batch_loss_terms", nan_terms)
+    session = LocalSession(str(tmp_path))
     with pytest.raises(NonFiniteLossError, match="non-finite 3 times in a row"):
-        trial(tmp_path, nonfinite_patience=3, method=method)
+        run_trial(parse_trial_config({**SMOKE, "nonfinite_patience": 3, "method": method}), session)
+    last = session.reports[-1]  # the reason reaches the trial's results
+    assert (last["step"], last["nonfinite_steps"]) == (3, 3) and "non-finite 3 times" in last[
+        recipe.FAILURE_KEY
+    ]
 
 
 def test_ft_in_bfloat16_is_mixed_precision_over_float32_weights(tiny_models, tmp_path):
@@ -142,6 +175,22 @@ def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
         assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
 
 
+def test_no_prompt_trains_a_classification_head(tiny_models, tmp_path):
+    final, session = trial(tmp_path, prompt=False, lr=1e-2, **WEIGHTS)
+    weights = snapshot(session.checkpoints[-1])
+    assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
+    assert "classifier.out_proj.weight" in weights and "lm_head.decoder.weight" not in weights
+
+
+def test_head_tuning_trains_the_lm_head_alone(tiny_models, tmp_path):
+    final, session = trial(tmp_path, method="ft", mode="head", lr=1e-2, **CAUSAL)
+    weights = {k: v for k, v in snapshot(session.checkpoints[-1]).items() if not k.startswith("optimizer/")}
+    base = load_file(os.path.join(tiny_models.causal, "model.safetensors"))
+    embeddings = next(v for k, v in base.items() if k.endswith("embed_tokens.weight"))
+    assert final["done"] and list(weights) == ["lm_head.weight"]  # nothing else was trainable
+    assert not torch.equal(weights["lm_head.weight"], embeddings)  # it trained (untied from the input)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 
@@ -160,7 +209,7 @@ def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_pat
 
 # --------------------------------------------------------------------------------------------------
 # Data parallel and FSDP over 2 gloo processes reproduce the 1-worker trajectory
-PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers": 1}
+PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers": 1, **WEIGHTS}
 
 
 def _parity_worker(rank: int, world: int, init_file: str, out_dir: str, config: dict) -> None:

@@ -479,37 +479,28 @@ def _checkpoint_and_report(
     rank: int,
     world: int,
 ) -> None:
-    """Report ``progress.last_metrics`` with a checkpoint (Ray Train's result is the latest
-    checkpointed report: a failure reported without one would not reach it)."""
-    with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
-        _save(directory, cfg, progress, optimizer, params, best_weights, rank, world)
-        session.report(progress.last_metrics, directory)
-
-
-def _save(
-    directory: str,
-    cfg: TrialConfig,
-    progress: ckpt.Progress,
-    optimizer: torch.optim.Optimizer,
-    params: list[tuple[str, torch.nn.Parameter]],
-    best_weights: dict | None,
-    rank: int,
-    world: int,
-) -> None:
-    """Write a checkpoint: the trainable weights and optimizer state (a snapshot), or MeZO's seed log
-    since the last snapshot (``checkpoint_mode=seed_log``: every ``snapshot_every``-th is a snapshot)."""
+    """Report ``progress.last_metrics`` with a checkpoint: the trainable weights and optimizer state (a
+    snapshot), or MeZO's seed log since the last snapshot (``checkpoint_mode=seed_log``: every
+    ``snapshot_every``-th is a snapshot). Every report carries one: Ray Train's result is the latest
+    checkpointed report, so a failure reported without one would not reach it."""
     progress.world_size, progress.fsdp = world, cfg.fsdp
     progress.checkpoints += 1
     seed_log = isinstance(optimizer, MeZO) and cfg.checkpoint_mode == "seed_log"
-    if seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0):
-        progress.last_metrics[ckpt.WEIGHTS_STEP] = -1
-        state = optimizer.state_dict()
-        ckpt.save(directory, progress, optimizer.trajectory, None, None, state, rank, writes_tensors=False)
-        return
-    progress.snapshot_step = progress.step
-    progress.last_metrics[ckpt.WEIGHTS_STEP] = progress.step
-    if isinstance(optimizer, MeZO):
-        optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
-    weights = {n: local_tensor(p) for n, p in params}
-    best = best_weights if progress.best_step != progress.step else None
-    ckpt.save(directory, progress, [], weights, best, optimizer.state_dict(), rank, cfg.fsdp or rank == 0)
+    log_only = seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0)
+    progress.last_metrics[ckpt.WEIGHTS_STEP] = -1 if log_only else progress.step
+    with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
+        if log_only:
+            state = optimizer.state_dict()
+            ckpt.save(
+                directory, progress, optimizer.trajectory, None, None, state, rank, writes_tensors=False
+            )
+        else:
+            progress.snapshot_step = progress.step
+            if isinstance(optimizer, MeZO):
+                optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
+            weights = {n: local_tensor(p) for n, p in params}
+            best = best_weights if progress.best_step != progress.step else None
+            ckpt.save(
+                directory, progress, [], weights, best, optimizer.state_dict(), rank, cfg.fsdp or rank == 0
+            )
+        session.report(progress.last_metrics, directory)

@@ -58,6 +58,7 @@ def test_counts_of_the_paper_grids():
     assert len(load_space("opt13b_table1").trials()) == 11 + 11 + 7 + 4 * 2 + 3 * (9 * 2 + 2 * 3) + 11 * 3
     assert len(load_space("roberta_table4_ablation").trials()) == 3 * 5 * 2 * 3 * 2 * 2
     assert len(load_space("roberta_table5_prompt").trials()) == 2 * 3 * 5 * 3
+    assert len(load_space("opt13b_table3_nondiff").trials()) == 3
 
 
 def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():

@@ -175,6 +175,17 @@ def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
         assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
 
 
+def test_metric_objective_is_minus_the_batch_accuracy(tiny_models, tmp_path):
+    cfg = parse_trial_config({**SMOKE, "objective": "metric"})
+    loaded = recipe.load_model(recipe._model_spec(cfg, torch.device("cpu")))
+    head = recipe.make_head(cfg.resolved_task(), loaded)
+    batch = recipe.batch_at(recipe.load_splits(cfg.resolved_task(), cfg.data_spec()).train, 1, cfg)
+    expected = -head.evaluate(batch, batch_size=len(batch))["metric"]
+    assert recipe.batch_loss(head, batch, batch[0], 1, cfg, torch.device("cpu")) == pytest.approx(expected)
+    final, _ = trial(tmp_path, objective="metric")
+    assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
+
+
 def test_no_prompt_trains_a_classification_head(tiny_models, tmp_path):
     final, session = trial(tmp_path, prompt=False, lr=1e-2, **WEIGHTS)
     weights = snapshot(session.checkpoints[-1])

@@ -171,7 +171,8 @@ def cli(*args: str) -> subprocess.Popen:
     )
 
 
-def test_resume_after_the_driver_is_killed(tiny_models, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "train-workers"])
+def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
     space = tmp_path / "space.yaml"
     space.write_text(
         json.dumps(
@@ -181,7 +182,7 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path):
                     {"name": "zs", "set": {"method": "zero_shot"}},
                     {"name": "mezo", "grid": {"lr": [1e-3, 2e-3]}},
                 ],
-                "defaults": {**TRIAL, "num_workers": 0, "max_steps": 400, "eval_steps": 20},
+                "defaults": {**TRIAL, "num_workers": workers, "max_steps": 400, "eval_steps": 20},
             }
         )
     )
@@ -211,9 +212,16 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path):
     assert len(trials) == 3 and all(r[-1].get("done") for r in trials.values())
     assert {t: len(trials[t]) for t in finished_before} == finished_before  # not re-run
     steps_after = [r["step"] for r in trials[interrupted] if not r.get("done")]
-    # continued from its checkpoint: no step reported twice from scratch, and it reached the end
-    assert steps_after[: len(steps_before)] == steps_before and steps_after[-1] == 400
-    assert steps_after[len(steps_before)] <= steps_before[-1] + 20
+    # continued from a checkpoint to the end, never from scratch. In-process, Tune restores the trial
+    # and appends to its results; with Train workers, Tune restarts the trial (its checkpoints are
+    # Train's) and the Train run resumes from its own latest checkpoint, maybe written after the kill
+    # was seen: the results then start there.
+    resumed_steps = steps_after[len(steps_before) :] if workers == 0 else steps_after
+    assert steps_after[-1] == 400 and resumed_steps == list(range(resumed_steps[0], 401, 20))
+    assert resumed_steps[0] > 20
+    if workers == 0:
+        assert steps_after[: len(steps_before)] == steps_before
+        assert resumed_steps[0] <= steps_before[-1] + 20
 
 
 def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models, tmp_path):

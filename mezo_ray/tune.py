@@ -229,10 +229,9 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
             tune_config=tune.TuneConfig(
                 metric=space.metric,
                 mode=space.mode,
-                search_alg=search_algorithm(plan),
+                search_alg=search_algorithm(plan, max_concurrent),
                 scheduler=scheduler(args.scheduler, plan),
                 num_samples=plan["num_trials"],
-                max_concurrent_trials=max_concurrent,
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -310,15 +309,19 @@ def param_space(plan: dict[str, Any]) -> dict[str, Any]:
     return dict(plan["trials"][0])  # placeholders: every trial comes from points_to_evaluate
 
 
-def search_algorithm(plan: dict[str, Any]) -> Any:
+def search_algorithm(plan: dict[str, Any], max_concurrent: int) -> Any:
+    """The searcher, capped at ``max_concurrent`` running trials. The cap goes on the searcher itself:
+    Tune ignores ``TuneConfig(max_concurrent_trials)`` for a ``BasicVariantGenerator`` passed in, and
+    uncapped Train trials (0 CPU each to Tune) would all start and starve each other's workers."""
     if plan["search"] == "optuna":
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        return OptunaSearch(seed=0)
+        return ConcurrencyLimiter(OptunaSearch(seed=0), max_concurrent=max_concurrent)
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # a union of grids is a list of exact configs: Tune runs them as given, flat in params.json
-    return BasicVariantGenerator(points_to_evaluate=plan["trials"])
+    return BasicVariantGenerator(points_to_evaluate=plan["trials"], max_concurrent=max_concurrent)
 
 
 def scheduler(kind: str, plan: dict[str, Any]) -> Any:

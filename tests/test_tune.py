@@ -180,9 +180,9 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
                 "description": "resume",
                 "grids": [
                     {"name": "zs", "set": {"method": "zero_shot"}},
-                    {"name": "mezo", "grid": {"lr": [1e-3, 2e-3]}},
+                    {"name": "mezo", "set": {"lr": 1e-3}},
                 ],
-                "defaults": {**TRIAL, "num_workers": workers, "max_steps": 400, "eval_steps": 20},
+                "defaults": {**TRIAL, "num_workers": workers, "max_steps": 400, "eval_steps": 50},
             }
         )
     )
@@ -193,6 +193,7 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
         trials = results(str(tmp_path / "exp"))
         done = [t for t, r in trials.items() if r and r[-1].get("done")]
         started = [t for t, r in trials.items() if r and not r[-1].get("done")]
+        assert len(started) <= 1, "--max-concurrent 1 ran trials side by side"
         if done and started:
             break
         time.sleep(0.5)
@@ -209,7 +210,7 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
     out = resumed.communicate(timeout=600)[0]
     assert resumed.returncode == 0, out[-3000:]
     trials = results(str(tmp_path / "exp"))
-    assert len(trials) == 3 and all(r[-1].get("done") for r in trials.values())
+    assert len(trials) == 2 and all(r[-1].get("done") for r in trials.values())
     assert {t: len(trials[t]) for t in finished_before} == finished_before  # not re-run
     steps_after = [r["step"] for r in trials[interrupted] if not r.get("done")]
     # continued from a checkpoint to the end, never from scratch. In-process, Tune restores the trial
@@ -217,11 +218,11 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
     # Train's) and the Train run resumes from its own latest checkpoint, maybe written after the kill
     # was seen: the results then start there.
     resumed_steps = steps_after[len(steps_before) :] if workers == 0 else steps_after
-    assert steps_after[-1] == 400 and resumed_steps == list(range(resumed_steps[0], 401, 20))
-    assert resumed_steps[0] > 20
+    assert steps_after[-1] == 400 and resumed_steps == list(range(resumed_steps[0], 401, 50))
+    assert resumed_steps[0] > 50
     if workers == 0:
         assert steps_after[: len(steps_before)] == steps_before
-        assert resumed_steps[0] <= steps_before[-1] + 20
+        assert resumed_steps[0] <= steps_before[-1] + 50
 
 
 def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models, tmp_path):

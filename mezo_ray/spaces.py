@@ -84,15 +84,15 @@ class SearchSpace(BaseModel):
             for values in itertools.product(*(grid.grid[k] for k in keys)):
                 raw = {**self.defaults, **grid.set, **dict(zip(keys, values, strict=True)), **overrides}
                 cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
+                if not all(getattr(cfg, k) in v for k, v in (only or {}).items()):
+                    continue
                 explicit = {k: getattr(cfg, k) for k in raw}
                 key = repr(sorted(explicit.items()))
                 if key not in seen:  # an override can collapse a grid axis
                     seen.add(key)
                     out.append(explicit)
-        if only:
-            out = [t for t in out if all(getattr(parse_trial_config(t), k) in v for k, v in only.items())]
-            if not out:
-                raise ValueError(f"--only {only}: no trial of space {self.name!r} matches")
+        if only and not out:
+            raise ValueError(f"--only {only}: no trial of space {self.name!r} matches")
         return _same_keys(out)
 
     def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

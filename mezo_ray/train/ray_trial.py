@@ -9,6 +9,7 @@ about 20 s less per trial: the right choice for tiny models).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from mezo_ray.train.config import TrialConfig, parse_trial_config
@@ -24,7 +25,7 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from mezo_ray.train.checkpoint import retention
-    from mezo_ray.train.session import RaySession
+    from mezo_ray.train.session import RaySession, salvage_train_run
 
     cfg = parse_trial_config(config)
     if cfg.num_workers == 0:
@@ -32,15 +33,16 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
         return
     use_gpu = cfg.gpus_per_worker > 0
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
+    name = f"train-{ray.tune.get_context().get_trial_id()}"
     result = TorchTrainer(
-        train_worker,
+        partial(train_worker, resume_from=salvage_train_run(storage_path, name)),
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            name=f"train-{ray.tune.get_context().get_trial_id()}",
+            name=name,
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],
             checkpoint_config=retention(ray.train.CheckpointConfig),
@@ -51,14 +53,15 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
         raise NonFiniteLossError(result.metrics[FAILURE_KEY])
 
 
-def train_worker(config: dict[str, Any]) -> None:
-    """The function every Ray Train worker runs. Non-finite losses end it normally (the recipe has
+def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None:
+    """The function every Ray Train worker runs; ``resume_from``: the checkpoint to start from when
+    Train has none (a run salvaged after a kill). Non-finite losses end it normally (the recipe has
     reported why): raised, Train would restart the workers from the last checkpoint into the same
     losses, ``max_worker_failures`` times; the trial process raises instead."""
     from mezo_ray.train.session import RaySession
 
     try:
-        run_trial(parse_trial_config(config), RaySession("train"))
+        run_trial(parse_trial_config(config), RaySession("train", resume_from))
     except NonFiniteLossError:
         return
 

@@ -20,6 +20,8 @@ from typing import Any, Literal, Protocol
 
 from mezo_ray.train.checkpoint import STATE_FILE
 
+RAY_TRAIN_STATE_FILE = "checkpoint_manager_snapshot.json"  # ray.train.v2._internal.constants
+
 
 class Session(Protocol):
     rank: int
@@ -40,8 +42,9 @@ class RaySession:
     """Reports through ``ray.train`` (inside a ``TorchTrainer`` worker, where ``report`` is a barrier
     across the workers) or ``ray.tune`` (a Tune trial running the recipe in its own process)."""
 
-    def __init__(self, api: Literal["train", "tune"]) -> None:
+    def __init__(self, api: Literal["train", "tune"], resume_from: str | None = None) -> None:
         self._api = importlib.import_module(f"ray.{api}")
+        self._resume_from = resume_from  # used when Ray has no checkpoint (see ``salvage_train_run``)
         self.rank, self.world_size = 0, 1
         if api == "train":
             context = self._api.get_context()
@@ -51,13 +54,19 @@ class RaySession:
         checkpoint = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._api.report(metrics, checkpoint=checkpoint)
 
-    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
+    def _latest(self) -> Any:
         checkpoint = self._api.get_checkpoint()
+        if checkpoint is None and self._resume_from is not None:
+            checkpoint = self._api.Checkpoint(self._resume_from)
+        return checkpoint
+
+    def latest_checkpoint(self) -> AbstractContextManager[str | None]:
+        checkpoint = self._latest()
         return checkpoint.as_directory() if checkpoint else nullcontext(None)
 
     @contextmanager
     def snapshot_checkpoint(self, step: int) -> Iterator[str]:
-        latest = self._api.get_checkpoint()
+        latest = self._latest()
         path = find_snapshot(latest.filesystem, posixpath.dirname(latest.path), step)
         with self._api.Checkpoint(path, filesystem=latest.filesystem).as_directory() as directory:
             yield directory
@@ -119,3 +128,68 @@ def find_snapshot(fs: Any, parent: str, step: int) -> str:
         f"no checkpoint beside {parent} holds the weights of step {step}, which the latest checkpoint's "
         f"seed log continues from"
     )
+
+
+def salvage_train_run(storage_path: str, name: str) -> str | None:
+    """Make a Train run whose state file a kill left unreadable resumable again.
+
+    Ray Train writes ``checkpoint_manager_snapshot.json`` in place: a driver killed mid-write leaves it
+    empty, and the restored run then fails with ``CheckpointManagerInitializationError`` instead of
+    resuming. Such a file is moved aside (kept, renamed ``*.unreadable``) so Train starts a fresh
+    run in the same folder, and the latest complete checkpoint folder is returned for the recipe to
+    resume from (None: nothing to salvage, Train's own state is fine or absent).
+    """
+    from pyarrow.fs import FileSelector, FileSystem, FileType
+
+    fs, run_dir = FileSystem.from_uri(storage_path)
+    run_dir = posixpath.join(run_dir, name)
+    state_file = posixpath.join(run_dir, RAY_TRAIN_STATE_FILE)
+    if fs.get_file_info(state_file).type != FileType.File:
+        return None
+    try:
+        with fs.open_input_stream(state_file) as f:
+            json.loads(f.read())
+        return None
+    except ValueError:
+        fs.move(state_file, state_file + ".unreadable")
+    folders = [
+        info
+        for info in fs.get_file_info(FileSelector(run_dir))
+        if info.type == FileType.Directory and info.base_name.startswith("checkpoint_")
+    ]
+    complete = [(s, i.base_name) for i in folders if (s := _complete_step(fs, i.path)) is not None]
+    return posixpath.join(storage_path, name, max(complete)[1]) if complete else None
+
+
+def _complete_step(fs: Any, folder: str) -> int | None:
+    """The step of a checkpoint folder whose upload finished (state readable, every safetensors
+    file as long as its header says, the weight snapshot present where the state says so); None
+    for a folder cut short by a kill."""
+    from pyarrow.fs import FileSelector, FileType
+
+    try:
+        with fs.open_input_stream(posixpath.join(folder, STATE_FILE)) as f:
+            progress = json.loads(f.read())["progress"]
+    except (FileNotFoundError, OSError, KeyError, ValueError):
+        return None
+    files = {i.base_name: i for i in fs.get_file_info(FileSelector(folder)) if i.type == FileType.File}
+    if progress.get("snapshot_step") == progress["step"]:
+        shards = progress.get("world_size", 1) if progress.get("fsdp") else 1
+        if any(f"snapshot-rank{r}.safetensors" not in files for r in range(shards)):
+            return None
+    for base_name, info in files.items():
+        if base_name.endswith(".safetensors") and _safetensors_size(fs, info.path) != info.size:
+            return None
+    return progress["step"]
+
+
+def _safetensors_size(fs: Any, path: str) -> int | None:
+    """The size a safetensors file has when whole: 8 + header + the last tensor's end offset."""
+    try:
+        with fs.open_input_stream(path) as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError):
+        return None
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    return 8 + header_len + max(ends, default=0)

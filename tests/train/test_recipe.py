@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from mezo_ray.train import recipe
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.recipe import run_trial
-from mezo_ray.train.session import LocalSession
+from mezo_ray.train.session import RAY_TRAIN_STATE_FILE, LocalSession, salvage_train_run
 from mezo_ray.zo import NonFiniteLossError
 
 SMOKE = {
@@ -110,6 +110,33 @@ def test_a_seed_log_resumes_from_the_snapshot_in_another_checkpoint(tiny_models,
     shutil.rmtree(whole.checkpoints[1])  # the snapshot lost: say so, never train from the wrong weights
     with pytest.raises(FileNotFoundError, match="holds the weights of step 4"):
         trial(tmp_path, resume_from=whole.checkpoints[2], **changes)
+
+
+def test_a_train_run_left_unreadable_by_a_kill_resumes_from_its_last_complete_checkpoint(
+    tiny_models, tmp_path
+):
+    changes = {"max_steps": 12, "eval_steps": 2, "snapshot_every": 2}
+    run = tmp_path / "storage" / "train-x"  # laid out as Ray Train's run folder
+    straight, whole = trial(tmp_path, **changes)
+    assert salvage_train_run(str(tmp_path / "storage"), "train-x") is None  # no run there yet
+    shutil.copytree(os.path.dirname(whole.checkpoints[0]), run)
+    state = run / RAY_TRAIN_STATE_FILE
+    state.write_text('{"ray_version": "2.60.0"}')
+    assert salvage_train_run(str(tmp_path / "storage"), "train-x") is None and state.exists()  # readable
+    state.write_text("")  # the driver killed while Ray rewrote it
+    assert salvage_train_run(str(tmp_path / "storage"), "train-x") == str(run / "checkpoint_000005")
+    assert not state.exists() and (run / f"{RAY_TRAIN_STATE_FILE}.unreadable").exists()  # kept aside
+    # the last upload cut short (its weights half written): the seed log before it is the one to use
+    weights = run / "checkpoint_000005" / "snapshot-rank0.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    state.write_text("")
+    resume_from = salvage_train_run(str(tmp_path / "storage"), "train-x")
+    assert resume_from == str(run / "checkpoint_000004")  # step 10: the log since the weights of step 8
+    resumed, rest = trial(tmp_path, resume_from=resume_from, **changes)
+    assert [r["step"] for r in rest.reports[:-1]] == [12] and same_run(resumed) == same_run(straight)
+    weights.unlink()  # state.json says it holds weights, the folder has none
+    state.write_text("")
+    assert salvage_train_run(str(tmp_path / "storage"), "train-x") == str(run / "checkpoint_000004")
 
 
 def test_seed_log_checkpoints_hold_no_weights(tiny_models, tmp_path):

@@ -199,7 +199,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
     from mezo_ray.train.ray_trial import trial_resources, tune_trainable
 
     space: SearchSpace = plan["space"]
-    storage = os.path.abspath(os.path.expanduser(args.storage_path))
+    storage = storage_location(args.storage_path)
     name = experiment_name(args, space, storage)
     if not args.skip_preflight:
         from mezo_ray.train.preflight import preflight
@@ -216,7 +216,7 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
         tune.with_parameters(tune_trainable, storage_path=storage),
         lambda config: trial_resources(parse_trial_config(config)),
     )
-    path = os.path.join(storage, name)
+    path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
         if not tune.Tuner.can_restore(path):
             raise ValueError(f"--resume: no restorable experiment at {path}")
@@ -338,9 +338,17 @@ def scheduler(kind: str, plan: dict[str, Any]) -> Any:
     )
 
 
+def storage_location(path: str) -> str:
+    """Where Tune writes: a bucket URI (``s3://``, ``gs://``: every node of a cluster sees it) as
+    given, a local or NFS path made absolute."""
+    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
 def experiment_name(args: argparse.Namespace, space: SearchSpace, storage: str) -> str:
     if args.name:
         return args.name
+    if args.resume and "://" in storage:
+        raise ValueError(f"--resume on --storage-path {storage}: pass --name, the experiment to resume")
     if args.resume:  # the latest experiment of this space
         found = sorted(glob.glob(os.path.join(storage, f"{space.name}-*")), key=os.path.getmtime)
         if not found:

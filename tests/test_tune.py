@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from mezo_ray.report import from_experiment_dirs, render
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.session import RAY_TRAIN_STATE_FILE
-from mezo_ray.tune import main
+from mezo_ray.tune import main, storage_location
 
 pytestmark = pytest.mark.ray
 
@@ -80,6 +80,14 @@ def test_a_worker_larger_than_every_node_is_refused():
     with pytest.raises(ValueError, match=r"asks for 3 CPU.* no node has that \(largest: 2 CPUs"):
         check_resources(plan, None, {"CPU": 4.0}, two_nodes)  # the cluster's total would fit it
     assert check_resources(plan, None, {"CPU": 6.0}, [*two_nodes, {"CPU": 3.0}]) == 2
+
+
+def test_bucket_storage_is_kept_as_a_uri_and_local_paths_made_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert storage_location("s3://bucket/runs") == "s3://bucket/runs"  # a cluster's shared storage
+    assert storage_location("runs") == str(tmp_path / "runs")
+    assert storage_location("~/runs") == str(tmp_path / "home" / "runs")
 
 
 def test_list_shows_every_space_with_its_trial_count(capsys):

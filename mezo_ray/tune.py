@@ -288,10 +288,11 @@ def check_resources(
             f"each trial asks for {need['CPU']:g} CPUs (workers x cpus_per_worker) but the cluster has "
             f"{cpus:g}; lower --workers-per-trial or --set cpus_per_worker=..."
         )
+    nodes = nodes or [cluster]
     for cfg in plan["configs"]:
-        enough_cpus = [n for n in nodes or [cluster] if n.get("CPU", 0.0) >= cfg.cpus_per_worker]
+        enough_cpus = [n for n in nodes if n.get("CPU", 0.0) >= cfg.cpus_per_worker]
         if not any(n.get("GPU", 0.0) >= cfg.gpus_per_worker for n in enough_cpus):
-            largest = max(nodes or [cluster], key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
+            largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
             raise ValueError(
                 f"each worker asks for {cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) on "
                 f"one node, but no node has that (largest: {largest.get('CPU', 0.0):g} CPUs, "

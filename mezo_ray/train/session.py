@@ -112,18 +112,9 @@ class LocalSession:
 def find_snapshot(fs: Any, parent: str, step: int) -> str:
     """The checkpoint folder under ``parent`` (on a pyarrow filesystem: local or a cloud bucket, as
     Ray stores them) whose weights are those of ``step``; reads only the folders' state.json."""
-    from pyarrow.fs import FileSelector, FileType
-
-    for info in fs.get_file_info(FileSelector(parent)):
-        if info.type != FileType.Directory or not info.base_name.startswith("checkpoint_"):
-            continue
-        try:
-            with fs.open_input_stream(posixpath.join(info.path, STATE_FILE)) as f:
-                progress = json.loads(f.read())["progress"]
-        except (FileNotFoundError, OSError, KeyError, ValueError):
-            continue
+    for folder, progress in _checkpoint_folders(fs, parent):
         if progress["step"] == step and progress.get("snapshot_step") == step:
-            return info.path
+            return folder
     raise FileNotFoundError(
         f"no checkpoint beside {parent} holds the weights of step {step}, which the latest checkpoint's "
         f"seed log continues from"
@@ -139,7 +130,7 @@ def salvage_train_run(storage_path: str, name: str) -> str | None:
     run in the same folder, and the latest complete checkpoint folder is returned for the recipe to
     resume from (None: nothing to salvage, Train's own state is fine or absent).
     """
-    from pyarrow.fs import FileSelector, FileSystem, FileType
+    from pyarrow.fs import FileSystem, FileType
 
     fs, run_dir = FileSystem.from_uri(storage_path)
     run_dir = posixpath.join(run_dir, name)
@@ -152,35 +143,44 @@ def salvage_train_run(storage_path: str, name: str) -> str | None:
         return None
     except ValueError:
         fs.move(state_file, state_file + ".unreadable")
-    folders = [
-        info
-        for info in fs.get_file_info(FileSelector(run_dir))
-        if info.type == FileType.Directory and info.base_name.startswith("checkpoint_")
+    complete = [
+        (progress["step"], posixpath.basename(folder))
+        for folder, progress in _checkpoint_folders(fs, run_dir)
+        if _upload_finished(fs, folder, progress)
     ]
-    complete = [(s, i.base_name) for i in folders if (s := _complete_step(fs, i.path)) is not None]
     return posixpath.join(storage_path, name, max(complete)[1]) if complete else None
 
 
-def _complete_step(fs: Any, folder: str) -> int | None:
-    """The step of a checkpoint folder whose upload finished (state readable, every safetensors
-    file as long as its header says, the weight snapshot present where the state says so); None
-    for a folder cut short by a kill."""
+def _checkpoint_folders(fs: Any, parent: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(path, progress) of every checkpoint folder under ``parent`` whose state.json reads."""
     from pyarrow.fs import FileSelector, FileType
 
-    try:
-        with fs.open_input_stream(posixpath.join(folder, STATE_FILE)) as f:
-            progress = json.loads(f.read())["progress"]
-    except (FileNotFoundError, OSError, KeyError, ValueError):
-        return None
+    for info in fs.get_file_info(FileSelector(parent)):
+        if info.type != FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(posixpath.join(info.path, STATE_FILE)) as f:
+                progress = json.loads(f.read())["progress"]
+        except (FileNotFoundError, OSError, KeyError, ValueError):
+            continue
+        yield info.path, progress
+
+
+def _upload_finished(fs: Any, folder: str, progress: dict[str, Any]) -> bool:
+    """Whether a checkpoint folder was written whole, not cut short by a kill: every safetensors
+    file as long as its header says, the weight snapshot present where the state says so."""
+    from pyarrow.fs import FileSelector, FileType
+
     files = {i.base_name: i for i in fs.get_file_info(FileSelector(folder)) if i.type == FileType.File}
     if progress.get("snapshot_step") == progress["step"]:
         shards = progress.get("world_size", 1) if progress.get("fsdp") else 1
         if any(f"snapshot-rank{r}.safetensors" not in files for r in range(shards)):
-            return None
-    for base_name, info in files.items():
-        if base_name.endswith(".safetensors") and _safetensors_size(fs, info.path) != info.size:
-            return None
-    return progress["step"]
+            return False
+    return all(
+        _safetensors_size(fs, info.path) == info.size
+        for base_name, info in files.items()
+        if base_name.endswith(".safetensors")
+    )
 
 
 def _safetensors_size(fs: Any, path: str) -> int | None:

@@ -1,18 +1,21 @@
 # Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the test suite.
-# Each creates .venv and installs what it needs. TORCH is installed first so that pip keeps it
-# (a bare `torch` requirement would pull a multi-GB CUDA build onto a CPU-only machine).
+# Each creates .venv and installs what it needs at the versions in constraints.txt (the lock: the
+# releases the suite last passed with). TORCH is installed first so that pip keeps it (a bare
+# `torch` requirement would pull a multi-GB CUDA build onto a CPU-only machine).
+# `make lock` refreshes the lock to today's newest releases and runs the suite on them.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+LOCK := constraints.txt
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench setup
+.PHONY: demo test lint bench setup lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -30,3 +33,21 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/zo_step.py
+
+# A new venv with the newest releases (no lock), the suite on them, and, if it passes, the new lock.
+# torch stays $(TORCH) (and out of the lock, so that a CUDA build installed first is kept).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q -e ".[test]"
+	.venv-lock/bin/python -m ruff check .
+	.venv-lock/bin/python -m pytest -q
+	{ echo "# The lock: exact releases the suite passed with on $$(date -u +%F) (make lock refreshes it)."; \
+	  echo "# Used as pip constraints by make demo / make test / .ci/run; torch is installed on its own first."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v -E '^(torch|nvidia-|triton)'; \
+	} > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
+	@echo "constraints.txt now holds today's newest releases; commit it."

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +15,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # tests write nothing to ~/.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# an empty Hugging Face cache of our own: what a user's cache holds must not change the tests
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
+os.environ["HF_HUB_CACHE"] = os.path.join(os.environ["HF_HOME"], "hub")
+os.environ["HF_DATASETS_CACHE"] = os.path.join(os.environ["HF_HOME"], "datasets")
 
 
 @pytest.fixture(scope="session")
@@ -34,3 +42,22 @@ def ray_local(tmp_path_factory):
     )
     yield ray
     ray.shutdown()
+
+
+HEAVY_MODULES = ("torch", "transformers", "peft", "datasets", "ray.train", "ray.tune")
+
+
+@pytest.fixture
+def heavy_modules_loaded():
+    """Runs Python statements in a fresh interpreter; returns the heavy modules they loaded."""
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+
+    def run(statements: str) -> list[str]:
+        loaded = f"sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules)"
+        code = f"import sys, json\n{statements}\nprint(json.dumps({loaded}))"
+        done = subprocess.run([sys.executable, "-c", code], cwd=repo, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    return run

@@ -112,6 +112,8 @@ def test_bad_input_is_refused_before_ray_with_a_clear_message(argv, message, bad
     import ray
 
     monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray was started for a bad input"))
+    # the machine these cases describe: 2 CPUs, no GPU (the test host may have GPUs or 64 cores)
+    monkeypatch.setattr("mezo_ray.tune.local_resources", lambda: {"CPU": 2.0, "GPU": 0.0})
     argv = [a.replace("{root}", str(bad_files)) for a in argv]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -302,16 +302,8 @@ class CausalLMHead(_Head):
             for i, ex in enumerate(examples)
         ]
         ids, attention_mask = _pad(seqs, tok.pad_token_id, "left", self._device())
-        out = self.loaded.generate(
-            ids,
-            attention_mask,
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.stop_ids,
-            pad_token_id=tok.pad_token_id,
-        )
-        texts = tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
+        new = self.loaded.generate(ids, attention_mask, self.max_new_tokens, self.stop_ids, tok.pad_token_id)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
         return [text.split("\n")[0].strip() for text in texts]
 
 
@@ -323,7 +315,7 @@ class SequenceClassificationHead(_ClassifierHead):
         ids, attention_mask = _pad(
             [self.encode(ex) for ex in examples], self.tokenizer.pad_token_id, "right", self._device()
         )
-        return self.loaded.model(input_ids=ids, attention_mask=attention_mask).logits
+        return self.loaded.logits(ids, attention_mask)
 
     def encode(self, ex: Any) -> list[int]:
         """Returns LM-BFF's no-prompt ids: ``<s>A</s>B</s>`` (one separator), tail-cut at the task's length.

@@ -7,7 +7,9 @@ MeZO perturbs); every other parameter has ``requires_grad=False``.
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -144,19 +146,89 @@ class LoadedModel:
         Calling the backbone instead of the full model lets heads apply the vocabulary projection
         only where they need it (the mask, the option tokens).
         """
-        kwargs: dict[str, Any] = {"use_cache": False}
-        if self.num_prefix:
-            batch = input_ids.shape[0]
-            # peft's own forward does exactly this: prefix K/V as a cache, mask extended to cover it.
-            kwargs["past_key_values"] = self.model.get_prompt(batch_size=batch)
-            prefix_mask = attention_mask.new_ones(batch, self.num_prefix)
-            attention_mask = torch.cat([prefix_mask, attention_mask], dim=1)
-        out = self.hf_model.base_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        attention_mask, prefix = self.with_prefix(attention_mask)
+        out = self.hf_model.base_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **prefix
+        )
         return out.last_hidden_state
 
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Returns ``generate`` output ids (prompt included); peft injects the prefix in prefix mode."""
-        return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def with_prefix(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The attention mask and keyword arguments that put the trained prefix before the input: in
+        prefix mode peft's prefix keys/values as a cache and the mask extended to cover them (what
+        peft's own forward does); otherwise the mask as it is and no arguments.
+
+        We pass the prefix ourselves instead of calling peft's forward: peft 0.21 looks for a
+        ``past_key_values`` argument that transformers 5 renamed ``cache``, and then refuses
+        classification models and silently drops the prefix in ``generate``.
+        """
+        if not self.num_prefix:
+            return attention_mask, {}
+        batch = attention_mask.shape[0]
+        prefix_mask = attention_mask.new_ones(batch, self.num_prefix)
+        cache = self.model.get_prompt(batch_size=batch)
+        return torch.cat([prefix_mask, attention_mask], dim=1), {_cache_argument(self.hf_model): cache}
+
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The whole model's logits (a classifier's (B, labels), an LM's (B, T, V)), prefix included."""
+        attention_mask, prefix = self.with_prefix(attention_mask)
+        out = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **prefix)
+        return out.logits
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        stop_ids: Sequence[int],
+        pad_token_id: int,
+        synced: bool = False,
+    ) -> torch.Tensor:
+        """Greedy decoding with a KV cache: returns the (B, <= max_new_tokens) new token ids, a row
+        ending at its first stop id and padded after it (the paper's generation: greedy, no sampling).
+
+        Our own loop rather than ``generate``, whose prefix handling peft 0.21 lost under
+        transformers 5 (see ``with_prefix``). ``synced``: every process of a sharded model keeps
+        stepping until all have finished, so the gathers inside the forwards pair up.
+        """
+        mask, state = self.with_prefix(attention_mask)
+        cache_argument = _cache_argument(self.hf_model)
+        stops = torch.tensor(list(stop_ids), device=input_ids.device)
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        ids, new = input_ids, []
+        for _ in range(max_new_tokens):
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -ids.shape[1] :]
+            out = self.hf_model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **state
+            )
+            state = {cache_argument: _returned_cache(out)}
+            token = out.logits[:, -1].argmax(-1).masked_fill(done, pad_token_id)
+            new.append(token)
+            done |= torch.isin(token, stops)
+            if _all_finished(done, synced):
+                break
+            ids, mask = token[:, None], torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        return torch.stack(new, dim=1)
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """The name a model's forward gives its KV cache: ``cache`` since transformers 5, else the old one."""
+    forward = model.base_model.forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def _all_finished(done: torch.Tensor, synced: bool) -> bool:
+    finished = done.all()
+    if synced and torch.distributed.is_initialized():
+        flag = finished.to(torch.int32)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        finished = flag.bool()
+    return bool(finished)
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:

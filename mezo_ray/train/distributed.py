@@ -96,7 +96,7 @@ class _Root(torch.nn.Module):
 
     def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # every worker keeps stepping until all have finished: the gathers inside must pair up
-        return self._generate(*args, synced_gpus=True, **kwargs)
+        return self._generate(*args, synced=True, **kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.hidden_states(input_ids, attention_mask)

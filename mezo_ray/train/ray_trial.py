@@ -13,8 +13,6 @@ from functools import partial
 from typing import Any
 
 from mezo_ray.train.config import TrialConfig, parse_trial_config
-from mezo_ray.train.recipe import FAILURE_KEY, run_trial
-from mezo_ray.zo import NonFiniteLossError
 
 
 def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
@@ -25,10 +23,12 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from mezo_ray.train.checkpoint import retention
-    from mezo_ray.train.session import RaySession, salvage_train_run
+    from mezo_ray.train.session import FAILURE_KEY, RaySession, salvage_train_run
 
     cfg = parse_trial_config(config)
     if cfg.num_workers == 0:
+        from mezo_ray.train.recipe import run_trial  # only here: a process driving workers needs no model
+
         run_trial(cfg, RaySession("tune"))
         return
     use_gpu = cfg.gpus_per_worker > 0
@@ -50,6 +50,8 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
         ),
     ).fit()
     if (result.metrics or {}).get(FAILURE_KEY):  # the workers stopped on purpose: fail the trial, once
+        from mezo_ray.zo import NonFiniteLossError
+
         raise NonFiniteLossError(result.metrics[FAILURE_KEY])
 
 
@@ -58,7 +60,9 @@ def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None
     Train has none (a run salvaged after a kill). Non-finite losses end it normally (the recipe has
     reported why): raised, Train would restart the workers from the last checkpoint into the same
     losses, ``max_worker_failures`` times; the trial process raises instead."""
+    from mezo_ray.train.recipe import run_trial
     from mezo_ray.train.session import RaySession
+    from mezo_ray.zo import NonFiniteLossError
 
     try:
         run_trial(parse_trial_config(config), RaySession("train", resume_from))

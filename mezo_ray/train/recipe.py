@@ -43,11 +43,8 @@ from mezo_ray.tasks import Example, load_pool, load_splits
 from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
-from mezo_ray.train.session import Session
+from mezo_ray.train.session import FAILURE_KEY, Session
 from mezo_ray.zo import MeZO, NonFiniteLossError, local_tensor, mix_seed
-
-#: The key of a failed trial's last report: why it stopped (a restart would fail the same way).
-FAILURE_KEY = "failure"
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from typing import Any, Literal, Protocol
 
 from mezo_ray.train.checkpoint import STATE_FILE
 
+#: The key of a failed trial's last report: why it stopped (a restart would fail the same way).
+FAILURE_KEY = "failure"
 RAY_TRAIN_STATE_FILE = "checkpoint_manager_snapshot.json"  # ray.train.v2._internal.constants
 
 

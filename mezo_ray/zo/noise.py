@@ -184,10 +184,10 @@ def backend_tag(device: torch.device) -> str:
     return f"{device.type}-torch"  # torch's generator on that device, one stream per chunk
 
 
-def scratch(like: torch.Tensor, slot: int) -> torch.Tensor:
-    """Scratch shaped like ``like`` from this thread's buffer ``slot``, in float32 or wider (float64
-    parameters keep float64 estimates)."""
-    dtype = torch.promote_types(like.dtype, torch.float32)
+def scratch(like: torch.Tensor, slot: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Scratch shaped like ``like`` from this thread's buffer ``slot``, in ``dtype``; by default
+    float32 or wider (float64 parameters keep float64 estimates)."""
+    dtype = dtype or torch.promote_types(like.dtype, torch.float32)
     return _scratch.buffer(like.device, slot, like.numel(), dtype)
 
 

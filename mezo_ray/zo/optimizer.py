@@ -21,6 +21,7 @@ bit, so a trial's state is (start weights, trajectory, scalars).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -82,6 +83,22 @@ class StepRecord:
             lrs=tuple(float(x) for x in d["lrs"]),
             skipped=bool(d.get("skipped", False)),
         )
+
+
+@dataclass
+class _StepRun:
+    """A step in progress: the perturbations evaluated so far and where the weights stand
+    (theta + at * z(seeds[-1]); None: at theta). Kept when a closure raises, to resume the step."""
+
+    seeds: list[int] = dataclasses.field(default_factory=list)
+    grads: list[float] = dataclasses.field(default_factory=list)
+    plus_losses: list[float] = dataclasses.field(default_factory=list)
+    at: float | None = None
+    loss_plus: float = math.nan
+    # Set by MeZO._interrupt: the exact weights the closure failed at are theta + at * z(seeds[-1]),
+    # then these (parameter index, chunk start, element indices, values) written over them.
+    patches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
+    fingerprint: tuple[Any, ...] = ()
 
 
 class MeZO(torch.optim.Optimizer):
@@ -161,6 +178,7 @@ class MeZO(torch.optim.Optimizer):
         self.forward_passes = 0  # closure evaluations
         self.nonfinite_steps = 0
         self.trajectory: list[StepRecord] = []
+        self._interrupted: _StepRun | None = None  # a step whose closure raised (see ``step``)
         self._fused: Any = None  # CUDA: one-launch sweeps, built on first use
         self._slice_cache: (
             tuple[tuple[int, ...], list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]] | None
@@ -183,43 +201,51 @@ class MeZO(torch.optim.Optimizer):
     def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
         """Take one MeZO step; ``closure()`` (or ``closure(k)``, k = perturbation index) returns the
         loss as a tensor or float. Returns the mean loss at theta + eps*z (nan if the step was skipped).
-        If the closure raises (e.g. out of memory), the weights are restored to theta (to rounding) and
-        the exception propagates; the step is not recorded, so a retry draws the same z.
+
+        If the closure raises (e.g. out of memory), the weights are moved back to theta (to rounding)
+        and the exception propagates. The next ``step`` resumes the interrupted step: it returns to the
+        exact weights the closure failed at and evaluates there again, so a retry takes the step an
+        uninterrupted run takes, bit for bit. If the weights or the optimizer changed in between, the
+        step starts afresh from them.
         """
         if closure is None:
             raise ValueError(
                 "MeZO.step needs a closure that returns the loss, e.g. opt.step(lambda: loss_fn(batch))"
             )
         takes_index = _takes_index(closure)
-        seeds: list[int] = []
-        grads: list[float] = []
-        plus_losses: list[float] = []
+        run = self._resume_interrupted() or _StepRun()
         k_total = self.perturbations_at(self.step_count)
-        for k in range(k_total):
+        while len(run.grads) < k_total:
+            k = len(run.grads)
             seed = mix_seed(self.seed, self.step_count, k)
-            seeds.append(seed)
-            self.perturb(seed, self.eps)
-            loss_plus = self._evaluate(closure, k, takes_index, seed, offset=self.eps)
-            self.perturb(seed, -2 * self.eps)
-            loss_minus = self._evaluate(closure, k, takes_index, seed, offset=-self.eps)
-            if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            if run.at is None:  # a new perturbation: theta -> theta + eps z
+                run.seeds.append(seed)
                 self.perturb(seed, self.eps)
-                self._finish(StepRecord(self.step_count, tuple(seeds), (), self._lrs(), skipped=True))
+                run.at = self.eps
+            if run.at > 0:
+                run.loss_plus = self._evaluate(closure, k, takes_index, run)
+                self.perturb(seed, -2 * self.eps)
+                run.at = -self.eps
+            loss_minus = self._evaluate(closure, k, takes_index, run)
+            run.at = None
+            if not (math.isfinite(run.loss_plus) and math.isfinite(loss_minus)):
+                self.perturb(seed, self.eps)
+                self._finish(StepRecord(self.step_count, tuple(run.seeds), (), self._lrs(), skipped=True))
                 self.nonfinite_steps += 1
                 if self.on_nonfinite == "raise":
                     raise NonFiniteLossError(
-                        f"non-finite loss at step {self.step_count - 1}: loss(theta+eps*z)={loss_plus}, "
+                        f"non-finite loss at step {self.step_count - 1}: loss(theta+eps*z)={run.loss_plus}, "
                         f"loss(theta-eps*z)={loss_minus}; the weights were restored and not updated"
                     )
                 return math.nan
-            grads.append((loss_plus - loss_minus) / (2 * self.eps))
-            plus_losses.append(loss_plus)
+            run.grads.append((run.loss_plus - loss_minus) / (2 * self.eps))
+            run.plus_losses.append(run.loss_plus)
             if k < k_total - 1:
                 self.perturb(seed, self.eps)
-        record = StepRecord(self.step_count, tuple(seeds), tuple(grads), self._lrs())
+        record = StepRecord(self.step_count, tuple(run.seeds), tuple(run.grads), self._lrs())
         self._update(record)
         self._finish(record)
-        return sum(plus_losses) / len(plus_losses)
+        return sum(run.plus_losses) / len(run.plus_losses)
 
     def perturbations_at(self, step: int) -> int:
         """K for step ``step`` (0-based) under the perturbation schedule."""
@@ -237,6 +263,7 @@ class MeZO(torch.optim.Optimizer):
             raise ValueError(
                 f"record is for step {record.step} but the optimizer is at step {self.step_count}"
             )
+        self._interrupted = None
         with torch.no_grad():
             for k, seed in enumerate(record.seeds):
                 self.perturb(seed, self.eps)
@@ -368,17 +395,77 @@ class MeZO(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------------------------------------
     # Bookkeeping
-    def _evaluate(self, closure: Closure, k: int, takes_index: bool, seed: int, offset: float) -> float:
-        """The loss at theta + offset * z(seed); if the closure raises, move back to theta first, so
-        a caught error (an OOM at theta - eps z, a KeyboardInterrupt) leaves the weights usable."""
+    def _evaluate(self, closure: Closure, k: int, takes_index: bool, run: _StepRun) -> float:
+        """The loss at the weights theta + run.at * z; if the closure raises, move back to theta
+        first (so a caught error, an OOM or a KeyboardInterrupt, leaves the weights usable) and keep
+        what it takes to return to these exact weights on the next step (``_interrupt``)."""
         try:
             loss = closure(k) if takes_index else closure()  # type: ignore[call-arg]
             value = float(loss)  # a CUDA error may only surface here, at the sync
         except BaseException:
-            self.perturb(seed, -offset)
+            self._interrupt(run)
             raise
         self.forward_passes += 1
         return value
+
+    def _interrupt(self, run: _StepRun) -> None:
+        """Move from theta + at*z back to theta, noting the elements where adding at*z again would not
+        give back the weights the closure failed at (a few percent, by rounding), so the step can
+        resume there exactly. If even that note does not fit in memory, the weights are still
+        restored and the next step starts afresh."""
+        at, seed = run.at, run.seeds[-1]
+        assert at is not None
+        slices = [s for s, _, _ in self._slices()]
+        index = {id(s): i for i, s in enumerate(slices)}
+        patches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        out_of_memory: list[BaseException] = []
+
+        def back_to_theta(s: NoiseSlice, c: Chunk) -> None:
+            seen = s.local[c.p_lo : c.p_hi]
+            z = draw(s, c, seed)
+            theta = scratch_like(seen, 3, seen.dtype).copy_(seen).add_(z, alpha=-at)
+            if not out_of_memory:
+                again = scratch_like(seen, 4, seen.dtype).copy_(theta).add_(z, alpha=at)  # as resuming
+                try:
+                    differ = torch.nonzero(again != seen).view(-1)
+                    patches.append((index[id(s)], c.p_lo, differ.int(), seen[differ]))
+                except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+                    out_of_memory.append(err)
+            seen.copy_(theta)
+
+        for_each_chunk(slices, self.chunk_numel, back_to_theta)
+        if out_of_memory:
+            patches.clear()
+            self._interrupted = None
+            return
+        run.patches = [p for p in patches if p[2].numel()]
+        run.fingerprint = self._fingerprint(slices)
+        self._interrupted = run
+
+    def _resume_interrupted(self) -> _StepRun | None:
+        """The interrupted step, with the weights returned to where its closure raised, or None if
+        there is none or the weights, their storage or the step count changed since."""
+        run, self._interrupted = self._interrupted, None
+        if run is None:
+            return None
+        slices = [s for s, _, _ in self._slices()]
+        if self._fingerprint(slices) != run.fingerprint:
+            return None
+        at = run.at
+
+        def back_to_seen(s: NoiseSlice, c: Chunk) -> None:
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, run.seeds[-1]), alpha=at)
+
+        for_each_chunk(slices, self.chunk_numel, back_to_seen)
+        for i, lo, where, values in run.patches:
+            slices[i].local[lo:].index_copy_(0, where.long(), values)
+        run.patches = []
+        return run
+
+    def _fingerprint(self, slices: list[NoiseSlice]) -> tuple[Any, ...]:
+        """The step count, where the weights live and their float64 sums: whether they changed."""
+        sums = (float(torch.sum(s.local, dtype=torch.float64)) for s in slices)
+        return (self.step_count, *(s.local.data_ptr() for s in slices), *sums)
 
     def _lrs(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self.param_groups)
@@ -406,6 +493,7 @@ class MeZO(torch.optim.Optimizer):
         self.check_compatible(extra)
         super().load_state_dict(state_dict)
         self._slice_cache = None  # it holds the param groups that torch has just replaced
+        self._interrupted = None
         self.seed = extra["seed"]
         self.step_count = extra["step_count"]
         self.update_count = extra["update_count"]

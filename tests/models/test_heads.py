@@ -16,10 +16,11 @@ MODES = ["full", "lora", "prefix"]
 
 
 def full_logits(loaded, ids: list[int]) -> torch.Tensor:
-    """(T, V) logits of one sequence through the model's own forward (peft's in lora/prefix mode)."""
+    """Logits of one unpadded sequence through the whole model ((T, V) for an LM, (labels,) for a
+    classifier); in prefix mode with the prefix that tests/models/test_modes.py checks by hand."""
     x = torch.tensor([ids])
     with torch.no_grad():
-        return loaded.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[0].float()
+        return loaded.logits(x, torch.ones_like(x))[0].float()
 
 
 def option_logprob(loaded, context: str, option: str) -> tuple[float, list[float]]:

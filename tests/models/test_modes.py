@@ -103,7 +103,7 @@ def test_causal_prefix_is_the_random_tokens_as_real_context(micro):
     tokens = prefix_init_ids(plain.config.vocab_size, 5, seed=7)
     x = torch.tensor([[2, 50, 60, 70, 80, 90]])
     with torch.no_grad():
-        prefixed = loaded.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        prefixed = loaded.logits(x, torch.ones_like(x))
         reference = plain(input_ids=torch.cat([tokens, x], dim=1)).logits[:, 5:]
     torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)
 
@@ -115,6 +115,22 @@ def test_masked_lm_prefix_is_the_random_tokens_as_real_context(micro):
     tokens = prefix_init_ids(plain.config.vocab_size, 5, seed=3)
     x = torch.tensor([[0, 50, 60, 4, 70, 2]])
     with torch.no_grad():
-        prefixed = loaded.model(input_ids=x, attention_mask=torch.ones_like(x)).logits
+        prefixed = loaded.logits(x, torch.ones_like(x))
         reference = plain(input_ids=torch.cat([tokens, x], dim=1)).logits[:, 5:]
+    torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)
+
+
+def test_sequence_classifier_prefix_is_the_random_tokens_as_real_context(micro):
+    """The no-prompt classifier reads x's <s> after the prefix as the plain one does after the tokens."""
+    spec = {"name_or_path": micro["mlm_1layer"], "family": "seq_cls", "num_labels": 3}
+    torch.manual_seed(0)  # the new classifier's weights
+    loaded = load_model(ModelSpec(**spec, mode="prefix", init_seed=3))
+    torch.manual_seed(0)
+    plain = load_model(ModelSpec(**spec)).model
+    tokens = prefix_init_ids(plain.config.vocab_size, 5, seed=3)
+    x = torch.tensor([[0, 50, 60, 4, 70, 2]])
+    with torch.no_grad():
+        prefixed = loaded.logits(x, torch.ones_like(x))
+        hidden = plain.roberta(input_ids=torch.cat([tokens, x], dim=1)).last_hidden_state
+        reference = plain.classifier(hidden[:, 5:])
     torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)

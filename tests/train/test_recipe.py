@@ -248,51 +248,66 @@ def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_pat
 # --------------------------------------------------------------------------------------------------
 # Data parallel and FSDP over 2 gloo processes reproduce the 1-worker trajectory
 PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers": 1, **WEIGHTS}
+PARITY_CASES = {
+    "data-parallel": {"fsdp": False},
+    "fsdp": {"fsdp": True},
+    # backprop: uneven shards (2 + 1 examples) weigh each example equally; an empty shard (1 + 0)
+    "ft-data-parallel-uneven": {
+        "fsdp": False,
+        "method": "ft",
+        "batch_size": 3,
+        "max_steps": 12,
+        "eval_steps": 12,
+    },
+    "ft-data-parallel-empty-shard": {
+        "fsdp": False,
+        "method": "ft",
+        "batch_size": 1,
+        "max_steps": 4,
+        "eval_steps": 4,
+        "lr": 1e-3,
+    },
+    "ft-fsdp-uneven": {"fsdp": True, "method": "ft", "batch_size": 3, "max_steps": 12, "eval_steps": 12},
+}
 
 
-def _parity_worker(rank: int, world: int, init_file: str, out_dir: str, config: dict) -> None:
+def _parity_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    """Every parity case, one after the other, in one pair of processes (each start costs seconds)."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        session = LocalSession(os.path.join(out_dir, f"rank{rank}"), rank=rank, world_size=world)
-        run_trial(parse_trial_config(config), session)
+        for case, changes in PARITY_CASES.items():
+            session = LocalSession(os.path.join(out_dir, case, f"rank{rank}"), rank=rank, world_size=world)
+            run_trial(parse_trial_config({**PARITY, **changes}), session)
     finally:
         dist.destroy_process_group()
 
 
-def run_workers(world: int, config: dict) -> dict[str, torch.Tensor]:
-    out = tempfile.mkdtemp()
-    mp.spawn(_parity_worker, args=(world, os.path.join(out, "init"), out, config), nprocs=world)
-    shards = [
-        load_file(os.path.join(out, f"rank{r}", "checkpoint_000000", f"snapshot-rank{r}.safetensors"))
-        for r in range(world if config["fsdp"] else 1)
-    ]
-    return {k: torch.cat([s[k] for s in shards]) if shards[0][k].dim() else shards[0][k] for k in shards[0]}
+@pytest.fixture(scope="module")
+def two_worker_snapshots(tiny_models) -> dict[str, dict[str, torch.Tensor]]:
+    """Each parity case's final weights from 2 gloo workers (FSDP shards put back together)."""
+    world, out = 2, tempfile.mkdtemp()
+    mp.spawn(_parity_worker, args=(world, os.path.join(out, "init"), out), nprocs=world)
+    snapshots = {}
+    for case, changes in PARITY_CASES.items():
+        shards = [
+            load_file(
+                os.path.join(out, case, f"rank{r}", "checkpoint_000000", f"snapshot-rank{r}.safetensors")
+            )
+            for r in range(world if changes["fsdp"] else 1)
+        ]
+        snapshots[case] = {
+            k: torch.cat([s[k] for s in shards]) if shards[0][k].dim() else shards[0][k] for k in shards[0]
+        }
+    return snapshots
 
 
-@pytest.mark.parametrize(
-    "changes",
-    [
-        {"fsdp": False},
-        {"fsdp": True},
-        # backprop: uneven shards (2 + 1 examples) weigh each example equally; an empty shard (1 + 0)
-        {"fsdp": False, "method": "ft", "batch_size": 3, "max_steps": 12, "eval_steps": 12},
-        {"fsdp": False, "method": "ft", "batch_size": 1, "max_steps": 4, "eval_steps": 4, "lr": 1e-3},
-        {"fsdp": True, "method": "ft", "batch_size": 3, "max_steps": 12, "eval_steps": 12},
-    ],
-    ids=[
-        "data-parallel",
-        "fsdp",
-        "ft-data-parallel-uneven",
-        "ft-data-parallel-empty-shard",
-        "ft-fsdp-uneven",
-    ],
-)
-def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, changes):
-    config = {**PARITY, **changes}
+@pytest.mark.parametrize("case", list(PARITY_CASES))
+def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, two_worker_snapshots, case):
+    config = {**PARITY, **PARITY_CASES[case]}
     one = snapshot(trial(tmp_path, **{**config, "fsdp": False})[1].checkpoints[0])
-    two = run_workers(2, config)
+    two = two_worker_snapshots[case]
     start = load_file(os.path.join(tiny_models.mlm, "model.safetensors"))
     assert one.keys() == two.keys()
     for name in one:

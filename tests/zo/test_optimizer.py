@@ -473,11 +473,12 @@ def test_non_finite_loss_can_raise_after_restoring():
         assert ulps(p, s, 4e-3) <= 2
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("fail_at", [1, 2, 3, 4])  # calls: +z_0, -z_0, +z_1, -z_1
-def test_a_closure_error_restores_the_weights_before_propagating(fail_at):
-    model = tiny_model()
+def test_a_closure_error_restores_the_weights_and_the_retry_takes_the_uninterrupted_step(fail_at, dtype):
+    model = tiny_model(dtype)
     start = weights(model)
-    x, y = data()
+    x, y = data(dtype)
     opt = MeZO(model.named_parameters(), lr=1e-2, n_perturbations=2)
     calls = 0
 
@@ -490,16 +491,74 @@ def test_a_closure_error_restores_the_weights_before_propagating(fail_at):
 
     with pytest.raises(RuntimeError, match="simulated"):
         opt.step(closure)
-    # a few roundings (+eps z, -eps z, ...) at the magnitude |theta| + eps |z|; a missed undo is ~1e4 ulps
-    assert max(ulps(p, s, 4e-3) for p, s in zip(model.parameters(), start, strict=True)) <= 4
+    # back at theta to a few roundings (+eps z, -eps z, ...) of the weights' dtype; a missed undo is
+    # ~1e4 fp32 ulps
+    tolerance = 4 * torch.finfo(dtype).eps / torch.finfo(torch.float32).eps
+    assert max(ulps(p, s, 4e-3) for p, s in zip(model.parameters(), start, strict=True)) <= tolerance
     assert opt.step_count == 0 and not opt.trajectory and opt.forward_passes == fail_at - 1
     opt.step(loss_fn(model, x, y))  # the retry takes the step an uninterrupted run takes
-    clean = tiny_model()
+    clean = tiny_model(dtype)
     clean_opt = MeZO(clean.named_parameters(), lr=1e-2, n_perturbations=2)
     clean_opt.step(loss_fn(clean, x, y))
-    assert opt.trajectory[0].seeds == clean_opt.trajectory[0].seeds
+    assert opt.trajectory == clean_opt.trajectory  # the same seeds and projected gradients, exactly
+    assert opt.forward_passes == clean_opt.forward_passes == 4
     for p, q in zip(model.parameters(), clean.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+        assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_the_retry_evaluates_at_the_exact_weights_the_closure_failed_at(fail_at, dtype):
+    """A loss that moves with any one ulp of any weight: the retry must see the failed call's weights
+    exactly (after -2 eps z, a few percent of the elements do not come back by adding eps z)."""
+    g = torch.Generator().manual_seed(0)
+    readout = torch.randn(4096, generator=g, dtype=torch.float64)
+
+    def run(fail: int) -> tuple[MeZO, nn.Parameter]:
+        w = nn.Parameter((torch.randn(4096, generator=torch.Generator().manual_seed(1)) * 1e-3).to(dtype))
+        opt = MeZO([w], lr=1e-2, eps=1e-3)
+        calls = 0
+
+        def closure() -> float:
+            nonlocal calls
+            calls += 1
+            if calls == fail:
+                raise RuntimeError("simulated")
+            return float(w.double() @ readout)
+
+        if fail:
+            with pytest.raises(RuntimeError):
+                opt.step(closure)
+        opt.step(closure)
+        return opt, w
+
+    (retried, w), (clean, w_clean) = run(fail_at), run(0)
+    assert retried.trajectory == clean.trajectory
+    assert torch.equal(w, w_clean)
+
+
+def test_after_a_closure_error_changed_weights_start_the_step_afresh():
+    model = tiny_model()
+    x, y = data()
+    opt = MeZO(model.named_parameters(), lr=1e-2)
+
+    def failing():
+        raise RuntimeError("simulated")
+
+    with pytest.raises(RuntimeError):
+        opt.step(failing)
+    with torch.no_grad():
+        model.fc1.weight[0, 0] += 0.5  # e.g. the caller loaded other weights before going on
+    moved = weights(model)
+    opt.step(loss_fn(model, x, y))
+    clean = tiny_model()
+    with torch.no_grad():
+        for p, w in zip(clean.parameters(), moved, strict=True):
+            p.copy_(w)
+    clean_opt = MeZO(clean.named_parameters(), lr=1e-2)
+    clean_opt.step(loss_fn(clean, x, y))  # a fresh step 0 from the changed weights
+    for p, q in zip(model.parameters(), clean.parameters(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_float64_parameters_never_take_the_float32_fused_sweep():

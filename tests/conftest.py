@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline models (built once, cached) and one local Ray instance."""
+"""Shared fixtures: the tiny offline models (shipped with the package) and one local Ray instance."""
 
 from __future__ import annotations
 

@@ -16,13 +16,15 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegressionCV
 
 from mezo_ray.models.heads import CausalLMHead, MaskedLMHead
 from mezo_ray.tasks.data import sample_icl_demonstrations
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegressionCV
 
 
 def zero_shot(head: MaskedLMHead | CausalLMHead, examples: Sequence[Any], batch_size: int = 16) -> dict:
@@ -91,6 +93,8 @@ def linear_probe(
             f"linear probing is for classification tasks; task {head.task.name!r} is {kind!r} "
             "(the paper head-tunes multiple-choice and generation tasks)"
         )
+    from sklearn.linear_model import LogisticRegressionCV  # here: 1 s of imports every trial process skips
+
     features = head.features(train_examples, batch_size)
     labels = np.array([ex.label for ex in train_examples])
     kwargs: dict[str, Any] = {

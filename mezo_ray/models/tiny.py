@@ -4,10 +4,12 @@
 causal LM (OPT architecture), each with a byte-level BPE tokenizer trained here on
 ``synthetic_pretraining_corpus`` (so label words like " great" / " terrible" are single tokens),
 briefly pretrained (MLM / next-token, Adam, ~40 s each on 2 CPU cores) and saved with
-``save_pretrained`` (safetensors) + the tokenizer. They are built once and cached under
-``$MEZO_RAY_CACHE`` (default ``~/.cache/mezo_ray``) in a folder keyed by ``TINY_VERSION`` and a hash
-of the corpus; a build goes to a temporary folder that is renamed into place, so two processes
-building at once both end with one complete copy.
+``save_pretrained`` (safetensors) + the tokenizer. The package ships them, built by
+``python -m mezo_ray.models.tiny`` (``SHIPPED``), so every machine gets the same weights without a build.
+With other settings they are built once and cached under ``$MEZO_RAY_CACHE`` (default
+``~/.cache/mezo_ray``) in a folder keyed by ``TINY_VERSION`` and a hash of the corpus and settings; a
+build goes to a temporary folder that is renamed into place, so two processes building at once both
+end with one complete copy.
 
 The pretraining is deliberately short. The corpus ties label words to sentiment only weakly, so
 the causal model lands above chance zero-shot on ``synthetic-sst2-causal`` (about 0.61) and MeZO
@@ -51,6 +53,10 @@ _SIZE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 256}
 _PRETRAIN = {"steps": 1500, "batch_size": 64, "lr": 5e-3, "mask_prob": 0.15, "final_word_prob": 1.0}
 
 
+# The tiny models as built by ``python -m mezo_ray.models.tiny`` (1.5 MB, shipped with the package).
+SHIPPED = Path(__file__).resolve().parent / "tiny_models"
+
+
 @dataclass(frozen=True)
 class TinyModels:
     """Local paths (load them with ``ModelSpec(name_or_path=...)``)."""
@@ -60,10 +66,14 @@ class TinyModels:
 
 
 def ensure_tiny_models(cache_dir: str | None = None) -> TinyModels:
-    """Returns the tiny models' paths, building and caching them first if needed (about a minute)."""
+    """Returns the tiny models' paths: the copy shipped in the package when it was built with the
+    current settings (the same weights on every machine, and no build), else a copy built once into
+    the cache (about a minute)."""
     corpus = _corpus()
     final = tiny_models_dir(cache_dir, corpus)
-    if not final.is_dir():
+    if (SHIPPED / final.name).is_dir():
+        final = SHIPPED / final.name
+    elif not final.is_dir():
         final.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_builds(final.parent)
         building = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
@@ -249,3 +259,17 @@ def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
         ids[i, : len(seq)] = torch.tensor(seq)
         attention_mask[i, : len(seq)] = 1
     return ids, attention_mask
+
+
+def ship() -> Path:
+    """Builds the tiny models into the package (``SHIPPED``), replacing older builds; returns the folder."""
+    corpus = _corpus()
+    final = SHIPPED / tiny_models_dir(corpus=corpus).name
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    final.mkdir(parents=True)
+    build_tiny_models(final, corpus)
+    return final
+
+
+if __name__ == "__main__":
+    print(f"built {ship()}; commit it")

@@ -2,7 +2,7 @@
 
 They share a byte-level BPE trained on a slice of the synthetic corpus (so " great" / " terrible" are
 single tokens) and are built once per session in a few seconds. Tests that need a model which actually
-learned something use the cached tiny models (``ensure_tiny_models``, about 80 s once per machine).
+learned something use the tiny models the package ships (``ensure_tiny_models``).
 """
 
 from __future__ import annotations

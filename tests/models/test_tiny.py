@@ -1,4 +1,4 @@
-"""The embedded tiny models: built once, cached, loadable, with single-token label words."""
+"""The embedded tiny models: shipped, or built once and cached; loadable, with single-token label words."""
 
 from __future__ import annotations
 
@@ -71,3 +71,13 @@ def test_half_built_folders_of_killed_processes_are_removed(tmp_path, quick_buil
     ensure_tiny_models(cache_dir=str(tmp_path))
     assert not (root / ".building-old").exists()
     assert (root / ".building-live").exists()  # maybe another process's build in progress
+
+
+def test_the_package_ships_the_tiny_models_of_the_current_settings(tmp_path):
+    """Changing the corpus or the recipe without `python -m mezo_ray.models.tiny` fails here, not by
+    every machine quietly building its own, slightly different models."""
+    shipped = tiny.SHIPPED / tiny.tiny_models_dir().name
+    assert shipped.is_dir(), f"run `python -m mezo_ray.models.tiny` to build {shipped.name} and commit it"
+    assert [p.name for p in tiny.SHIPPED.iterdir()] == [shipped.name]  # no stale build ships too
+    models = ensure_tiny_models(cache_dir=str(tmp_path))
+    assert Path(models.mlm).parent == shipped and not any(tmp_path.iterdir())  # nothing was built

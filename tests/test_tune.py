@@ -82,6 +82,16 @@ def test_a_worker_larger_than_every_node_is_refused():
     assert check_resources(plan, None, {"CPU": 6.0}, [*two_nodes, {"CPU": 3.0}]) == 2
 
 
+def test_trial_processes_are_reused_only_for_in_process_trials_run_to_the_end():
+    from mezo_ray.tune import reuse_trial_processes
+
+    in_process = {"configs": [parse_trial_config({**TRIAL, "num_workers": 0})] * 2}
+    with_workers = {"configs": [*in_process["configs"], parse_trial_config({**TRIAL, "num_workers": 1})]}
+    assert reuse_trial_processes(in_process, "none")
+    assert not reuse_trial_processes(in_process, "asha")  # a stopped trial's process may still be busy
+    assert not reuse_trial_processes(with_workers, "none")  # a Train run winds down after its last report
+
+
 def test_bucket_storage_is_kept_as_a_uri_and_local_paths_made_absolute(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))

@@ -69,6 +69,14 @@ def test_dry_run_json_counts_trials_without_ray(capsys):
     assert main(["--space", "nope"]) == 2 and "neither a built-in space" in capsys.readouterr().err
 
 
+def test_the_opt_paper_spaces_read_generated_answers_as_the_papers_code(capsys):
+    for space in ("opt13b_table1", "opt13b_table3_nondiff"):
+        assert main(["--space", space, "--only", "task=SQuAD", "--dry-run", "--json"]) == 0
+        trials = json.loads(capsys.readouterr().out)["trials"]
+        assert trials and {t["answer_end"] for t in trials} == {"stop_token"}, space
+    assert parse_trial_config(TRIAL).answer_end == "newline"  # elsewhere: cut at the first newline
+
+
 def test_a_worker_larger_than_every_node_is_refused():
     from mezo_ray.tune import check_resources
 

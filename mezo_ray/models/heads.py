@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mezo_ray.models.loading import LoadedModel
+from mezo_ray.tasks.base import AnswerEnd
 
 
 def make_head(task: Any, loaded: LoadedModel) -> MaskedLMHead | CausalLMHead | SequenceClassificationHead:
@@ -162,6 +163,11 @@ class CausalLMHead(_Head):
     """Causal-LM prompt head: candidate scoring by mean option log-prob, or greedy generation."""
 
     max_new_tokens = 50
+    #: Where a generated answer ends. ``newline``: at its first newline character, so a "\n\n" the model
+    #: emits ends it too. ``stop_token``: the paper's code (large_models/run.py): generation stops at the
+    #: "\n" or EOS token and the whole decoded text, stripped, is the answer; OPT's "\n\n" is another
+    #: token, so the text after it stays in the answer (and lowers its F1).
+    answer_end: AnswerEnd = "newline"
 
     def __init__(self, task: Any, loaded: LoadedModel) -> None:
         super().__init__(task, loaded)
@@ -303,8 +309,11 @@ class CausalLMHead(_Head):
         ]
         ids, attention_mask = _pad(seqs, tok.pad_token_id, "left", self._device())
         new = self.loaded.generate(ids, attention_mask, self.max_new_tokens, self.stop_ids, tok.pad_token_id)
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        return [text.split("\n")[0].strip() for text in texts]
+        return [self.answer(text) for text in tok.batch_decode(new, skip_special_tokens=True)]
+
+    def answer(self, generated: str) -> str:
+        """The answer in the decoded generated text, by ``answer_end``."""
+        return (generated.split("\n")[0] if self.answer_end == "newline" else generated).strip()
 
 
 class SequenceClassificationHead(_ClassifierHead):

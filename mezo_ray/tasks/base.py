@@ -13,6 +13,8 @@ from mezo_ray.tasks.metrics import max_token_f1, mean
 
 Family = Literal["mlm", "causal"]
 Kind = Literal["classification", "multiple_choice", "generation"]
+#: Where a generated answer ends: at its first newline, or (the paper's code) where generation stopped.
+AnswerEnd = Literal["newline", "stop_token"]
 
 
 @dataclass(frozen=True)

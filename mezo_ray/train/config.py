@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mezo_ray.tasks import DataSpec, Task, get_task
+from mezo_ray.tasks.base import AnswerEnd
 
 Method = Literal["mezo", "ft", "zero_shot", "icl", "lp"]
 TRAINING_METHODS = ("mezo", "ft")
@@ -83,6 +84,11 @@ class TrialConfig(BaseModel):
         5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
+    answer_end: AnswerEnd = Field(
+        "newline",
+        description="generated answers (SQuAD, DROP) end at their first newline; stop_token: the paper's "
+        "code, generation stops at the newline or EOS token and the whole text is the answer",
+    )
 
     # Resources (per trial)
     num_workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs in the Tune trial process")

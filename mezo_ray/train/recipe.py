@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import transformers
 
-from mezo_ray.models import linear_probe, load_model, make_head
+from mezo_ray.models import CausalLMHead, linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
 from mezo_ray.models.loading import DTYPES, ModelSpec
 from mezo_ray.models.tiny import ensure_tiny_models
@@ -65,7 +65,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
         resumed = ckpt.load(resume_dir, rank)
     if cfg.fsdp:
         shard_model(loaded, device)
-    head = make_head(task, loaded)
+    head = _make_head(cfg, task, loaded)
     if cfg.fsdp:
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
@@ -327,6 +327,14 @@ def _improves(cfg: TrialConfig, dev_acc: float, dev_loss: float, progress: ckpt.
 
 # ----------------------------------------------------------------------------------------------------
 # Baselines without training
+def _make_head(cfg: TrialConfig, task: Any, loaded: Any) -> Any:
+    """The task's head on the model, generating answers the way ``cfg.answer_end`` says."""
+    head = make_head(task, loaded)
+    if isinstance(head, CausalLMHead):
+        head.answer_end = cfg.answer_end
+    return head
+
+
 def _run_baseline(
     cfg: TrialConfig,
     loaded: Any,
@@ -336,7 +344,7 @@ def _run_baseline(
     session: Session,
     device: torch.device,
 ) -> dict[str, Any]:
-    head = make_head(cfg.resolved_task(), loaded)
+    head = _make_head(cfg, cfg.resolved_task(), loaded)
     if cfg.method == "zero_shot":
         dev_acc, dev_loss = evaluate(head, dev, cfg, session.rank, session.world_size, device)
         test_acc, _ = evaluate(head, test, cfg, session.rank, session.world_size, device)

@@ -126,6 +126,22 @@ def test_generation_is_greedy_and_cut_at_the_first_newline(micro, mode):
         )
 
 
+def test_a_generated_answer_ends_at_its_first_newline_or_as_the_papers_code_reads_it(micro, monkeypatch):
+    """OPT's "\n\n" is one token and no stop id: generation runs on past it. The paper's code keeps
+    the text after it in the answer (answer_end=stop_token); by default we cut at the first newline."""
+    loaded = load(micro, "causal")
+    task = get_task("SQuAD")
+    head = make_head(task, loaded)
+    generated = loaded.tokenizer.encode(" great\n\nthe plot\n", add_special_tokens=False)
+    monkeypatch.setattr(loaded, "generate", lambda *args, **kwargs: torch.tensor([generated]))
+    ex = _squad("how was the movie ?", "great")
+    assert head.predict([ex]) == ["great"] and head.evaluate([ex])["metric"] == 1.0
+    head.answer_end = "stop_token"
+    assert head.predict([ex]) == ["great\n\nthe plot"]
+    # SQuAD F1 drops "the": {great, plot} against {great}, precision 1/2, recall 1
+    assert head.evaluate([ex])["metric"] == pytest.approx(2 / 3)
+
+
 def test_overlong_context_is_cut_from_the_left_keeping_bos(micro):
     loaded = load(micro, "causal")
     task = task_for("causal")

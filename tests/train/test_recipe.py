@@ -196,6 +196,16 @@ CAUSAL = {
 }
 
 
+def test_a_trials_generation_head_reads_answers_as_its_config_says(tiny_models):
+    from mezo_ray.models import ModelSpec, load_model
+    from mezo_ray.tasks import get_task
+
+    loaded = load_model(ModelSpec(tiny_models.causal, "causal"))
+    for answer_end in ("newline", "stop_token"):
+        cfg = parse_trial_config({**SMOKE, **CAUSAL, "answer_end": answer_end})
+        assert recipe._make_head(cfg, get_task("SQuAD"), loaded).answer_end == answer_end
+
+
 def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
     for method in ("mezo", "zero_shot", "icl"):
         final, _ = trial(tmp_path, method=method, icl_demos=4, **CAUSAL)

@@ -40,15 +40,44 @@ def select_best(
 ) -> pd.DataFrame:
     """Return one row per (model, task, k, row, data_seed): the trial with the best final ``select`` value.
 
-    Ties go to the smaller trial id so reruns give the same table; a trial that lacks the selection metric
-    ranks last (so a lone zero-shot trial without a dev metric is still reported).
+    Ties go as in the paper's gather script (``paper_run_name``), then to the smaller trial id; a trial
+    that lacks the selection metric ranks last (so a lone zero-shot trial without a dev metric is still
+    reported).
     """
     ascending = check_selection(select) == "min"
-    ranked = candidates(trials, include_unfinished).sort_values(
-        [select, "trial_id"], ascending=[ascending, True], na_position="last", kind="stable"
+    pool = candidates(trials, include_unfinished)
+    ranked = pool.assign(_paper_name=[paper_run_name(row) for row in pool.to_dict("records")]).sort_values(
+        [select, "_paper_name", "trial_id"],
+        ascending=[ascending, True, True],
+        na_position="last",
+        kind="stable",
     )
-    selected = ranked.drop_duplicates(SEED_KEYS, keep="first")
+    selected = ranked.drop_duplicates(SEED_KEYS, keep="first").drop(columns="_paper_name")
     return selected.sort_values(SEED_KEYS, kind="stable", ignore_index=True)
+
+
+def paper_run_name(trial: dict) -> str:
+    """The part of a run's output folder that the paper's ``medium_models/tools/gather_result.py`` orders
+    tied runs by: ``max(sorted(runs, key=output_dir), key=dev)`` keeps the first in string order. Its
+    scripts name a MeZO run ``...bs64-lr1e-6-eps1e-3-wd0-step100000-evalstep10000`` (``mezo.sh``) and an
+    FT run ``...bs8-lr1e-5-step1000-evalstep100`` (``finetune.sh``), values as typed in shell, so on a tie
+    lr 1e-6 wins over 1e-7, and batch size 16 over 32 over 8."""
+    parts = [("bs", "batch_size"), ("lr", "lr")]
+    if trial.get("method") != "ft":
+        parts += [("eps", "eps"), ("wd", "weight_decay")]
+    parts += [("step", "max_steps"), ("evalstep", "eval_steps")]
+    return "-".join(f"{tag}{_as_typed(trial.get(key))}" for tag, key in parts)
+
+
+def _as_typed(value: object) -> str:
+    """A number as the paper's shell scripts wrote it: 64, 0, 100000, 1e-6, 5e-7, 1.5e-5."""
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    number = float(value)  # type: ignore[arg-type]
+    if number == int(number) and (abs(number) >= 1 or number == 0):
+        return str(int(number))
+    mantissa, exponent = f"{number:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def aggregate(selected: pd.DataFrame) -> pd.DataFrame:

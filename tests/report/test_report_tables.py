@@ -331,3 +331,20 @@ def test_published_numbers_are_transcribed():
     assert "LP" not in PAPER_SCORES[("opt-30b", None)]
     assert PAPER_MEMORY["opt-30b"]["Full FT"] == (8, 633.0)
     assert PAPER_MEMORY["opt-66b"]["Prefix FT"] == (8, None)
+
+
+@pytest.mark.parametrize(
+    ("method", "tied", "paper_pick"),
+    [
+        ("mezo", [{"lr": 1e-7}, {"lr": 1e-6}], {"lr": 1e-6}),  # "lr1e-6" sorts before "lr1e-7"
+        ("ft", [{"batch_size": b} for b in (8, 32, 16)], {"batch_size": 16}),  # "bs16" < "bs32" < "bs8"
+    ],
+)
+def test_dev_ties_go_to_the_run_the_papers_gather_script_keeps(tmp_path, writer, method, tied, paper_pick):
+    """gather_result.py: max(sorted(runs, key=output_dir), key=dev), so on a tie the first output folder in
+    string order wins; here it is never the smallest trial id (the trials are written in the order given)."""
+    for i, change in enumerate(tied):
+        config = {**writer.cfg(RL, "SST-2", method, 16, 13, 1e-6), **change}
+        writer.write_trial(tmp_path, config, writer.curve(0.80, 0.3, 0.5 + i / 10))
+    (selected,) = select_best(from_experiment_dirs(tmp_path).trials).to_dict("records")
+    assert {key: selected[key] for key in paper_pick} == paper_pick

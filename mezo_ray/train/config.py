@@ -70,7 +70,9 @@ class TrialConfig(BaseModel):
     n_perturbations: int = Field(1, gt=0)
     perturbation_schedule: Literal["constant", "linear"] = "constant"
     objective: Literal["loss", "metric"] = Field("loss", description="metric: minimise -accuracy / -F1")
-    selection: Literal["dev_acc", "dev_loss"] = "dev_acc"
+    selection: Literal["dev_acc", "dev_loss", "final"] = Field(
+        "dev_acc", description="which weights are tested: the best dev_acc or dev_loss, or the final ones"
+    )
     seed: int | None = Field(None, description="training seed; None = the data seed, as the paper")
     max_grad_norm: float | None = Field(1.0, gt=0, description="first-order baseline only")
     nonfinite_patience: int = Field(5, gt=0, description="fail after this many non-finite losses in a row")

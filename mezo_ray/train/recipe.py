@@ -18,7 +18,8 @@ Features and the flags that control them:
   safetensors weights, or MeZO's seed log since the last weight snapshot, one every ``snapshot_every``
   checkpoints); a restarted worker resumes the same trajectory.
 - At the end: the test metric of the best-dev weights (``selection``: dev_acc, or dev_loss as the
-  paper's OPT code did), reported with ``done: true``.
+  paper's OPT code did), or of the final ones (``final``, its non-differentiable runs), reported with
+  ``done: true``.
 
 Errors: ``NonFiniteLossError`` when the loss is non-finite ``nonfinite_patience`` times in a row,
 after a last report that says why (``FAILURE_KEY``).
@@ -114,7 +115,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
         progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
         if _improves(cfg, dev_acc, dev_loss, progress):
             progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
-            best_weights = _trainable_copy(params)
+            best_weights = None if cfg.selection == "final" else _trainable_copy(params)
         progress.last_metrics = {
             "step": step,
             "forward_passes": forward_passes(optimizer, step),
@@ -320,6 +321,8 @@ def evaluate(
 
 
 def _improves(cfg: TrialConfig, dev_acc: float, dev_loss: float, progress: ckpt.Progress) -> bool:
+    if cfg.selection == "final":  # every evaluation: the last one is of the weights tested at the end
+        return True
     if cfg.selection == "dev_loss":
         return dev_loss < progress.best_dev_loss
     return dev_acc > progress.best_dev_acc

@@ -196,6 +196,17 @@ CAUSAL = {
 }
 
 
+def test_final_selection_tests_the_last_weights(tiny_models, tmp_path):
+    """The paper's non-differentiable runs test the final model: whatever dev said earlier, the tested
+    weights are the last ones (a run that stops at the last evaluation tests the same weights)."""
+    final, session = trial(tmp_path, selection="final", max_steps=12, eval_steps=4)
+    last_eval = session.reports[-2]
+    assert final["selected_step"] == 12 and final["dev_acc"] == last_eval["dev_acc"]
+    assert (
+        final["test_acc"] == trial(tmp_path, selection="dev_acc", max_steps=12, eval_steps=12)[0]["test_acc"]
+    )
+
+
 def test_a_trials_generation_head_reads_answers_as_its_config_says(tiny_models):
     from mezo_ray.models import ModelSpec, load_model
     from mezo_ray.tasks import get_task

@@ -90,7 +90,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
             optimizer.check_compatible(resumed.optimizer["mezo"])
         for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
             optimizer.apply_record(record)
-            if record.step + 1 == progress.best_step:
+            if record.step + 1 == progress.best_step and cfg.selection != "final":
                 best_weights = _trainable_copy(params)
 
     # 3. The loop

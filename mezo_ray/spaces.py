@@ -86,7 +86,8 @@ class SearchSpace(BaseModel):
                 cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
                 if not all(getattr(cfg, k) in v for k, v in (only or {}).items()):
                     continue
-                explicit = {k: getattr(cfg, k) for k in raw}
+                derived = ("max_steps", "eval_steps") if cfg.epochs else ()  # from the epochs
+                explicit = {k: getattr(cfg, k) for k in [*raw, *derived]}
                 key = repr(sorted(explicit.items()))
                 if key not in seen:  # an override can collapse a grid axis
                     seen.add(key)

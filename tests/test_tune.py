@@ -80,6 +80,17 @@ def test_the_opt_paper_spaces_read_generated_answers_as_the_papers_code(capsys):
     assert {t["selection"] for t in json.loads(capsys.readouterr().out)["trials"]} == {"final"}
 
 
+def test_opt_fine_tuning_runs_five_epochs_of_each_tasks_train_split(capsys):
+    """finetune.sh: 5 epochs at batch 8, dev every epoch; CB (150 train), Copa (300) and WSC (54, the
+    paper's quirk) have fewer than 1000 examples, so fewer steps (also the head-tuning LP row on Copa)."""
+    assert main(["--space", "opt13b_table1", "--only", "method=ft", "--dry-run", "--json"]) == 0
+    trials = json.loads(capsys.readouterr().out)["trials"]
+    steps = {(t["task"], t["mode"]): (t["max_steps"], t["eval_steps"]) for t in trials}
+    assert steps[("CB", "full")] == (95, 19) and steps[("Copa", "full")] == (190, 38)
+    assert steps[("WSC", "full")] == (35, 7) and steps[("SST2", "full")] == (625, 125)
+    assert steps[("Copa", "head")] == (190, 38) and steps[("SQuAD", "head")] == (625, 125)
+
+
 def test_a_worker_larger_than_every_node_is_refused():
     from mezo_ray.tune import check_resources
 

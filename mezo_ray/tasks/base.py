@@ -42,6 +42,8 @@ class HubSource:
     columns: Mapping[str, str] = field(default_factory=dict)
     # hub class id -> the task's label name; None when the hub ids already are the task's label indices
     label_names: tuple[str, ...] | None = None
+    # rows of the train split as published: a dry run derives epoch lengths from it without loading data
+    train_rows: int | None = None
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,8 @@ def drop_verbalize(f: Fields, answer: str) -> str:
     return f"{drop_prompt(f)} {answer}\n"
 
 
-def _super_glue(config: str, **columns: str) -> HubSource:
-    return HubSource("aps/super_glue", config, columns=columns)
+def _super_glue(config: str, train_rows: int) -> HubSource:
+    return HubSource("aps/super_glue", config, train_rows=train_rows)
 
 
 YES_NO = ("Yes", "No")
@@ -230,7 +230,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         prompt_fn=sst2_prompt,
         answer_sep=" ",
         verbalizer=("terrible", "great"),
-        source=HubSource("nyu-mll/glue", "sst2"),
+        source=HubSource("nyu-mll/glue", "sst2", train_rows=67349),
     ),
     CausalTask(
         name="RTE",
@@ -238,7 +238,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         label_names=BINARY,  # super_glue: 0 entailment, 1 not_entailment
         prompt_fn=rte_prompt,
         verbalizer=YES_NO,
-        source=_super_glue("rte"),
+        source=_super_glue("rte", train_rows=2490),
     ),
     CausalTask(
         name="CB",
@@ -247,7 +247,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         prompt_fn=cb_prompt,
         verbalizer=("Yes", "No", "Maybe"),
         num_dev=100,
-        source=_super_glue("cb"),
+        source=_super_glue("cb", train_rows=250),
     ),
     CausalTask(
         name="BoolQ",
@@ -256,7 +256,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         label_names=("True", "False"),  # answer True -> "Yes"
         prompt_fn=boolq_prompt,
         verbalizer=YES_NO,
-        source=HubSource("google/boolq"),
+        source=HubSource("google/boolq", train_rows=9427),
     ),
     CausalTask(
         name="WSC",
@@ -264,7 +264,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         label_names=BINARY,
         prompt_fn=wsc_prompt,
         verbalizer=NO_YES,
-        source=_super_glue("wsc.fixed"),
+        source=_super_glue("wsc.fixed", train_rows=554),
     ),
     CausalTask(
         name="WIC",
@@ -272,7 +272,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         label_names=BINARY,
         prompt_fn=wic_prompt,
         verbalizer=NO_YES,
-        source=_super_glue("wic"),
+        source=_super_glue("wic", train_rows=5428),
     ),
     CausalTask(
         name="MultiRC",
@@ -280,7 +280,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         label_names=BINARY,
         prompt_fn=multirc_prompt,
         verbalizer=NO_YES,
-        source=_super_glue("multirc"),
+        source=_super_glue("multirc", train_rows=27243),
     ),
     CausalTask(
         name="Copa",
@@ -292,7 +292,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         choices_fn=copa_choices,
         train_as_classification=False,
         num_dev=100,
-        source=_super_glue("copa"),
+        source=_super_glue("copa", train_rows=400),
     ),
     CausalTask(
         name="ReCoRD",
@@ -303,7 +303,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         verbalize_fn=record_verbalize,
         choices_fn=record_choices,
         train_as_classification=False,
-        source=_super_glue("record"),
+        source=_super_glue("record", train_rows=100730),
     ),
     CausalTask(
         name="SQuAD",
@@ -313,7 +313,7 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         prompt_fn=squad_prompt,
         verbalize_fn=squad_verbalize,
         train_as_classification=False,
-        source=HubSource("rajpurkar/squad"),
+        source=HubSource("rajpurkar/squad", train_rows=87599),
     ),
     CausalTask(
         name="DROP",
@@ -323,6 +323,6 @@ CAUSAL_TASKS: tuple[CausalTask, ...] = (
         prompt_fn=drop_prompt,
         verbalize_fn=drop_verbalize,
         train_as_classification=False,
-        source=HubSource("ucinlp/drop", columns={"answers": "answers_spans"}),
+        source=HubSource("ucinlp/drop", columns={"answers": "answers_spans"}, train_rows=77400),
     ),
 )

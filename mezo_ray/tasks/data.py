@@ -196,13 +196,37 @@ def sample_k_shot(
     return train, dev
 
 
+def causal_split_sizes(task: Task, spec: DataSpec, available: int) -> tuple[int, int]:
+    """(train, dev) sizes the causal sampling takes from a train split of ``available`` examples."""
+    num_dev = _num_dev(task, spec)
+    chosen = min(spec.num_train + num_dev, available)
+    if chosen < spec.num_train + num_dev and spec.fix_wsc:
+        num_dev = min(num_dev, chosen // 2)
+    return chosen - num_dev, num_dev
+
+
+def _num_dev(task: Task, spec: DataSpec) -> int:
+    return getattr(task, "num_dev", 500) if spec.num_dev is None else spec.num_dev
+
+
+def expected_train_size(task: Task, spec: DataSpec | None = None) -> int | None:
+    """How many train examples ``load_splits`` returns, known without loading any data: causal tasks
+    whose hub split size is published (``HubSource.train_rows``) or generated; otherwise None."""
+    spec = spec or DataSpec()
+    source = _source(task, spec)
+    if task.family != "causal" or spec.hub_path:
+        return None
+    if source == "hub" and isinstance(task.source, HubSource) and task.source.train_rows:
+        return causal_split_sizes(task, spec, task.source.train_rows)[0]
+    if source == "synthetic" and isinstance(task.source, SyntheticSource):
+        return causal_split_sizes(task, spec, task.source.num_train)[0]
+    return None
+
+
 def _sample_causal(task: Task, pool: Pool, spec: DataSpec, seed: int) -> Splits:
-    num_dev = getattr(task, "num_dev", 500) if spec.num_dev is None else spec.num_dev
-    wanted = spec.num_train + num_dev
+    wanted = spec.num_train + _num_dev(task, spec)
     chosen = first_of_permutation(pool.train, wanted, seed)
-    if len(chosen) < wanted and spec.fix_wsc:
-        num_dev = min(num_dev, len(chosen) // 2)
-    num_train = len(chosen) - num_dev
+    num_train, num_dev = causal_split_sizes(task, spec, len(chosen))
     if num_train <= 0:
         raise ValueError(
             f"task {task.name}: the train split has {len(chosen)} examples, leaving none for training after "

@@ -5,11 +5,12 @@ Tune's ``params.json`` holds exactly these fields, flat (see docs/CONTRACTS.md).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mezo_ray.tasks import DataSpec, Task, get_task
+from mezo_ray.tasks import DataSpec, Task, expected_train_size, get_task
 from mezo_ray.tasks.base import AnswerEnd
 
 Method = Literal["mezo", "ft", "zero_shot", "icl", "lp"]
@@ -66,6 +67,13 @@ class TrialConfig(BaseModel):
     max_steps: int = Field(1000, ge=0)
     max_forward_passes: int | None = Field(None, gt=0, description="stop on a forward-pass budget")
     eval_steps: int = Field(100, gt=0)
+    epochs: int | None = Field(
+        None,
+        gt=0,
+        description="train this many passes over the sampled train split, evaluating once an epoch (the "
+        "paper's OPT FT: 5): max_steps and eval_steps are derived from the split's size, at validation "
+        "where it is known without data (the causal paper tasks), else when the trial loads its data",
+    )
     lr_schedule: Literal["constant", "linear"] = "constant"
     n_perturbations: int = Field(1, gt=0)
     perturbation_schedule: Literal["constant", "linear"] = "constant"
@@ -104,6 +112,9 @@ class TrialConfig(BaseModel):
         task = self.resolved_task()  # unknown task -> ValueError listing the known ones
         if self.family is None:
             object.__setattr__(self, "family", task.family)
+        if self.epochs is not None and (num_train := expected_train_size(task, self.data_spec())):
+            for key, value in self._epoch_schedule(num_train).items():
+                object.__setattr__(self, key, value)
         if self.method in TRAINING_METHODS and self.max_steps == 0:
             raise ValueError(
                 f"max_steps=0 with method={self.method!r} trains nothing; use method='zero_shot'"
@@ -151,6 +162,18 @@ class TrialConfig(BaseModel):
             if family is None:
                 raise
             return get_task(self.task, family)
+
+    def _epoch_schedule(self, num_train: int) -> dict[str, int]:
+        """HF Trainer's count, which the paper's FT ran: ceil(n / batch) steps an epoch (the last batch
+        short), an evaluation at the end of each."""
+        per_epoch = math.ceil(num_train / self.batch_size)
+        return {"max_steps": self.epochs * per_epoch, "eval_steps": per_epoch} if self.epochs else {}
+
+    def with_train_size(self, num_train: int) -> TrialConfig:
+        """This config with the epoch schedule of a train split of ``num_train`` examples (unchanged when
+        the length is given in steps)."""
+        schedule = self._epoch_schedule(num_train)
+        return self.model_copy(update=schedule) if schedule else self
 
     @property
     def training_seed(self) -> int:

@@ -13,6 +13,8 @@ Features and the flags that control them:
 - Baselines without training: ``zero_shot``, ``icl`` (causal family), ``lp`` (linear probing).
 - Data parallel across the trial's workers (``num_workers``): losses are all-reduced, every rank
   applies the same update; FSDP2 (``fsdp=true``) also shards the weights.
+- Length: ``max_steps``, or ``epochs`` over the sampled train split (steps derived from its size as
+  HF Trainer counts them, an evaluation each epoch: the paper's OPT FT).
 - Every ``eval_steps``: dev evaluation and a report (dev_acc, best_dev_acc, dev_loss, train_loss,
   step, forward_passes, lr, eps, peak memory, steps/s) with a checkpoint (``checkpoint_mode``:
   safetensors weights, or MeZO's seed log since the last weight snapshot, one every ``snapshot_every``
@@ -58,6 +60,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     # 1. Data and model
     task = cfg.resolved_task()
     splits = load_splits(task, cfg.data_spec())
+    cfg = cfg.with_train_size(len(splits.train))  # a length in epochs becomes steps
     dev, test = _cap(splits.dev, cfg), _cap(splits.test, cfg)
     loaded = load_model(_model_spec(cfg, device))
     if cfg.method in ("zero_shot", "icl", "lp"):

@@ -11,7 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mezo_ray.tasks import DataSpec, get_task, load_pool, load_splits, sample_icl_demonstrations
+from mezo_ray.tasks import (
+    DataSpec,
+    expected_train_size,
+    get_task,
+    load_pool,
+    load_splits,
+    sample_icl_demonstrations,
+)
 from mezo_ray.tasks import data as data_module
 
 REPO = Path(__file__).resolve().parents[2]
@@ -265,6 +272,20 @@ def test_wsc_quirk_is_reproduced_and_can_be_fixed(tmp_path):
         warnings.simplefilter("error")
         fixed = load_splits(get_task("WSC"), causal_spec(tmp_path, "WSC", 554, 104, fix_wsc=True))
     assert tuple(len(s) for s in fixed) == (277, 277, 104)
+
+
+@pytest.mark.parametrize(("name", "fix_wsc"), [("CB", False), ("Copa", False), ("WSC", False), ("WSC", True)])
+def test_the_train_size_known_without_data_is_what_sampling_gives(tmp_path, name, fix_wsc):
+    """A dry run derives epoch lengths from the published split sizes; sampling a split of that size
+    must give as many train examples."""
+    task = get_task(name)
+    rows = task.source.train_rows
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the WSC quirk's warning
+        splits = load_splits(task, causal_spec(tmp_path, name, rows, 10, fix_wsc=fix_wsc))
+    assert expected_train_size(task, DataSpec(fix_wsc=fix_wsc)) == len(splits.train)
+    assert expected_train_size(task, causal_spec(tmp_path, name, rows, 10)) is None  # local: unknown
+    assert expected_train_size(get_task("SST-2"), DataSpec(k=16)) is None  # k-shot: per-class counts
 
 
 def test_causal_splits_depend_only_on_the_seed(tmp_path):

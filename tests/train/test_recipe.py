@@ -196,6 +196,14 @@ CAUSAL = {
 }
 
 
+def test_a_length_in_epochs_becomes_steps_from_the_loaded_train_split(tiny_models, tmp_path):
+    """k=16 on two classes: 32 train examples, 3 batches of 12 an epoch (the last short), as HF Trainer
+    counts them; the mlm split's size is only known once loaded, so max_steps=8 / eval_steps=4 are
+    replaced there."""
+    final, session = trial(tmp_path, epochs=2, batch_size=12)
+    assert [r["step"] for r in session.reports[:-1]] == [3, 6] and final["step"] == 6
+
+
 def test_final_selection_tests_the_last_weights(tiny_models, tmp_path):
     """The paper's non-differentiable runs test the final model: whatever dev said earlier, the tested
     weights are the last ones (a run that stops at the last evaluation tests the same weights)."""

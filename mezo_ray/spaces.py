@@ -27,7 +27,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from mezo_ray.train.config import TrialConfig, format_validation_error, parse_trial_config
+from mezo_ray.train.config import (
+    PATH_FIELDS,
+    TrialConfig,
+    absolute_path,
+    format_validation_error,
+    parse_trial_config,
+)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 
@@ -100,7 +106,10 @@ class SearchSpace(BaseModel):
         """Tune's param_space for Optuna: constants plus distributions (explicit, or the grids' values)."""
         from ray import tune
 
-        constants = {**self.defaults, **(overrides or {})}
+        constants = {
+            k: absolute_path(k, v) if k in PATH_FIELDS else v
+            for k, v in {**self.defaults, **(overrides or {})}.items()
+        }
         dists: dict[str, Any] = {}
         if self.optuna:
             for key, spec in self.optuna.items():

@@ -91,6 +91,22 @@ def test_opt_fine_tuning_runs_five_epochs_of_each_tasks_train_split(capsys):
     assert steps[("Copa", "head")] == (190, 38) and steps[("SQuAD", "head")] == (625, 125)
 
 
+def test_the_roberta_paper_spaces_read_lm_bffs_pack_and_say_how_to_get_it(tmp_path, monkeypatch, capsys):
+    """The paper's Table 18 data is LM-BFF's k-shot pack: every RoBERTa paper space reads it from
+    data/k-shot-1k-test under the folder the search starts in (made absolute: trials run elsewhere),
+    and a missing pack stops the search before Ray with what to download."""
+    monkeypatch.chdir(tmp_path)
+    for space in ("roberta_table18", "roberta_table3_nondiff", "roberta_table5_prompt", "roberta_optuna"):
+        assert main(["--space", space, "--dry-run", "--json"]) == 0
+        trials = json.loads(capsys.readouterr().out)["trials"]
+        pack = {(t["data_source"], t["data_dir"]) for t in trials}
+        assert pack == {("lmbff", str(tmp_path / "data" / "k-shot-1k-test"))}, space
+    argv = ["--space", "roberta_table18", "--only", "k=16", "--set", "task=SST-2", "--set", "model=tiny-mlm"]
+    assert main([*argv, "--only", "data_seed=13"]) == 2
+    error = capsys.readouterr().err
+    assert "SST-2/16-13 does not exist" in error and "lm-bff/datasets.tar" in error
+
+
 def test_a_worker_larger_than_every_node_is_refused():
     from mezo_ray.tune import check_resources
 

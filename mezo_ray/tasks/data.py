@@ -38,6 +38,18 @@ MLM_TEST_SEED = 42
 _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 
 
+LMBFF_DOWNLOAD = "https://nlp.cs.princeton.edu/projects/lm-bff/datasets.tar"
+LMBFF_HOW_TO = f"""
+The paper's RoBERTa runs read LM-BFF's data pack. To get it:
+  1. download {LMBFF_DOWNLOAD} and unpack it (`tar xf datasets.tar` gives original/);
+  2. either set data_source=lmbff-original and data_dir=/path/to/original (mezo_ray draws the k-shot
+     splits from it exactly as LM-BFF's script does),
+     or run `for K in 16 512; do python tools/generate_k_shot_data.py --mode k-shot-1k-test --k $K; done`
+     in LM-BFF or MeZO's medium_models and set data_source=lmbff and data_dir=/path/to/k-shot-1k-test.
+On the command line: --set data_source=... --set data_dir=... To use the hub data sets instead, whose rows
+and order are not the pack's (so the k-shot draws differ from the paper's): --set data_source=hub"""
+
+
 class DatasetUnavailableError(RuntimeError):
     """A hub data set could not be loaded; the message says how to use local files instead."""
 
@@ -135,6 +147,11 @@ def load_pool(task: Task, spec: DataSpec | None = None) -> Pool:
     if source == "lmbff-original":
         files = _lmbff_files(task)
         folder = _data_dir(spec, source) / task.name
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"LM-BFF folder {folder} does not exist (source='lmbff-original' reads "
+                f"{{data_dir}}/{{task}}/ of the pack's original/ folder).{LMBFF_HOW_TO}"
+            )
         train = _read_lmbff(task, files, folder / f"train.{files.format}")
         return Pool(train, _read_lmbff(task, files, folder / f"{files.original_test_name}.{files.format}"))
     if source == "synthetic":
@@ -445,9 +462,9 @@ def _read_lmbff_k_shot(task: Task, spec: DataSpec) -> Splits:
     folder = _data_dir(spec, "lmbff") / task.name / f"{k}-{seed}"
     if not folder.is_dir():
         raise FileNotFoundError(
-            f"LM-BFF k-shot folder {folder} does not exist: source='lmbff' reads "
-            "{data_dir}/{task}/{k}-{seed}/ as written by LM-BFF's tools/generate_k_shot_data.py; "
-            "for the original pack use source='lmbff-original'"
+            f"LM-BFF k-shot folder {folder} does not exist (source='lmbff' reads "
+            "{data_dir}/{task}/{k}-{seed}/, as LM-BFF's tools/generate_k_shot_data.py --mode "
+            f"k-shot-1k-test writes it).{LMBFF_HOW_TO}"
         )
     return Splits(
         *(

@@ -6,9 +6,10 @@ Tune's ``params.json`` holds exactly these fields, flat (see docs/CONTRACTS.md).
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mezo_ray.tasks import DataSpec, Task, expected_train_size, get_task
 from mezo_ray.tasks.base import AnswerEnd
@@ -18,6 +19,18 @@ TRAINING_METHODS = ("mezo", "ft")
 TINY_MODELS = {"tiny-mlm": "mlm", "tiny-causal": "causal"}  # embedded offline models (mezo_ray.models.tiny)
 _MLM_HINTS = ("roberta", "bert", "electra", "deberta")
 _CAUSAL_HINTS = ("opt", "gpt", "llama", "mistral", "qwen", "pythia", "bloom", "phi", "gemma")
+
+
+#: Fields holding paths: made absolute where the search starts (see ``absolute_path``).
+PATH_FIELDS = ("data_dir", "train_file", "test_file", "model")
+
+
+def absolute_path(field: str, path: Any) -> Any:
+    """Trials run in folders of their own: a relative path is made absolute where it is validated first,
+    on the machine that starts the search (a model only when it is written as a path, ./ or ~/)."""
+    if not isinstance(path, str) or "://" in path or (field == "model" and not path.startswith((".", "~"))):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
 
 
 class TrialConfig(BaseModel):
@@ -106,6 +119,11 @@ class TrialConfig(BaseModel):
     gpus_per_worker: float = Field(0.0, ge=0)
     fsdp: bool = False
     max_worker_failures: int = Field(2, ge=0, description="Train restarts workers from the last checkpoint")
+
+    @field_validator(*PATH_FIELDS)
+    @classmethod
+    def _absolute(cls, path: str | None, info: Any) -> str | None:
+        return absolute_path(info.field_name, path)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrialConfig:

@@ -208,8 +208,12 @@ def test_lmbff_k_shot_folders_are_read_as_is(tmp_path):
     assert (mnli_test.fields["hypothesis"], mnli_test.label) == ("test_matched 0 sentence2", 2)
     trec_dev = load_splits(get_task("trec"), spec).dev[0]
     assert (trec_dev.fields["sentence"], trec_dev.label) == ('dev "quoted", text', 2)
-    with pytest.raises(FileNotFoundError, match=r"RTE/16-13 does not exist.*lmbff-original"):
-        load_splits(get_task("RTE", family="mlm"), spec)
+    for source in ("lmbff", "lmbff-original"):  # what to download, where to put it, and the hub way out
+        with pytest.raises(FileNotFoundError) as missing:
+            load_splits(get_task("RTE", family="mlm"), DataSpec(source=source, data_dir=str(tmp_path)))
+        assert f"{tmp_path / 'RTE'}" in str(missing.value)
+        needed = ("lm-bff/datasets.tar", "data_source=lmbff-original", "k-shot-1k-test", "data_source=hub")
+        assert all(text in str(missing.value) for text in needed), missing.value
 
 
 # -- causal family: 1000 / 500 / 1000 ----------------------------------------------------------------------

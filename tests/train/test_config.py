@@ -57,8 +57,10 @@ def test_counts_of_the_paper_grids():
     assert len(table18) == 6 + 60 + 180 * 3 + 300 + 270 * 2 + 540 * 2
     assert len(load_space("opt13b_table1").trials()) == 11 + 11 + 7 + 4 * 2 + 3 * (9 * 2 + 2 * 3) + 11 * 3
     assert len(load_space("roberta_table4_ablation").trials()) == 3 * 5 * 2 * 3 * 2 * 2
-    assert len(load_space("roberta_table5_prompt").trials()) == 2 * 3 * 5 * 3
-    assert len(load_space("opt13b_table3_nondiff").trials()) == 3
+    # Table 5 (paper E.6): Table 4's grid, and lr 1e-4 too without the prompt
+    assert len(load_space("roberta_table5_prompt").trials()) == 3 * 5 * 2 * (3 + 4) * 2 * 2
+    nondiff = load_space("opt13b_table3_nondiff").trials()  # paper E.6: lr {1e-1, 5e-2, 1e-2}
+    assert sorted(t["lr"] for t in nondiff) == [1e-2, 5e-2, 1e-1]
 
 
 def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():

@@ -35,6 +35,7 @@ _TEX = str.maketrans(
         "−": "$-$",
         "†": r"$^\dagger$",
         "‡": r"$^\ddagger$",
+        "§": r"\S{}",
         "×": r"$\times$",
         "`": "",
     }
@@ -56,6 +57,7 @@ def _format_cell(cell: Any, table: Table, max_n: int) -> str:
             ours += f" ({cell.std:.1f})"
         if table.kind == "score" and cell.n < max_n:
             ours += f", n={cell.n}"
+    ours += cell.mark
     if cell.includes_unfinished:
         ours += UNFINISHED_MARK
     if _isnan(cell.paper) and not cell.paper_note:

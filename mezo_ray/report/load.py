@@ -43,6 +43,7 @@ CONFIG_KEYS = (
     "max_forward_passes",
     "prompt",
     "seed",
+    "data_source",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -329,7 +330,16 @@ def _build(records: list[_Record]) -> Report:
         "peak_mem_bytes",
     ]
     trials[numeric] = trials[numeric].apply(pd.to_numeric, errors="coerce")
-    for key in ("model", "task", "method", "zo_variant", "mode", "perturbation_schedule", "objective"):
+    for key in (
+        "model",
+        "task",
+        "method",
+        "zo_variant",
+        "mode",
+        "perturbation_schedule",
+        "objective",
+        "data_source",
+    ):
         trials[key] = trials[key].astype(object).where(trials[key].notna(), None)
     trials["model"] = trials["model"].fillna("unknown")
     trials["task"] = trials["task"].fillna("unknown")

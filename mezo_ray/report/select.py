@@ -82,17 +82,24 @@ def _as_typed(value: object) -> str:
 
 def aggregate(selected: pd.DataFrame) -> pd.DataFrame:
     """Return one row per (model, task, k, row): ``mean`` and ``std`` (ddof=0) of test_acc ×100 over seeds,
-    ``n`` seeds with a test score, ``seeds`` selected, and ``includes_unfinished``."""
-    scored = selected.assign(score=selected["test_acc"] * 100, unfinished=selected["status"] != "done")
+    ``n`` seeds with a test score, ``seeds`` selected, ``includes_unfinished``, and ``hub_data`` (a
+    selected trial read its task's hub data set: no ``data_source``, or "hub")."""
+    source = selected["data_source"] if "data_source" in selected else pd.Series(None, index=selected.index)
+    scored = selected.assign(
+        score=selected["test_acc"] * 100,
+        unfinished=selected["status"] != "done",
+        hub_data=source.isna() | (source == "hub"),
+    )
     grouped = scored.groupby(CELL_KEYS, dropna=False, sort=True)
     cells = grouped.agg(
         mean=("score", "mean"),
         n=("score", "count"),
         seeds=("score", "size"),
         includes_unfinished=("unfinished", "any"),
+        hub_data=("hub_data", "any"),
     )
     cells["std"] = grouped["score"].std(ddof=0)
-    return cells.reset_index()[[*CELL_KEYS, "mean", "std", "n", "seeds", "includes_unfinished"]]
+    return cells.reset_index()[[*CELL_KEYS, "mean", "std", "n", "seeds", "includes_unfinished", "hub_data"]]
 
 
 def aggregate_memory(trials: pd.DataFrame, include_unfinished: bool = False) -> pd.DataFrame:

@@ -37,6 +37,9 @@ ROW_ORDER = (
     "FT (LoRA)",
     "FT (prefix)",
 )
+#: Marks a Table 18 cell computed from hub data sets instead of LM-BFF's pack.
+HUB_DATA_MARK = "§"
+FIDELITY = "docs/FIDELITY.md"
 CELL_COLUMNS = [
     "row",
     "column",
@@ -44,6 +47,7 @@ CELL_COLUMNS = [
     "std",
     "n",
     "includes_unfinished",
+    "mark",
     "paper",
     "paper_std",
     "paper_note",
@@ -132,7 +136,7 @@ def _score_table(cells: pd.DataFrame, model: str, k: int | None) -> Table:
     columns = list(paper_tasks.items()) + [(t, t) for t in extra_tasks]
     grid = pd.MultiIndex.from_product([rows, [c for c, _ in columns]], names=["row", "column"])
     ours = cells.rename(columns={"task": "column", "mean": "value"}).set_index(["row", "column"])
-    table = ours[["value", "std", "n", "includes_unfinished"]].reindex(grid)
+    table = ours[["value", "std", "n", "includes_unfinished", "hub_data"]].reindex(grid)
     published_cells = [
         (row, task, cell.mean, cell.std, cell.mark)
         for row, by_task in (published or {}).items()
@@ -145,6 +149,9 @@ def _score_table(cells: pd.DataFrame, model: str, k: int | None) -> Table:
     table["n"] = table["n"].fillna(0).astype(int)
     table["includes_unfinished"] = table["includes_unfinished"].astype("boolean").fillna(False).astype(bool)
     table["paper_note"] = table["paper_note"].fillna("")
+    # LM-BFF's pack is the paper's RoBERTa data; a cell from the hub data sets is not comparable as is
+    hub = table["hub_data"].astype("boolean").fillna(False).astype(bool) & table["column"].isin(paper_tasks)
+    table["mark"] = [HUB_DATA_MARK if name == "Table 18" and flag else "" for flag in hub]
     if name == "Table 18":
         title = f"{name} (RoBERTa-large, k={k}): {model}"
     elif name:
@@ -152,6 +159,16 @@ def _score_table(cells: pd.DataFrame, model: str, k: int | None) -> Table:
     else:
         title = model if k is None else f"{model}, k={k}"
     notes = ["† marked in the paper", "* no number in the paper (needs more tuning)"] if name else []
+    notes = [n for n in notes if any(n[0] == m for m in table["paper_note"])]
+    if any(table["mark"] == HUB_DATA_MARK):
+        notes.append(
+            f"{HUB_DATA_MARK} hub data (data_source=hub), not LM-BFF's pack: k-shot draws differ from the "
+            "paper's (README: Paper data)"
+        )
+    if name:
+        notes.append(
+            f"Where mezo_ray differs from the paper's code, and the switches that restore it: {FIDELITY}"
+        )
     return Table(
         name=name,
         title=title,
@@ -163,7 +180,7 @@ def _score_table(cells: pd.DataFrame, model: str, k: int | None) -> Table:
         model=model,
         k=k,
         has_paper=published is not None,
-        notes=[n for n in notes if any(n[0] == m for m in table["paper_note"])],
+        notes=notes,
     )
 
 
@@ -189,6 +206,7 @@ def memory_tables(memory: pd.DataFrame) -> list[Table]:
             for m, r in zip(table["row"], table["column"], strict=True)
         ]
         table["std"] = float("nan")
+        table["mark"] = ""
         table["paper"] = [p.gb if p and p.gb is not None else float("nan") for p in published]
         table["paper_std"] = float("nan")
         table["paper_note"] = [f"{p.gpus}×" if p else "" for p in published]

@@ -104,6 +104,8 @@ def cfg(model: str, task: str, method: str, k: int | None, seed: int, lr: float 
         "eval_steps": 100,
         "n_perturbations": 1,
         "seed": seed,
+        # RoBERTa runs read LM-BFF's pack, as the paper spaces do
+        "data_source": extra.pop("data_source", "lmbff" if model == RL else None),
         **extra,
     }
 

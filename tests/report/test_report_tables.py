@@ -181,6 +181,21 @@ def test_ablations_get_rows_of_their_own_without_published_numbers(tmp_path, wri
         )
 
 
+def test_table18_cells_from_hub_data_are_marked_and_every_paper_table_links_the_differences(
+    tmp_path, writer, parse_markdown
+):
+    """Hub data sets are not LM-BFF's pack: a cell with a selected trial that read them (data_source hub,
+    or none given: the task's own) is marked, one from the pack is not."""
+    for task, source in (("SST-2", "hub"), ("RTE", None), ("trec", "lmbff")):
+        config = writer.cfg(RL, task, "mezo", 16, 13, 1e-6, data_source=source)
+        writer.write_trial(tmp_path, config, writer.curve(0.9, 0.3, 0.8))
+    text = render(from_experiment_dirs(tmp_path))
+    cells = parse_markdown(text)[T18]["MeZO"]
+    assert cells["SST-2"].startswith("80.0§ [") and cells["RTE"].startswith("80.0§ [")
+    assert cells["TREC"].startswith("80.0 [")
+    assert "§ hub data (data_source=hub), not LM-BFF's pack" in text and "docs/FIDELITY.md" in text
+
+
 def test_zero_shot_run_at_one_k_shows_in_every_k_section(tmp_path, writer, parse_markdown):
     writer.write_trial(
         tmp_path, writer.cfg(RL, "SST-2", "zero_shot", 16, 13, None), writer.curve(0.8, 0.5, 0.79)

@@ -24,7 +24,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from mezo_ray.models.modes import MODES, apply_mode
+from mezo_ray.models.modes import HEAD_MODES, MODES, apply_mode
 
 Family = Literal["mlm", "causal", "seq_cls"]
 FAMILIES: tuple[str, ...] = ("mlm", "causal", "seq_cls")
@@ -52,7 +52,8 @@ class ModelSpec:
     ``untie_word_embeddings``: give the output projection its own copy of the input embeddings, so
     full-parameter MeZO perturbs them with separate noise. ``None`` = the paper's model per family:
     untied for ``mlm`` (its RobertaModelForPromptFinetuning has no tie, protocol §1.1) and for
-    ``mode="head"`` (the head trains alone), as loaded otherwise (OPT ties them, §2.3).
+    the modes that train the head without the embeddings (``HEAD_MODES``), as loaded otherwise (OPT
+    ties them, §2.3).
     ``opt_bos_quirk``: start OPT prompts with id 0 instead of the tokenizer's BOS, as the paper's
     code does (``tokenizer.bos_token_id = 0``, protocol §2.3).
     """
@@ -252,7 +253,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     )
     model.to(spec.device)
     untie = spec.untie_word_embeddings
-    if untie if untie is not None else (spec.family == "mlm" or spec.mode == "head"):
+    if untie if untie is not None else (spec.family == "mlm" or spec.mode in HEAD_MODES):
         _untie_word_embeddings(model)
     model = apply_mode(model, spec)
     model.eval()

@@ -12,6 +12,12 @@
   behaves exactly as if the random tokens preceded the input (for OPT at every layer).
 - ``head``: the output projection (LM head) alone, untied from the input embeddings: the paper's
   "head tuning", its LP baseline for OPT tasks that are not classification (protocol §2.3).
+- ``lm_head``: the whole ``lm_head`` module (RoBERTa: dense, layer norm, decoder and bias; OPT: the
+  projection), and ``lora+lm_head``: LoRA plus that module. What the paper's RoBERTa code trained
+  with ``--apply_lora``: its freeze rule froze only ``roberta.*``, and loralib merges B·A into the
+  weights on eval(), which its MeZO loop calls before every forward and never undoes, so MeZO moved
+  the LM head alone (``lm_head``) while FT, whose steps call train(), also trained LoRA
+  (``lora+lm_head``). A trial asks for them as ``mode=lora_as_published``.
 For ``seq_cls`` models peft also trains the (randomly initialised) classifier in lora/prefix mode.
 """
 
@@ -25,7 +31,9 @@ from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 if TYPE_CHECKING:
     from mezo_ray.models.loading import ModelSpec
 
-MODES: tuple[str, ...] = ("full", "lora", "prefix", "head")
+MODES: tuple[str, ...] = ("full", "lora", "prefix", "head", "lm_head", "lora+lm_head")
+#: Modes that train the output projection but not the input embeddings: they get an untied copy.
+HEAD_MODES: tuple[str, ...] = ("head", "lm_head", "lora+lm_head")
 
 # Attention projections: LoRA targets and where the prefix init reads the real keys/values.
 _QUERY_VALUE = {"roberta": ("query", "value"), "bert": ("query", "value"), "opt": ("q_proj", "v_proj")}
@@ -41,19 +49,26 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
 
     New parameters are drawn under ``torch.manual_seed(spec.init_seed)`` without touching the global RNG.
     """
-    if spec.mode in ("full", "head"):
-        head = model.get_output_embeddings() if spec.mode == "head" else model
-        if head is None:
+    if spec.mode in ("full", "head", "lm_head"):
+        if spec.mode == "lm_head":
+            module = _lm_head(model, spec)
+        else:
+            module = model.get_output_embeddings() if spec.mode == "head" else model
+        if module is None:
             raise ValueError(f"mode='head': model {spec.name_or_path!r} has no output projection to train")
-        trainable = {id(p) for p in head.parameters()}
+        trainable = {id(p) for p in module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
         return model
     device = next(model.parameters()).device
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.init_seed)
-        if spec.mode == "lora":
-            return get_peft_model(model, _lora_config(model, spec))
+        if spec.mode in ("lora", "lora+lm_head"):
+            lm_head = _lm_head(model, spec) if spec.mode == "lora+lm_head" else None
+            peft_model = get_peft_model(model, _lora_config(model, spec))
+            for p in lm_head.parameters() if lm_head is not None else ():
+                p.requires_grad_(True)
+            return peft_model
         ids = prefix_init_ids(model.config.vocab_size, spec.num_prefix, spec.init_seed)
         prefix_init = real_key_values(model, ids)
         config = PrefixTuningConfig(
@@ -64,6 +79,13 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         with torch.no_grad():
             embedding.copy_(prefix_init.to(embedding.dtype))
         return peft_model
+
+
+def _lm_head(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    module = getattr(model, "lm_head", None)
+    if module is None:
+        raise ValueError(f"mode={spec.mode!r}: model {spec.name_or_path!r} has no `lm_head` module to train")
+    return module
 
 
 def _lora_config(model: torch.nn.Module, spec: ModelSpec) -> LoraConfig:

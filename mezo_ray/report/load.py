@@ -72,7 +72,12 @@ HISTORY_METRICS = (
 STATUSES = ("done", "unfinished", "errored")
 
 _ZO_VARIANT_NAMES = {"sgd": "MeZO", "adam": "MeZO-Adam", "momentum": "MeZO-momentum", "sign": "MeZO-sign"}
-_MODE_SUFFIX = {"full": "", "lora": " (LoRA)", "prefix": " (prefix)"}
+_MODE_SUFFIX = {
+    "full": "",
+    "lora": " (LoRA)",
+    "prefix": " (prefix)",
+    "lora_as_published": " (LoRA, as published)",  # the paper code's LoRA: see models/modes.py
+}
 _UNTRAINED_ROWS = {"zero_shot": "Zero-shot", "icl": "ICL", "lp": "LP"}
 #: Rows that use no training data: their k is dropped, so one run shows in every k section of its model.
 K_FREE_ROWS = ("Zero-shot",)

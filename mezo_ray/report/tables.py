@@ -27,6 +27,7 @@ ROW_ORDER = (
     "LP",
     "MeZO",
     "MeZO (LoRA)",
+    "MeZO (LoRA, as published)",
     "MeZO (prefix)",
     "MeZO-Adam",
     "MeZO-Adam (LoRA)",
@@ -35,6 +36,7 @@ ROW_ORDER = (
     "MeZO-sign",
     "FT",
     "FT (LoRA)",
+    "FT (LoRA, as published)",
     "FT (prefix)",
 )
 #: Marks a Table 18 cell computed from hub data sets instead of LM-BFF's pack.

@@ -44,7 +44,11 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
-    mode: Literal["full", "lora", "prefix", "head"] = Field("full", description="head: the LM head alone")
+    mode: Literal["full", "lora", "prefix", "head", "lora_as_published"] = Field(
+        "full",
+        description="head: the LM head alone; lora_as_published: what the paper's RoBERTa code trained with "
+        "--apply_lora (MeZO: the LM head alone, FT: LoRA and the LM head; see models/modes.py)",
+    )
     prompt: bool = Field(True, description="false: no template, a classification head (Table 5; mlm tasks)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora_r: int = Field(8, gt=0)
@@ -157,6 +161,14 @@ class TrialConfig(BaseModel):
                 f"prompt=false (a sequence classification head, the paper's no-prompt ablation) needs an "
                 f"mlm-family task, method mezo / ft / zero_shot and no fsdp; got task {task.name!r} "
                 f"({task.family}), method={self.method!r}, fsdp={self.fsdp}"
+            )
+        if self.mode == "lora_as_published" and (
+            task.family != "mlm" or not self.prompt or self.method not in TRAINING_METHODS
+        ):
+            raise ValueError(
+                f"mode='lora_as_published' reproduces the paper's RoBERTa LoRA rows: it needs an mlm-family "
+                f"task with its prompt and method mezo or ft; got task {task.name!r} ({task.family}), "
+                f"prompt={self.prompt}, method={self.method!r}. Use mode='lora' for LoRA itself"
             )
         if self.method == "icl" and task.family != "causal":
             raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")

@@ -400,7 +400,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         family=cfg.family if cfg.prompt else "seq_cls",
         num_labels=None if cfg.prompt else len(cfg.resolved_task().label_words),
         dtype="float32" if cfg.method == "ft" else cfg.dtype,  # FT: fp32 weights, autocast (as --fp16)
-        mode=cfg.mode,
+        mode=PUBLISHED_LORA[cfg.method] if cfg.mode == "lora_as_published" else cfg.mode,
         lora_r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         num_prefix=cfg.num_prefix,
@@ -409,6 +409,11 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         init_seed=cfg.training_seed,
         opt_bos_quirk=cfg.model not in TINY_MODELS,  # the tiny OPT was pretrained with its own BOS
     )
+
+
+#: What the paper's RoBERTa code trained with --apply_lora (models/modes.py): loralib's merge on eval()
+#: left MeZO the LM head alone; FT steps call train(), which unmerges, so FT trained LoRA too.
+PUBLISHED_LORA = {"mezo": "lm_head", "ft": "lora+lm_head"}
 
 
 def _autocast(cfg: TrialConfig, device: torch.device) -> contextlib.AbstractContextManager:

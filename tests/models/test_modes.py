@@ -10,8 +10,13 @@ from mezo_ray.models.modes import prefix_init_ids
 from tests.models.conftest import load, task_for
 
 FAMILIES = ["mlm", "causal"]
-MODES = ["full", "lora", "prefix", "head"]
+MODES = ["full", "lora", "prefix", "head", "lm_head", "lora+lm_head"]
 HEAD = {"mlm": {"lm_head.decoder.weight", "lm_head.bias"}, "causal": {"lm_head.weight"}}
+LM_HEAD = {  # the whole lm_head module (RoBERTa's decoder bias is lm_head.bias)
+    "mlm": {f"lm_head.{n}" for n in ("dense.weight", "dense.bias", "layer_norm.weight", "layer_norm.bias")}
+    | HEAD["mlm"],
+    "causal": HEAD["causal"],
+}
 ATTENTION = {  # (module path of layer i's attention, query name, value name)
     "mlm": ("roberta.encoder.layer.{i}.attention.self", "query", "value"),
     "causal": ("model.decoder.layers.{i}.self_attn", "q_proj", "v_proj"),
@@ -25,13 +30,16 @@ def expected_trainable(loaded, family: str, mode: str) -> set[str]:
         return {"prompt_encoder.default.embedding.weight"}
     if mode == "head":
         return HEAD[family]
+    if mode == "lm_head":
+        return LM_HEAD[family]
     path, query, value = ATTENTION[family]
-    return {
+    lora = {
         f"base_model.model.{path.format(i=i)}.{proj}.lora_{ab}.default.weight"
         for i in range(loaded.hf_model.config.num_hidden_layers)
         for proj in (query, value)
         for ab in "AB"
     }
+    return lora | {f"base_model.model.{n}" for n in LM_HEAD[family]} if mode == "lora+lm_head" else lora
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -18,6 +18,7 @@ from mezo_ray.report import from_experiment_dirs, row_label
         ("mezo", "adam", "full", "MeZO-Adam"),
         ("ft", "adam", "prefix", "FT (prefix)"),
         ("ft", None, "lora", "FT (LoRA)"),
+        ("mezo", "sgd", "lora_as_published", "MeZO (LoRA, as published)"),
         ("zero_shot", "sgd", "lora", "Zero-shot"),
         ("icl", None, None, "ICL"),
         ("lp", None, "full", "LP"),

@@ -196,6 +196,18 @@ def test_table18_cells_from_hub_data_are_marked_and_every_paper_table_links_the_
     assert "§ hub data (data_source=hub), not LM-BFF's pack" in text and "docs/FIDELITY.md" in text
 
 
+def test_lora_as_published_gets_a_row_of_its_own_beside_the_papers_lora_numbers(
+    tmp_path, writer, parse_markdown
+):
+    """The paper's LoRA numbers came from its code's LoRA: both our LoRA rows show them, labelled apart."""
+    for mode, test in (("lora", 0.80), ("lora_as_published", 0.70)):
+        config = writer.cfg(RL, "SST-2", "mezo", 16, 13, 1e-5, mode=mode)
+        writer.write_trial(tmp_path, config, writer.curve(0.9, 0.3, test))
+    section = parse_markdown(render(from_experiment_dirs(tmp_path)))[T18]
+    assert section["MeZO (LoRA)"]["SST-2"] == "80.0 [91.4 (0.9); -11.4]"
+    assert section["MeZO (LoRA, as published)"]["SST-2"] == "70.0 [91.4 (0.9); -21.4]"
+
+
 def test_zero_shot_run_at_one_k_shows_in_every_k_section(tmp_path, writer, parse_markdown):
     writer.write_trial(
         tmp_path, writer.cfg(RL, "SST-2", "zero_shot", 16, 13, None), writer.curve(0.8, 0.5, 0.79)

@@ -36,6 +36,8 @@ def test_family_is_derived_from_the_task_and_the_model():
         ({"fsdp": True, "num_workers": 0}, "fsdp=true needs num_workers >= 1"),
         ({"k": 0}, "k=0"),
         ({"dtype": "float8"}, "dtype='float8'"),
+        ({"mode": "lora_as_published", "prompt": False}, "lora_as_published.*prompt=False"),
+        ({"mode": "lora_as_published", "method": "lp"}, "lora_as_published.*method='lp'"),
     ],
 )
 def test_bad_trial_configs_name_the_field_and_value(change, message):

@@ -258,6 +258,20 @@ def test_head_tuning_trains_the_lm_head_alone(tiny_models, tmp_path):
     assert not torch.equal(weights["lm_head.weight"], embeddings)  # it trained (untied from the input)
 
 
+@pytest.mark.parametrize("method", ["mezo", "ft"])
+def test_lora_as_published_trains_what_the_papers_code_trained(tiny_models, tmp_path, method):
+    """The paper's --apply_lora left the LM head trainable and loralib merged LoRA on eval(): its MeZO
+    moved the LM head alone, its FT the LM head and LoRA (models/modes.py)."""
+    final, session = trial(tmp_path, method=method, mode="lora_as_published", lr=1e-2, **WEIGHTS)
+    weights = {k: v for k, v in snapshot(session.checkpoints[-1]).items() if not k.startswith("optimizer/")}
+    base = load_file(os.path.join(tiny_models.mlm, "model.safetensors"))
+    head = {k: v for k, v in weights.items() if ".lm_head." in k or k.startswith("lm_head.")}
+    lora = {k for k in weights if ".lora_" in k}
+    assert final["done"] and set(weights) == set(head) | lora and (bool(lora) == (method == "ft"))
+    dense = next(v for k, v in head.items() if k.endswith("lm_head.dense.weight"))
+    assert not torch.equal(dense, base["lm_head.dense.weight"])  # the whole head module trained
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

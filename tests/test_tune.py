@@ -74,6 +74,7 @@ def test_the_opt_paper_spaces_read_generated_answers_as_the_papers_code(capsys):
         assert main(["--space", space, "--only", "task=SQuAD", "--dry-run", "--json"]) == 0
         trials = json.loads(capsys.readouterr().out)["trials"]
         assert trials and {t["answer_end"] for t in trials} == {"stop_token"}, space
+        assert {(t["dtype"], t["arithmetic"]) for t in trials} == {("float16", "model")}, space
     assert parse_trial_config(TRIAL).answer_end == "newline"  # elsewhere: cut at the first newline
     # the non-differentiable runs test the final model (README: --evaluation_strategy no)
     assert main(["--space", "opt13b_table3_nondiff", "--dry-run", "--json"]) == 0

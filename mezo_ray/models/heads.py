@@ -112,7 +112,7 @@ class _ClassifierHead(_Head):
 
     def _cross_entropy(self, logits: torch.Tensor, examples: Sequence[Any]) -> tuple[torch.Tensor, int]:
         labels = torch.tensor([ex.label for ex in examples], device=logits.device)
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), len(examples)
+        return F.cross_entropy(logits.to(self.loaded.loss_dtype), labels, reduction="sum"), len(examples)
 
 
 class MaskedLMHead(_ClassifierHead):
@@ -251,7 +251,7 @@ class CausalLMHead(_Head):
         ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, "left", self._device())
         k = int(option_lens.max())
         hidden = self.loaded.hidden_states(ids, attention_mask)
-        logits = self.lm_head(hidden[:, -k - 1 : -1]).float()  # position t predicts token t + 1
+        logits = self.lm_head(hidden[:, -k - 1 : -1]).to(self.loaded.loss_dtype)  # t predicts token t + 1
         token_logp = logits.log_softmax(-1).gather(-1, ids[:, -k:, None]).squeeze(-1)
         valid = (torch.arange(k, device=ids.device)[None, :] >= k - option_lens[:, None]).to(token_logp.dtype)
         return token_logp, valid

@@ -28,6 +28,7 @@ from mezo_ray.models.modes import HEAD_MODES, MODES, apply_mode
 
 Family = Literal["mlm", "causal", "seq_cls"]
 FAMILIES: tuple[str, ...] = ("mlm", "causal", "seq_cls")
+ARITHMETIC: tuple[str, ...] = ("float32", "model")
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
@@ -56,6 +57,9 @@ class ModelSpec:
     ties them, §2.3).
     ``opt_bos_quirk``: start OPT prompts with id 0 instead of the tokenizer's BOS, as the paper's
     code does (``tokenizer.bos_token_id = 0``, protocol §2.3).
+    ``arithmetic``: ``float32`` computes losses (log-softmax, cross-entropy) from float32 logits and
+    keeps LoRA / prefix parameters in float32 whatever ``dtype`` is; ``model`` keeps both in ``dtype``,
+    as the paper's float16 OPT runs did (``--load_float16``: fp16 logits, losses and adapters).
     """
 
     name_or_path: str
@@ -71,9 +75,11 @@ class ModelSpec:
     init_seed: int = 0
     untie_word_embeddings: bool | None = None
     opt_bos_quirk: bool = True
+    arithmetic: str = "float32"
 
     def __post_init__(self) -> None:
         _check(self.family in FAMILIES, "family", self.family, FAMILIES)
+        _check(self.arithmetic in ARITHMETIC, "arithmetic", self.arithmetic, ARITHMETIC)
         _check(self.dtype in DTYPES, "dtype", self.dtype, tuple(DTYPES))
         _check(self.mode in MODES, "mode", self.mode, MODES)
         _check(self.lora_r > 0, "lora_r", self.lora_r, "a positive int")
@@ -109,6 +115,11 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.hf_model.parameters()).device
+
+    @property
+    def loss_dtype(self) -> torch.dtype:
+        """The dtype losses are computed in (``ModelSpec.arithmetic``)."""
+        return torch.float32 if self.spec.arithmetic == "float32" else DTYPES[self.spec.dtype]
 
     @property
     def num_prefix(self) -> int:

@@ -61,11 +61,12 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
             p.requires_grad_(id(p) in trainable)
         return model
     device = next(model.parameters()).device
+    in_float32 = spec.arithmetic == "float32"  # else the adapters stay in the model's dtype (the paper's)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(spec.init_seed)
         if spec.mode in ("lora", "lora+lm_head"):
             lm_head = _lm_head(model, spec) if spec.mode == "lora+lm_head" else None
-            peft_model = get_peft_model(model, _lora_config(model, spec))
+            peft_model = get_peft_model(model, _lora_config(model, spec), autocast_adapter_dtype=in_float32)
             for p in lm_head.parameters() if lm_head is not None else ():
                 p.requires_grad_(True)
             return peft_model
@@ -75,7 +76,9 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
             task_type=_TASK_TYPES[spec.family], num_virtual_tokens=spec.num_prefix, prefix_projection=False
         )
         peft_model = get_peft_model(model, config)
-        embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding.weight
+        encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+        encoder.to(torch.float32 if in_float32 else next(model.parameters()).dtype)
+        embedding = encoder.embedding.weight
         with torch.no_grad():
             embedding.copy_(prefix_init.to(embedding.dtype))
         return peft_model

@@ -51,6 +51,12 @@ class TrialConfig(BaseModel):
     )
     prompt: bool = Field(True, description="false: no template, a classification head (Table 5; mlm tasks)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    arithmetic: Literal["float32", "model"] = Field(
+        "float32",
+        description="MeZO in float16 / bfloat16: float32 computes losses from float32 logits and keeps LoRA "
+        "and prefix parameters in float32; model keeps both in dtype, and rounds each loss to it, as the "
+        "paper's float16 OPT runs (the first-order baseline is mixed precision either way)",
+    )
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
     num_prefix: int = Field(5, gt=0)

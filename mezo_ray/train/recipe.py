@@ -222,6 +222,8 @@ def batch_loss(
         return total / count
     total, count = batch_loss_terms(head, local, filler, forwards, cfg)
     total, count = all_reduce_sums([float(total), count], device)
+    if cfg.arithmetic == "model":  # the paper's fp16 runs took the mean loss in the model's dtype
+        return torch.tensor(total / count, dtype=DTYPES[cfg.dtype]).item()
     return total / count
 
 
@@ -408,6 +410,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         device=str(device),
         init_seed=cfg.training_seed,
         opt_bos_quirk=cfg.model not in TINY_MODELS,  # the tiny OPT was pretrained with its own BOS
+        arithmetic=cfg.arithmetic,
     )
 
 

@@ -69,6 +69,31 @@ def test_causal_candidate_scores_equal_hand_computation(micro, sst2_examples, mo
     assert head.predict(examples, batch_size=3) == [max((0, 1), key=lambda c, s=s: s[c]) for s in expected]
 
 
+@pytest.mark.parametrize("arithmetic", ["float32", "model"])
+def test_float16_losses_follow_the_arithmetic_setting(micro, sst2_examples, arithmetic):
+    """``model``: the paper's fp16 OPT runs (large_models/utils.py forward_wrap_with_option_len):
+    log-softmax of fp16 logits, the option tokens' mean and the cross-entropy over options all in
+    fp16. ``float32``: the same from the fp16 logits upcast."""
+    loaded = load(micro, "causal", "full", dtype="float16", arithmetic=arithmetic)
+    head = make_head(task_for("causal"), loaded)
+    dtype = torch.float16 if arithmetic == "model" else torch.float32
+    for ex in sst2_examples[:3]:
+        context = head.task.prompt(ex)
+        scores = []
+        for option in head.task.candidates(ex):
+            ids = loaded.encode(context + option)
+            n = len(ids) - len(loaded.encode(context))
+            x = torch.tensor([ids])
+            with torch.no_grad():
+                logp = loaded.logits(x, torch.ones_like(x))[0].to(dtype).log_softmax(-1)
+            scores.append(logp[torch.arange(len(ids) - n - 1, len(ids) - 1), ids[-n:]].mean())
+        expected = F.cross_entropy(torch.stack(scores)[None], torch.tensor([ex.label]))
+        with torch.no_grad():
+            loss = head.loss([ex])
+        assert loss.dtype == dtype
+        torch.testing.assert_close(loss, expected, rtol=2e-3, atol=2e-3)
+
+
 def test_multi_token_candidates_average_their_tokens(micro):
     """Copa trains on the gold choice only: token-level CE over its tokens (protocol §2.3)."""
     loaded = load(micro, "causal")

@@ -63,6 +63,14 @@ def test_head_mode_trains_an_untied_copy_of_the_output_projection(micro, family)
     assert output.requires_grad and not embeddings.requires_grad
 
 
+@pytest.mark.parametrize("mode", ["lora", "prefix"])
+def test_adapters_are_float32_or_in_the_models_dtype_as_the_arithmetic_says(micro, mode):
+    """peft keeps adapters in float32 over a float16 model; the paper's OPT runs kept them in fp16."""
+    for arithmetic, dtype in (("float32", torch.float32), ("model", torch.float16)):
+        loaded = load(micro, "causal", mode, dtype="float16", arithmetic=arithmetic)
+        assert {p.dtype for _, p in loaded.trainable_named_parameters()} == {dtype}, arithmetic
+
+
 def test_lora_has_rank_alpha_and_no_dropout(micro):
     loaded = load(micro, "causal", "lora", lora_r=4, lora_alpha=12)
     layer = loaded.hf_model.model.decoder.layers[0].self_attn.q_proj

@@ -225,6 +225,25 @@ def test_a_trials_generation_head_reads_answers_as_its_config_says(tiny_models):
         assert recipe._make_head(cfg, get_task("SQuAD"), loaded).answer_end == answer_end
 
 
+def test_model_arithmetic_takes_each_mezo_loss_in_the_models_dtype(tiny_models, tmp_path, monkeypatch):
+    """The paper's fp16 OPT runs differenced two fp16 losses; ``arithmetic=model`` rounds each to fp16."""
+    seen: dict[str, list[float]] = {"float32": [], "model": []}
+    original = recipe.batch_loss
+
+    def spy(head, local, filler, forwards, cfg, device):
+        seen[cfg.arithmetic].append(original(head, local, filler, forwards, cfg, device))
+        return seen[cfg.arithmetic][-1]
+
+    monkeypatch.setattr(recipe, "batch_loss", spy)
+    for arithmetic in seen:
+        final, _ = trial(
+            tmp_path, dtype="float16", arithmetic=arithmetic, max_steps=2, eval_steps=2, **CAUSAL
+        )
+        assert final["done"] and len(seen[arithmetic]) == 4  # two steps, two forwards each
+    in_fp16 = {a: [torch.tensor(v, dtype=torch.float16).item() == v for v in seen[a]] for a in seen}
+    assert all(in_fp16["model"]) and not all(in_fp16["float32"])
+
+
 def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
     for method in ("mezo", "zero_shot", "icl"):
         final, _ = trial(tmp_path, method=method, icl_demos=4, **CAUSAL)

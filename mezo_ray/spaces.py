@@ -36,6 +36,7 @@ from mezo_ray.train.config import (
 )
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+_DEFAULTS = TrialConfig.model_fields
 
 
 class Grid(BaseModel):
@@ -88,9 +89,15 @@ class SearchSpace(BaseModel):
         for grid in self.grids:
             keys = list(grid.grid)
             for values in itertools.product(*(grid.grid[k] for k in keys)):
-                raw = {**self.defaults, **grid.set, **dict(zip(keys, values, strict=True)), **overrides}
+                own = {**self.defaults, **grid.set, **dict(zip(keys, values, strict=True))}
+                # --only selects by the space's own values (its defaults included), before --set
+                # rewrites them; a value derived at validation (family) is read from the config
+                own_values = {k: _scalar(own[k]) if k in own else _space_default(k) for k in only or {}}
+                if not all(own_values[k] in v for k, v in (only or {}).items() if own_values[k] is not None):
+                    continue
+                raw = {**own, **overrides}
                 cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
-                if not all(getattr(cfg, k) in v for k, v in (only or {}).items()):
+                if not all(getattr(cfg, k) in v for k, v in (only or {}).items() if own_values[k] is None):
                     continue
                 derived = ("max_steps", "eval_steps") if cfg.epochs else ()  # from the epochs
                 explicit = {k: getattr(cfg, k) for k in [*raw, *derived]}
@@ -127,6 +134,12 @@ class SearchSpace(BaseModel):
         space = {**{k: v for k, v in constants.items() if k not in dists}, **dists}
         _check_keys(space, f"space {self.name!r} (optuna)")
         return space
+
+
+def _space_default(key: str) -> Any:
+    """A field's value in a trial whose space does not set it (None: required or derived)."""
+    field = _DEFAULTS[key]
+    return None if field.is_required() else field.get_default(call_default_factory=True)
 
 
 def _same_keys(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -41,7 +41,9 @@ _OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 LMBFF_DOWNLOAD = "https://nlp.cs.princeton.edu/projects/lm-bff/datasets.tar"
 LMBFF_HOW_TO = f"""
 The paper's RoBERTa runs read LM-BFF's data pack. To get it:
-  1. download {LMBFF_DOWNLOAD} and unpack it (`tar xf datasets.tar` gives original/);
+  1. download {LMBFF_DOWNLOAD}, unpack it (`tar xf datasets.tar` gives original/) and use GLUE's SST-2
+     as LM-BFF's data/download_dataset.sh does: `mv original/SST-2 original/SST-2-original;
+     mv original/GLUE-SST-2 original/SST-2`;
   2. either set data_source=lmbff-original and data_dir=/path/to/original (mezo_ray draws the k-shot
      splits from it exactly as LM-BFF's script does),
      or run `for K in 16 512; do python tools/generate_k_shot_data.py --mode k-shot-1k-test --k $K; done`

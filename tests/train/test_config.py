@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mezo_ray.spaces import load_space, parse_overrides
+from mezo_ray.spaces import load_space, parse_filters, parse_overrides
 from mezo_ray.train.config import parse_trial_config
 
 BASE = {"task": "SST-2", "model": "roberta-large"}
@@ -72,6 +72,16 @@ def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():
         parse_overrides(["learning_rate=1e-6"])
     with pytest.raises(ValueError, match="expected key=value"):
         parse_overrides(["lr"])
+
+
+def test_only_selects_by_the_spaces_own_values_before_set_rewrites_them():
+    """FIDELITY.md 6: the paper's Table 18 LoRA rows as its code ran them, from the space's LoRA grids."""
+    space = load_space("roberta_table18")
+    trials = space.trials(parse_overrides(["mode=lora_as_published"]), parse_filters(["mode=lora"]))
+    assert len(trials) == 6 * 2 * 5 * 3 + 6 * 2 * 5 * 3 * 3  # MeZO (LoRA) + FT (LoRA), as in the space
+    assert {t["mode"] for t in trials} == {"lora_as_published"}
+    full = space.trials(None, parse_filters(["mode=full", "family=mlm"]))  # mode unset: its default
+    assert {t["method"] for t in full} == {"zero_shot", "lp", "mezo", "ft"}
 
 
 def test_bad_spaces_are_refused(tmp_path):

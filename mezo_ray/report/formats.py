@@ -102,7 +102,7 @@ def caption(table: Table, select: str, include_unfinished: bool) -> str:
             if table.kind == "memory"
             else ", taken at their last values; one without test_acc is missing."
         )
-    return " ".join([text, *table.notes]) + ("." if table.notes else "")
+    return f"{text} {'; '.join(table.notes)}." if table.notes else text
 
 
 def _grid(table: Table) -> list[list[str]]:

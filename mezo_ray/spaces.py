@@ -27,12 +27,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mezo_ray.tasks.custom import with_data_paths_from
 from mezo_ray.train.config import (
     PATH_FIELDS,
     TrialConfig,
     absolute_path,
     format_validation_error,
     parse_trial_config,
+    task_definition,
 )
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
@@ -99,24 +101,23 @@ class SearchSpace(BaseModel):
                 cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
                 if not all(getattr(cfg, k) in v for k, v in (only or {}).items() if own_values[k] is None):
                     continue
-                derived = ("max_steps", "eval_steps") if cfg.epochs else ()  # from the epochs
-                explicit = {k: getattr(cfg, k) for k in [*raw, *derived]}
+                explicit = cfg.model_dump(mode="json")  # every field: params.json says all a trial used
                 key = repr(sorted(explicit.items()))
                 if key not in seen:  # an override can collapse a grid axis
                     seen.add(key)
                     out.append(explicit)
         if only and not out:
             raise ValueError(f"--only {only}: no trial of space {self.name!r} matches")
-        return _same_keys(out)
+        return out
 
     def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tune's param_space for Optuna: constants plus distributions (explicit, or the grids' values)."""
         from ray import tune
 
-        constants = {
-            k: absolute_path(k, v) if k in PATH_FIELDS else v
-            for k, v in {**self.defaults, **(overrides or {})}.items()
-        }
+        constants = task_definition({**self.defaults, **(overrides or {})})
+        if constants.get("task_spec") is not None:  # the definition travels with the trials
+            constants["task_spec"] = constants["task_spec"].model_dump(mode="json")
+        constants = {k: absolute_path(k, v) if k in PATH_FIELDS else v for k, v in constants.items()}
         dists: dict[str, Any] = {}
         if self.optuna:
             for key, spec in self.optuna.items():
@@ -140,17 +141,6 @@ def _space_default(key: str) -> Any:
     """A field's value in a trial whose space does not set it (None: required or derived)."""
     field = _DEFAULTS[key]
     return None if field.is_required() else field.get_default(call_default_factory=True)
-
-
-def _same_keys(trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Give every trial the same keys (TrialConfig defaults where a grid did not set one): Tune's
-    ``points_to_evaluate`` needs them, and params.json then says everything a trial used."""
-    keys = sorted({k for t in trials for k in t})
-    defaults = TrialConfig.model_fields
-    return [
-        {k: t[k] if k in t else defaults[k].get_default(call_default_factory=True) for k in keys}
-        for t in trials
-    ]
 
 
 def _check_keys(raw: dict[str, Any], where: str) -> None:
@@ -186,6 +176,7 @@ def load_space(name_or_path: str) -> SearchSpace:
     if not isinstance(raw, dict):
         raise ValueError(f"search space {path}: expected a mapping with description, defaults, grids")
     raw.setdefault("name", os.path.basename(path).removesuffix(".yaml"))
+    _tasks_relative_to(raw, os.path.dirname(os.path.abspath(path)))
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:
@@ -193,6 +184,26 @@ def load_space(name_or_path: str) -> SearchSpace:
     for grid in space.grids:
         _check_keys({**space.defaults, **grid.set, **grid.grid}, f"search space {path}, grid {grid.name!r}")
     return space
+
+
+def _tasks_relative_to(raw: dict[str, Any], folder: str) -> None:
+    """Task files named in a space, and the data files of tasks written in it, are relative to the
+    space file: rewrite them as absolute paths (in place)."""
+
+    def resolve(task: Any) -> Any:
+        if isinstance(task, str) and task.endswith((".yaml", ".yml")):
+            return os.path.join(folder, os.path.expanduser(task))
+        return with_data_paths_from(task, folder) if isinstance(task, dict) else task
+
+    sections = [raw.get("defaults") or {}]
+    for grid in raw.get("grids") or []:
+        if isinstance(grid, dict):
+            sections.append(grid.get("set") or {})
+            if isinstance(grid.get("grid"), dict) and isinstance(grid["grid"].get("task"), list):
+                grid["grid"]["task"] = [resolve(task) for task in grid["grid"]["task"]]
+    for section in sections:
+        if isinstance(section, dict) and "task" in section:
+            section["task"] = resolve(section["task"])
 
 
 def _scalar(value: Any) -> Any:

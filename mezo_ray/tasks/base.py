@@ -9,10 +9,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from mezo_ray.tasks.metrics import max_token_f1, mean
+from mezo_ray.tasks.metrics import max_exact_match, max_token_f1, mean
 
 Family = Literal["mlm", "causal"]
 Kind = Literal["classification", "multiple_choice", "generation"]
+Metric = Literal["accuracy", "f1", "exact_match"]
 #: Where a generated answer ends: at its first newline, or (the paper's code) where generation stopped.
 AnswerEnd = Literal["newline", "stop_token"]
 
@@ -47,6 +48,15 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class LocalSource:
+    """A task's own files (CSV, TSV, JSONL or parquet): `columns` maps task fields to file columns."""
+
+    train_file: str
+    test_file: str
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class SyntheticSource:
     """A generated data set: `make(num, seed)` returns `num` examples; `seed` fixes the data set itself."""
 
@@ -65,15 +75,20 @@ class Task:
     name: str
     kind: Kind = "classification"
     input_fields: tuple[str, ...]
-    source: HubSource | SyntheticSource
+    source: HubSource | LocalSource | SyntheticSource
     # Classification: the label values as data files spell them, in logit / candidate order.
     label_names: tuple[str, ...] = ()
     # Record key holding the gold: "label", "answer" (BoolQ's bool) or "answers" (strings).
     target_field: str = "label"
+    # None: token F1 for generation tasks, accuracy otherwise.
+    metric: Metric | None = None
 
     @property
-    def metric_name(self) -> str:
-        """What `score` computes: "f1" (SQuAD-normalised token F1) for generation tasks, else "accuracy"."""
+    def metric_name(self) -> Metric:
+        """What `score` computes: accuracy, "f1" (SQuAD-normalised token F1, max over the gold answers;
+        the default for generation) or "exact_match" (of the normalised answers)."""
+        if self.metric is not None:
+            return self.metric
         return "f1" if self.kind == "generation" else "accuracy"
 
     @property
@@ -100,7 +115,7 @@ class Task:
         """Build an `Example` from a record whose keys are this task's field names."""
         fields = {name: record[name] for name in self.input_fields}
         gold = record[self.target_field]
-        if self.target_field == "answers":
+        if self.kind != "classification" and not self.label_names:  # gold strings (generation, ReCoRD)
             return Example(fields=fields, answers=as_answers(gold))
         return Example(fields=fields, label=self.parse_label(gold))
 
@@ -115,10 +130,9 @@ class Task:
                 f"task {self.name}: {len(predictions)} predictions for {len(examples)} examples; "
                 f"they must pair up"
             )
-        if self.metric_name == "f1":
-            return mean(
-                [max_token_f1(str(p), ex.answers) for p, ex in zip(predictions, examples, strict=True)]
-            )
+        if self.metric_name in ("f1", "exact_match"):
+            match = max_token_f1 if self.metric_name == "f1" else max_exact_match
+            return mean([match(str(p), ex.answers) for p, ex in zip(predictions, examples, strict=True)])
         return mean([float(self.is_correct(p, ex)) for p, ex in zip(predictions, examples, strict=True)])
 
 

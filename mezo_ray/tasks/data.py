@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
-from mezo_ray.tasks.base import Example, HubSource, SyntheticSource, Task
+from mezo_ray.tasks.base import Example, HubSource, LocalSource, SyntheticSource, Task
 from mezo_ray.tasks.mlm import LmBffFiles, MLMTask
 
 SOURCES = ("hub", "local", "lmbff", "lmbff-original", "synthetic")
@@ -119,7 +119,7 @@ def load_splits(task: Task, spec: DataSpec | None = None) -> Splits:
     """Train / dev / test examples of `task`, sampled as the paper did (see the module docstring)."""
     spec = spec or DataSpec()
     _check_family_options(task, spec)
-    if _source(task, spec) == "lmbff":
+    if source_of(task, spec) == "lmbff":
         return _read_lmbff_k_shot(task, spec)
     pool = load_pool(task, spec)
     seed = _seed(task, spec)
@@ -134,18 +134,20 @@ def load_splits(task: Task, spec: DataSpec | None = None) -> Splits:
 def load_pool(task: Task, spec: DataSpec | None = None) -> Pool:
     """The full train and test data of `task` from `spec.source` (the ICL demonstrations come from here)."""
     spec = spec or DataSpec()
-    source = _source(task, spec)
+    source = source_of(task, spec)
     if source == "hub":
         return _hub_pool(task, spec)
     if source == "local":
-        if not spec.train_file or not spec.test_file:
+        own = task.source if isinstance(task.source, LocalSource) else None  # a task's own files
+        train_file = spec.train_file or (own.train_file if own else None)
+        test_file = spec.test_file or (own.test_file if own else None)
+        columns = spec.columns or (own.columns if own else {})
+        if not train_file or not test_file:
             raise ValueError(
-                f"source='local' needs both train_file and test_file; got train_file={spec.train_file!r}, "
-                f"test_file={spec.test_file!r}"
+                f"source='local' needs both train_file and test_file; got train_file={train_file!r}, "
+                f"test_file={test_file!r}"
             )
-        return Pool(
-            _read_local(task, spec.train_file, spec.columns), _read_local(task, spec.test_file, spec.columns)
-        )
+        return Pool(_read_local(task, train_file, columns), _read_local(task, test_file, columns))
     if source == "lmbff-original":
         files = _lmbff_files(task)
         folder = _data_dir(spec, source) / task.name
@@ -232,7 +234,7 @@ def expected_train_size(task: Task, spec: DataSpec | None = None) -> int | None:
     """How many train examples ``load_splits`` returns, known without loading any data: causal tasks
     whose hub split size is published (``HubSource.train_rows``) or generated; otherwise None."""
     spec = spec or DataSpec()
-    source = _source(task, spec)
+    source = source_of(task, spec)
     if task.family != "causal" or spec.hub_path:
         return None
     if source == "hub" and isinstance(task.source, HubSource) and task.source.train_rows:
@@ -277,9 +279,12 @@ def sample_icl_demonstrations(
 # -- sources ----------------------------------------------------------------------------------------------
 
 
-def _source(task: Task, spec: DataSpec) -> str:
+def source_of(task: Task, spec: DataSpec) -> str:
+    """Where ``task``'s data comes from under ``spec``: one of SOURCES."""
     if spec.source is not None:
         return spec.source
+    if isinstance(task.source, LocalSource):
+        return "local"
     return "synthetic" if isinstance(task.source, SyntheticSource) else "hub"
 
 
@@ -382,22 +387,32 @@ def _hub_examples(task: Task, hub: HubSource, rows: Any) -> list[Example]:
 
 
 def _read_table(path: Path) -> tuple[list[dict[str, Any]], set[str]]:
-    """Rows and column names of a CSV / TSV / JSONL file; CSV / TSV cells stay strings."""
+    """Rows and column names of a CSV / TSV / JSONL / parquet file; CSV / TSV cells stay strings."""
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        return rows, set.intersection(*(set(row) for row in rows)) if rows else set()
-    if suffix not in (".csv", ".tsv"):
-        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv or .jsonl")
-    table = pd.read_csv(
-        path,
-        sep="\t" if suffix == ".tsv" else ",",
-        quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
-        dtype=str,
-        keep_default_na=False,
-    )
-    return table.to_dict("records"), set(table.columns)
+    if suffix not in (".jsonl", ".json", ".csv", ".tsv", ".parquet"):
+        raise ValueError(f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet")
+    try:
+        if suffix in (".jsonl", ".json"):
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            present = set.intersection(*(set(row) for row in rows)) if rows else set()
+        elif suffix == ".parquet":
+            table = pd.read_parquet(path)
+            rows, present = table.to_dict("records"), set(table.columns)
+        else:
+            table = pd.read_csv(
+                path,
+                sep="\t" if suffix == ".tsv" else ",",
+                quoting=csv.QUOTE_NONE if suffix == ".tsv" else csv.QUOTE_MINIMAL,
+                dtype=str,
+                keep_default_na=False,
+            )
+            rows, present = table.to_dict("records"), set(table.columns)
+    except (ValueError, OSError, pd.errors.ParserError) as err:  # EmptyDataError is a ValueError
+        raise ValueError(f"{path}: unreadable as {suffix[1:]}: {type(err).__name__}: {err}") from None
+    if not rows:
+        raise ValueError(f"{path}: the file has no data rows")
+    return rows, present
 
 
 def _read_local(task: Task, path: str, columns: Mapping[str, str]) -> list[Example]:

@@ -1,4 +1,4 @@
-"""Task metrics: accuracy and SQuAD-normalised token F1 (max over gold answers).
+"""Task metrics: accuracy, SQuAD-normalised token F1 and exact match (max over gold answers).
 
 No installed library does exactly this (``evaluate`` is not a dependency), so the SQuAD v1.1 normalisation is
 written out here; it matches MeZO's ``large_models/metrics.py`` (which is the official SQuAD script's).
@@ -38,6 +38,13 @@ def max_token_f1(prediction: str, golds: Sequence[str]) -> float:
             f"max_token_f1 needs at least one gold answer; got none for prediction {prediction!r}"
         )
     return max(token_f1(prediction, gold) for gold in golds)
+
+
+def max_exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals any normalised gold answer, else 0.0."""
+    if not golds:
+        raise ValueError(f"max_exact_match needs at least one gold answer; got none for {prediction!r}")
+    return float(any(normalize_answer(prediction) == normalize_answer(gold) for gold in golds))
 
 
 def mean(values: Sequence[float]) -> float:

@@ -35,6 +35,18 @@ def _tokenizer_name(tokenizer: Any) -> str:
     return getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
 
 
+def leading_space_rule(tokenizer: Any) -> str:
+    """How ``tokenizer`` spells a word after a space, for messages about label words."""
+    token = (tokenizer.tokenize(" a") or [""])[0]
+    if token.startswith("Ġ"):
+        return "byte-level BPE (RoBERTa, GPT-2): a leading space is part of the token, written 'Ġ'"
+    if token.startswith("▁"):
+        return "sentencepiece: a leading space is part of the token, written '▁'"
+    if token.startswith("##") or token == "a":
+        return "WordPiece (BERT): spaces split words and are not part of tokens; '##' marks a word's inside"
+    return f"' a' is tokenized as {tokenizer.tokenize(' a')}"
+
+
 def _sentence_text(part: re.Match, texts: Sequence[str]) -> tuple[int, str]:
     index = int(part["index"])
     if index >= len(texts):
@@ -116,7 +128,7 @@ class MLMTask(Task):
     lmbff: LmBffFiles | None = None
 
     def __post_init__(self) -> None:
-        if len(self.label_words) != len(self.label_names):
+        if self.label_words and len(self.label_words) != len(self.label_names):
             raise ValueError(
                 f"task {self.name}: {len(self.label_words)} label words {self.label_words} for "
                 f"{len(self.label_names)} labels {self.label_names}; they must pair up in logit order"
@@ -128,6 +140,11 @@ class MLMTask(Task):
 
     def label_word_ids(self, tokenizer: Any) -> list[int]:
         """Vocabulary id of " " + word for each label word, in logit order; each must be ONE token."""
+        if not self.label_words:
+            raise ValueError(
+                f"task {self.name} has no label words (its labels are a list): a prompt reads the label "
+                f"off a label word at the mask; give labels as value: word, or use prompt: false"
+            )
         ids = []
         for word in self.label_words:
             # LM-BFF adds the space except before words that start with a special/punctuation character.
@@ -136,7 +153,8 @@ class MLMTask(Task):
             if len(tokens) != 1:
                 raise ValueError(
                     f"task {self.name}: label word {spelled!r} is {len(tokens)} tokens {tokens} under "
-                    f"tokenizer {_tokenizer_name(tokenizer)}; label words must be single tokens"
+                    f"tokenizer {_tokenizer_name(tokenizer)} ({leading_space_rule(tokenizer)}); label "
+                    f"words must be single tokens: pick a word that is one token after a space"
                 )
             ids.append(tokenizer.convert_tokens_to_ids(tokens[0]))
         return ids

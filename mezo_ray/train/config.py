@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mezo_ray.tasks import DataSpec, Task, expected_train_size, get_task
+from mezo_ray.tasks import DataSpec, MLMTask, Task, expected_train_size, get_task
 from mezo_ray.tasks.base import AnswerEnd
+from mezo_ray.tasks.custom import TaskSpec, load_task_file, parse_task_spec
 
 Method = Literal["mezo", "ft", "zero_shot", "icl", "lp"]
 TRAINING_METHODS = ("mezo", "ft")
@@ -33,13 +35,31 @@ def absolute_path(field: str, path: Any) -> Any:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def task_definition(raw: dict[str, Any]) -> dict[str, Any]:
+    """``task`` given as a YAML file or a mapping -> its name in ``task`` and the validated definition in
+    ``task_spec`` (so a bad task fails like any other bad field, and trials carry it to any machine)."""
+    task = raw.get("task")
+    if isinstance(task, str) and task.endswith((".yaml", ".yml")):
+        task = load_task_file(os.path.abspath(os.path.expanduser(task)))
+    if isinstance(task, Mapping):
+        spec = parse_task_spec(task, where="task")
+    elif isinstance(raw.get("task_spec"), Mapping):
+        spec = parse_task_spec(raw["task_spec"], where="task_spec")
+        if task not in (None, spec.name):
+            raise ValueError(f"task={task!r} but task_spec defines {spec.name!r}; give one of them")
+    else:
+        return raw
+    return {**raw, "task": spec.name, "task_spec": spec}
+
+
 class TrialConfig(BaseModel):
     """Everything one trial needs; every field has the paper's default where the paper has one."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # What to train
-    task: str
+    task: str = Field(description="a built-in task's name; a task file (.yaml) or mapping becomes task_spec")
+    task_spec: TaskSpec | None = Field(None, description="your own task (tasks/custom.py); task is its name")
     model: str = Field(description="hub name, local path, or tiny-mlm / tiny-causal (offline)")
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
@@ -130,6 +150,11 @@ class TrialConfig(BaseModel):
     fsdp: bool = False
     max_worker_failures: int = Field(2, ge=0, description="Train restarts workers from the last checkpoint")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_definition(cls, raw: Any) -> Any:
+        return task_definition(raw) if isinstance(raw, dict) else raw
+
     @field_validator(*PATH_FIELDS)
     @classmethod
     def _absolute(cls, path: str | None, info: Any) -> str | None:
@@ -168,6 +193,11 @@ class TrialConfig(BaseModel):
                 f"mlm-family task, method mezo / ft / zero_shot and no fsdp; got task {task.name!r} "
                 f"({task.family}), method={self.method!r}, fsdp={self.fsdp}"
             )
+        if self.prompt and isinstance(task, MLMTask) and not (task.template and task.label_words):
+            raise ValueError(
+                f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
+                "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
+            )
         if self.mode == "lora_as_published" and (
             task.family != "mlm" or not self.prompt or self.method not in TRAINING_METHODS
         ):
@@ -188,7 +218,10 @@ class TrialConfig(BaseModel):
 
     # ------------------------------------------------------------------------------------------------
     def resolved_task(self) -> Task:
-        """The task object (the family decides between same-named tasks such as RTE)."""
+        """The task object: your own (``task_spec``), or a built-in one (the family decides between
+        same-named tasks such as RTE)."""
+        if self.task_spec is not None:
+            return self.task_spec.build()
         try:
             return get_task(self.task, self.family)
         except ValueError:

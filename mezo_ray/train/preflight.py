@@ -7,7 +7,8 @@ import json
 import os
 from collections.abc import Iterable
 
-from mezo_ray.tasks import DatasetUnavailableError, SyntheticSource, check_hub_dataset, load_splits
+from mezo_ray.tasks import DatasetUnavailableError, check_hub_dataset, load_splits
+from mezo_ray.tasks.data import source_of
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 
 CHEAP_SOURCES = ("local", "synthetic", "lmbff", "lmbff-original")
@@ -18,8 +19,8 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
     configs = list(configs)
     for model in sorted({c.model for c in configs}):
         check_model(model)
-    for model, family in sorted({(c.model, c.family) for c in configs}):
-        check_model_family(model, family)
+    for model, family, prompt in sorted({(c.model, c.family, c.prompt) for c in configs}):
+        check_model_family(model, family, prompt)
     seen_tokenizers: set[tuple[str, str]] = set()
     for cfg in configs:
         task = cfg.resolved_task()
@@ -29,12 +30,11 @@ def preflight(configs: Iterable[TrialConfig]) -> None:
     seen_data: set[str] = set()
     for cfg in configs:
         spec = cfg.data_spec()
-        key = repr((cfg.task, cfg.family, spec))
-        own_source = "synthetic" if isinstance(cfg.resolved_task().source, SyntheticSource) else "hub"
+        key = repr((cfg.task, cfg.task_spec, cfg.family, spec))
         if key in seen_data:
             continue
         seen_data.add(key)
-        if (spec.source or own_source) in CHEAP_SOURCES:
+        if source_of(cfg.resolved_task(), spec) in CHEAP_SOURCES:
             check_data(cfg)
         else:  # the hub: is it cached or reachable (metadata only; the trials download)
             try:
@@ -81,22 +81,31 @@ def check_model(model: str) -> None:
 _FAMILY_OF_ARCHITECTURE = {"ForMaskedLM": "mlm", "ForCausalLM": "causal"}
 
 
-def check_model_family(model: str, family: str) -> None:
-    """The model's architecture must be the task family's: a masked LM for the mlm (prompt) tasks, a
-    causal LM for the causal ones (read from config.json where it is on disk)."""
+def check_model_family(model: str, family: str, prompt: bool = True) -> None:
+    """The checkpoint must hold the head the task reads (from config.json where it is on disk): a masked
+    LM head for an mlm prompt, a causal LM for the causal family; without a prompt (a classification
+    head on the encoder) any encoder will do."""
     path = _local_model_path(model)
     if path is None or not os.path.isfile(os.path.join(path, "config.json")):
         return
     with open(os.path.join(path, "config.json")) as f:
         architectures = json.load(f).get("architectures") or []
     found = {f for arch in architectures for end, f in _FAMILY_OF_ARCHITECTURE.items() if arch.endswith(end)}
-    if found and family not in found:
-        wanted = (
-            "a masked LM (e.g. roberta-large)" if family == "mlm" else "a causal LM (e.g. facebook/opt-13b)"
-        )
+    if not architectures or family in found or (family == "mlm" and not prompt):
+        return
+    if family == "mlm" and not found and all(arch.endswith("Model") for arch in architectures):
         raise ValueError(
-            f"model={model!r} is {', '.join(architectures)} but the task is {family}-family: use {wanted}"
+            f"model={model!r} is {', '.join(architectures)}, an encoder saved without its masked-LM head "
+            f"(e.g. a sentence-transformers export): a prompt reads the label words' logits from that head. "
+            f"Use prompt=false (a classification head on the encoder) or a checkpoint saved with the head "
+            f"(...ForMaskedLM)"
         )
+    if not found:  # an architecture we cannot place (GPT2LMHeadModel, ...): loading will tell
+        return
+    wanted = "a masked LM (e.g. roberta-large)" if family == "mlm" else "a causal LM (e.g. facebook/opt-13b)"
+    raise ValueError(
+        f"model={model!r} is {', '.join(architectures)} but the task is {family}-family: use {wanted}"
+    )
 
 
 def check_label_words(cfg: TrialConfig) -> None:

@@ -34,6 +34,21 @@ def bad_files(tmp_path_factory, tiny_models):
     )
     bpe.save_model(str(model))
     RobertaTokenizer(str(model / "vocab.json"), str(model / "merges.txt")).save_pretrained(model)
+    encoder = root / "encoder-only"  # e.g. a sentence-transformers export: no masked-LM head
+    shutil.copytree(tiny_models.mlm, encoder)
+    config = json.loads((encoder / "config.json").read_text())
+    (encoder / "config.json").write_text(json.dumps({**config, "architectures": ["RobertaModel"]}))
+    task = {
+        "name": "mine",
+        "family": "mlm",
+        "input_fields": ["text"],
+        "labels": {"neg": "terrible", "pos": "great"},
+        "template": "{text} It was {mask}.",
+        "data": {"train_file": "labels.csv", "test_file": "labels.csv"},
+    }
+    (root / "labels.csv").write_text("text,label\ngood film,pos\nbad film,neg\nso so,meh\n")
+    (root / "task.yaml").write_text(json.dumps(task))
+    (root / "task_extra_key.yaml").write_text(json.dumps({**task, "colour": "red"}))
     return root
 
 
@@ -102,6 +117,9 @@ CASES = [
         ],
         "sentence",
     ),
+    ([*SMOKE, "--set", "model={root}/encoder-only"], "an encoder saved without its masked-LM head"),
+    ([*SMOKE, "--set", "task={root}/task_extra_key.yaml"], "unknown key 'colour'"),
+    ([*SMOKE, "--set", "task={root}/task.yaml", "--set", "k=1"], "label 'meh' is not one of the allowed values"),
     ([*SMOKE, "--gpus-per-trial", "1"], "asks for 1 GPU(s) but the cluster has 0"),
     ([*SMOKE, "--workers-per-trial", "64"], "asks for 64 CPUs"),
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import shutil
@@ -289,6 +290,36 @@ def test_lora_as_published_trains_what_the_papers_code_trained(tiny_models, tmp_
     assert final["done"] and set(weights) == set(head) | lora and (bool(lora) == (method == "ft"))
     dense = next(v for k, v in head.items() if k.endswith("lm_head.dense.weight"))
     assert not torch.equal(dense, base["lm_head.dense.weight"])  # the whole head module trained
+
+
+def test_a_yaml_twin_of_a_built_in_task_gives_the_same_trial(tiny_models, tmp_path):
+    """synthetic-sst2 written as a task file over its own generated data, with string labels: the same
+    splits, prompts and label words, so the same trial to the last digit."""
+    from mezo_ray.tasks import get_task, load_pool
+
+    pool = load_pool(get_task("synthetic-sst2"))
+    names = ("negative", "positive")
+    for split, examples in (("train", pool.train), ("test", pool.test)):
+        with open(tmp_path / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerows(
+                [("review", "stars"), *((ex.fields["sentence"], names[ex.label]) for ex in examples)]
+            )
+    (tmp_path / "twin.yaml").write_text(
+        "name: twin\nfamily: mlm\ninput_fields: [sentence]\nlabels: {negative: terrible, positive: great}\n"
+        "template: '{sentence} It was {mask}.'\n"
+        "data: {train_file: train.csv, test_file: test.csv, columns: {sentence: review, label: stars}}\n"
+    )
+    builtin, _ = trial(tmp_path, max_steps=4, eval_steps=4)
+    twin, _ = trial(tmp_path, task=str(tmp_path / "twin.yaml"), max_steps=4, eval_steps=4)
+    assert same_run(twin) == same_run(builtin)
+
+
+@pytest.mark.parametrize("prompt", [True, False])
+def test_the_example_task_runs_with_and_without_its_prompt(tiny_models, tmp_path, prompt):
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "search_spaces", "examples", "reviews.yaml")
+    final, _ = trial(tmp_path, task=example, prompt=prompt, max_steps=4, eval_steps=4)
+    assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
 
 
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):

@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the built-in spaces with their trial counts")
     p.add_argument("--dry-run", action="store_true", help="show the expanded trials; do not start Ray")
     p.add_argument("--json", action="store_true", help="with --dry-run or --list: one JSON object")
+    p.add_argument(
+        "--show-examples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --dry-run: N training examples of each task as the model reads them (ids, mask, labels)",
+    )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a trial field")
     p.add_argument(
         "--only",
@@ -75,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         plan = plan_experiment(args)
         if args.dry_run:
             print_plan(plan, args.json)
+            if args.show_examples:
+                from mezo_ray.train.preflight import show_examples
+
+                shown = {}  # one per task, model and prompt: trials differing in lr read the same inputs
+                for cfg in plan["configs"]:
+                    shown.setdefault((cfg.task, cfg.model, cfg.prompt, cfg.family), cfg)
+                for cfg in shown.values():
+                    print("\n" + show_examples(cfg, args.show_examples))
             return 0
         return run(plan, args)
     except ValueError as err:  # bad input: say what and stop before any cluster work

@@ -108,6 +108,25 @@ def test_the_roberta_paper_spaces_read_lm_bffs_pack_and_say_how_to_get_it(tmp_pa
     assert "SST-2/16-13 does not exist" in error and "lm-bff/datasets.tar" in error
 
 
+def test_show_examples_prints_the_inputs_as_the_model_reads_them(tiny_models, capsys):
+    """The example task's first training example: the ids the tokenizer gives the prompted text, the
+    mask's position in them, and the label words' ids."""
+    from transformers import AutoTokenizer
+
+    space = os.path.join(os.path.dirname(__file__), "..", "search_spaces", "examples", "reviews_space.yaml")
+    assert main(["--space", space, "--only", "prompt=true", "--dry-run", "--show-examples", "1"]) == 0
+    out = capsys.readouterr().out
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models.mlm)
+    words = {
+        w: tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" " + w))[0] for w in ("terrible", "great")
+    }
+    assert all(f"'{w}' = id {i}" in out for w, i in words.items())
+    shown = re.search(r"\] '(.*)'\n    ids (\[.*\]) \(mask at position (\d+)\)", out)
+    text, ids, mask = shown[1], json.loads(shown[2]), int(shown[3])
+    assert text.endswith(" It was<mask>.</s>") and ids == tokenizer(text[3:-4])["input_ids"]
+    assert ids[mask] == tokenizer.mask_token_id
+
+
 def test_a_worker_larger_than_every_node_is_refused():
     from mezo_ray.tune import check_resources
 

@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Iterable
 
-from mezo_ray.tasks import DatasetUnavailableError, check_hub_dataset, load_splits
+from mezo_ray.tasks import DatasetUnavailableError, MLMTask, check_hub_dataset, load_splits
 from mezo_ray.tasks.data import source_of
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 
@@ -132,6 +132,57 @@ def check_data(cfg: TrialConfig) -> None:
         raise ValueError(
             f"task={cfg.task!r}: the sampled training split is empty; check k / num_train and the files"
         )
+
+
+def show_examples(cfg: TrialConfig, n: int) -> str:
+    """The first ``n`` training examples of a trial as its model reads them: the prompted text decoded
+    from its ids, the mask / candidate positions, and the label words with their ids."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = _local_model_path(cfg.model)
+    if path is None:
+        raise ValueError(
+            f"--show-examples: model={cfg.model!r} is neither local nor cached; it needs its tokenizer"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    task = cfg.resolved_task()
+    try:
+        train = load_splits(task, cfg.data_spec()).train[:n]
+    except (ValueError, FileNotFoundError, DatasetUnavailableError) as err:
+        raise ValueError(f"task={cfg.task!r} data: {err}") from None
+    lines = [f"{task.name} ({task.family}, model {cfg.model}), the first {len(train)} training examples:"]
+    if isinstance(task, MLMTask) and cfg.prompt:
+        ids = task.label_word_ids(tokenizer)
+        lines.append(
+            "  label words: "
+            + ", ".join(f"{w!r} = id {i}" for w, i in zip(task.label_words, ids, strict=True))
+        )
+        for ex in train:
+            encoded = task.encode_mlm(ex, tokenizer)
+            lines += [
+                f"  [{task.label_names[ex.label]} -> {task.label_words[ex.label]!r}] "
+                f"{tokenizer.decode(encoded, clean_up_tokenization_spaces=False)!r}",
+                f"    ids {encoded} (mask at position {encoded.index(tokenizer.mask_token_id)})",
+            ]
+    elif isinstance(task, MLMTask):  # no prompt: the fields into a classification head
+        for ex in train:
+            lines.append(f"  [{task.label_names[ex.label]}] {[ex.fields[f] for f in task.input_fields]}")
+    else:
+        opt_bos = AutoConfig.from_pretrained(path).model_type == "opt" and cfg.model not in TINY_MODELS
+        for ex in train:
+            context = task.prompt(ex)
+            options = [task.target(ex)] if task.kind == "generation" else task.candidates(ex)
+            gold = 0 if task.kind == "generation" else ex.label
+            lines.append(f"  context {context!r}")
+            for i, option in enumerate(options):
+                ids = tokenizer(context + option)["input_ids"]
+                ids = [0, *ids[1:]] if opt_bos else ids  # the paper's OPT BOS (LoadedModel.encode)
+                n_option = len(ids) - len(tokenizer(context)["input_ids"])
+                mark = "*" if i == gold else " "
+                lines.append(
+                    f"   {mark}candidate {option!r} = ids {ids[-n_option:]}; the whole input: {ids}"
+                )
+    return "\n".join(lines)
 
 
 def _looks_like_path(model: str) -> bool:

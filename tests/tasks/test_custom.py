@@ -173,3 +173,19 @@ def test_generation_answers_and_exact_match():
     ex = task.example_from_record({"question": "2+2?", "answers": ["four", "4"]})
     assert task.prompt(ex) == "Q: 2+2?\nA:" and task.target(ex) == " four\n"
     assert task.score(["The four.", "five"], [ex, ex]) == 0.5  # normalised: articles and punctuation go
+
+
+def test_multiple_choice_reads_its_candidates_from_the_choices_field():
+    task = parse_task_spec(
+        {
+            "name": "pick",
+            "family": "causal",
+            "kind": "multiple_choice",
+            "input_fields": ["question", "choices"],
+            "prompt": "{question} The answer is",
+            "data": {"train_file": "a.csv", "test_file": "b.csv"},
+        }
+    ).build()
+    ex = task.example_from_record({"question": "Sky?", "choices": '["green", "blue"]', "answer": "blue"})
+    assert ex.label == 1 and task.prompt(ex) == "Sky? The answer is"
+    assert task.candidates(ex) == [" green", " blue"] and task.score([1], [ex]) == 1.0

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from mezo_ray.models.loading import LoadedModel
+from mezo_ray.models.modes import lm_head_module
 from mezo_ray.tasks.base import AnswerEnd
 
 
@@ -342,7 +343,7 @@ class SequenceClassificationHead(_ClassifierHead):
 
 # ---- helpers -----------------------------------------------------------------------------------
 def _lm_head(loaded: LoadedModel) -> torch.nn.Module:
-    head = getattr(loaded.hf_model, "lm_head", None)
+    head = lm_head_module(loaded.hf_model)
     if head is None:
         raise ValueError(
             f"model {loaded.spec.name_or_path!r} ({type(loaded.hf_model).__name__}) has no `lm_head`; "

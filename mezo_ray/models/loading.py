@@ -160,9 +160,20 @@ class LoadedModel:
         """
         attention_mask, prefix = self.with_prefix(attention_mask)
         out = self.hf_model.base_model(
-            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **prefix
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            use_cache=False,
+            **prefix,
+            **self._positions(attention_mask, input_ids.shape[1]),
         )
         return out.last_hidden_state
+
+    def _positions(self, attention_mask: torch.Tensor, length: int) -> dict[str, torch.Tensor]:
+        """A causal LM's position ids counted over its real tokens (left padding takes none), which not
+        every architecture derives from the mask itself (OPT does, GPT-2 does not)."""
+        if self.spec.family != "causal":
+            return {}
+        return {"position_ids": _positions_of(attention_mask)[:, -length:]}
 
     def with_prefix(self, attention_mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The attention mask and keyword arguments that put the trained prefix before the input: in
@@ -183,7 +194,10 @@ class LoadedModel:
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The whole model's logits (a classifier's (B, labels), an LM's (B, T, V)), prefix included."""
         attention_mask, prefix = self.with_prefix(attention_mask)
-        out = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **prefix)
+        positions = self._positions(attention_mask, input_ids.shape[1])
+        out = self.hf_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **prefix, **positions
+        )
         return out.logits
 
     @torch.no_grad()
@@ -209,7 +223,7 @@ class LoadedModel:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         ids, new = input_ids, []
         for _ in range(max_new_tokens):
-            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, -ids.shape[1] :]
+            positions = _positions_of(mask)[:, -ids.shape[1] :]
             out = self.hf_model(
                 input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **state
             )
@@ -221,6 +235,11 @@ class LoadedModel:
                 break
             ids, mask = token[:, None], torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         return torch.stack(new, dim=1)
+
+
+def _positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids from an attention mask: 0, 1, ... over the attended tokens, 1 on padding."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 1)
 
 
 def _cache_argument(model: torch.nn.Module) -> str:

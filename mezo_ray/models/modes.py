@@ -35,8 +35,22 @@ MODES: tuple[str, ...] = ("full", "lora", "prefix", "head", "lm_head", "lora+lm_
 #: Modes that train the output projection but not the input embeddings: they get an untied copy.
 HEAD_MODES: tuple[str, ...] = ("head", "lm_head", "lora+lm_head")
 
-# Attention projections: LoRA targets and where the prefix init reads the real keys/values.
-_QUERY_VALUE = {"roberta": ("query", "value"), "bert": ("query", "value"), "opt": ("q_proj", "v_proj")}
+# LoRA targets per architecture (GPT-2 fuses q, k, v in c_attn: LoRA adapts all three there); other
+# architectures: the Linear layers named like these are found.
+_QUERY_VALUE = {
+    "roberta": ("query", "value"),
+    "bert": ("query", "value"),
+    "opt": ("q_proj", "v_proj"),
+    "gpt2": ("c_attn",),
+    "llama": ("q_proj", "v_proj"),
+    "qwen2": ("q_proj", "v_proj"),
+    "mistral": ("q_proj", "v_proj"),
+}
+_QUERY_VALUE_NAMES = (("q_proj", "v_proj"), ("query", "value"))
+# The prefix is initialised from the keys / values a layer computes, read where they leave their
+# projections: exact where positions do not rotate them afterwards (absolute positions: RoBERTa, BERT,
+# OPT; under rotary embeddings, Llama-style, the cached keys are the rotated ones).
+_PREFIX_MODEL_TYPES = ("roberta", "bert", "opt")
 _KEY_VALUE_SUFFIXES = (
     ("attention.self.key", "attention.self.value"),
     ("self_attn.k_proj", "self_attn.v_proj"),
@@ -70,6 +84,12 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
             for p in lm_head.parameters() if lm_head is not None else ():
                 p.requires_grad_(True)
             return peft_model
+        if model.config.model_type not in _PREFIX_MODEL_TYPES:
+            raise ValueError(
+                f"mode='prefix' supports model types {list(_PREFIX_MODEL_TYPES)}: its initialisation reads "
+                f"keys and values as they leave their projections, which model_type="
+                f"{model.config.model_type!r} fuses or rotates afterwards; use mode 'lora' or 'full'"
+            )
         ids = prefix_init_ids(model.config.vocab_size, spec.num_prefix, spec.init_seed)
         prefix_init = real_key_values(model, ids)
         config = PrefixTuningConfig(
@@ -84,27 +104,44 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         return peft_model
 
 
+def lm_head_module(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The module that turns final hidden states into vocabulary logits (``lm_head``; BERT: ``cls``)."""
+    return getattr(model, "lm_head", None) or getattr(model, "cls", None)
+
+
 def _lm_head(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
-    module = getattr(model, "lm_head", None)
+    module = lm_head_module(model)
     if module is None:
         raise ValueError(f"mode={spec.mode!r}: model {spec.name_or_path!r} has no `lm_head` module to train")
     return module
 
 
-def _lora_config(model: torch.nn.Module, spec: ModelSpec) -> LoraConfig:
+def lora_targets(model: torch.nn.Module) -> tuple[str, ...]:
+    """The attention projections LoRA adapts: per architecture, else the Linear layers named q_proj /
+    v_proj or query / value."""
     model_type = model.config.model_type
-    if model_type not in _QUERY_VALUE:
-        raise ValueError(
-            f"mode='lora' has no query/value module names for model_type={model_type!r} "
-            f"(ModelSpec.name_or_path={spec.name_or_path!r}); known: {sorted(_QUERY_VALUE)}"
-        )
+    if model_type in _QUERY_VALUE:
+        return _QUERY_VALUE[model_type]
+    linear_names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for names in _QUERY_VALUE_NAMES:
+        if set(names) <= linear_names:
+            return names
+    raise ValueError(
+        f"mode='lora' cannot find the query / value projections of model_type={model_type!r}: no Linear "
+        f"layers named {' / '.join('+'.join(n) for n in _QUERY_VALUE_NAMES)} (known architectures: "
+        f"{sorted(_QUERY_VALUE)}); use mode 'full' or 'prefix'"
+    )
+
+
+def _lora_config(model: torch.nn.Module, spec: ModelSpec) -> LoraConfig:
     return LoraConfig(
         task_type=_TASK_TYPES[spec.family],
         r=spec.lora_r,
         lora_alpha=spec.lora_alpha,
         lora_dropout=0.0,
-        target_modules=list(_QUERY_VALUE[model_type]),
+        target_modules=list(lora_targets(model)),
         bias="none",
+        fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
     )
 
 

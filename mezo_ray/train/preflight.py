@@ -179,9 +179,7 @@ def show_examples(cfg: TrialConfig, n: int) -> str:
                 ids = [0, *ids[1:]] if opt_bos else ids  # the paper's OPT BOS (LoadedModel.encode)
                 n_option = len(ids) - len(tokenizer(context)["input_ids"])
                 mark = "*" if i == gold else " "
-                lines.append(
-                    f"   {mark}candidate {option!r} = ids {ids[-n_option:]}; the whole input: {ids}"
-                )
+                lines.append(f"   {mark}candidate {option!r} = ids {ids[-n_option:]}; the whole input: {ids}")
     return "\n".join(lines)
 
 

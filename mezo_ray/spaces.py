@@ -77,39 +77,6 @@ class SearchSpace(BaseModel):
         return optuna
 
     # ------------------------------------------------------------------------------------------------
-    def trials(
-        self, overrides: dict[str, Any] | None = None, only: dict[str, list[Any]] | None = None
-    ) -> list[dict[str, Any]]:
-        """Every trial of the grid search as a flat config dict (validated), overrides applied last,
-        then only the trials whose ``only`` keys take one of the listed values.
-
-        ``--set k=16`` rewrites every trial (a grid pinned to k=512 runs at k=16 with k=512's batch
-        sizes); ``--only k=16`` keeps the trials the space itself runs at k=16.
-        """
-        overrides = overrides or {}
-        seen, out = set(), []
-        for grid in self.grids:
-            keys = list(grid.grid)
-            for values in itertools.product(*(grid.grid[k] for k in keys)):
-                own = {**self.defaults, **grid.set, **dict(zip(keys, values, strict=True))}
-                # --only selects by the space's own values (its defaults included), before --set
-                # rewrites them; a value derived at validation (family) is read from the config
-                own_values = {k: _scalar(own[k]) if k in own else _space_default(k) for k in only or {}}
-                if not all(own_values[k] in v for k, v in (only or {}).items() if own_values[k] is not None):
-                    continue
-                raw = {**own, **overrides}
-                cfg = parse_trial_config(raw, where=f"space {self.name!r}, grid {grid.name!r}, trial {raw}")
-                if not all(getattr(cfg, k) in v for k, v in (only or {}).items() if own_values[k] is None):
-                    continue
-                explicit = cfg.model_dump(mode="json")  # every field: params.json says all a trial used
-                key = repr(sorted(explicit.items()))
-                if key not in seen:  # an override can collapse a grid axis
-                    seen.add(key)
-                    out.append(explicit)
-        if only and not out:
-            raise ValueError(f"--only {only}: no trial of space {self.name!r} matches")
-        return out
-
     def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tune's param_space for Optuna: constants plus distributions (explicit, or the grids' values)."""
         from ray import tune
@@ -135,6 +102,54 @@ class SearchSpace(BaseModel):
         space = {**{k: v for k, v in constants.items() if k not in dists}, **dists}
         _check_keys(space, f"space {self.name!r} (optuna)")
         return space
+
+
+def expand(
+    space: SearchSpace,
+    overrides: dict[str, Any] | None = None,
+    only: dict[str, list[Any]] | None = None,
+    gpus_per_trial: float | None = None,
+    repeats: int = 1,
+) -> list[TrialConfig]:
+    """Every trial of the grid search, validated once: ``overrides`` (``--set``) applied last, then
+    only the trials whose ``only`` keys take one of the listed values; ``gpus_per_trial`` spread over
+    each trial's own workers; every trial ``repeats`` times, each with its own training seed.
+
+    ``--set k=16`` rewrites every trial (a grid pinned to k=512 runs at k=16 with k=512's batch
+    sizes); ``--only k=16`` keeps the trials the space itself runs at k=16.
+    """
+    overrides = overrides or {}
+    seen, out = set(), []
+    for grid in space.grids:
+        keys = list(grid.grid)
+        for values in itertools.product(*(grid.grid[k] for k in keys)):
+            own = {**space.defaults, **grid.set, **dict(zip(keys, values, strict=True))}
+            # --only selects by the space's own values (its defaults included), before --set rewrites
+            # them; a value derived at validation (family) is read from the config
+            own_values = {k: _scalar(own[k]) if k in own else _space_default(k) for k in only or {}}
+            if not all(own_values[k] in v for k, v in (only or {}).items() if own_values[k] is not None):
+                continue
+            raw = {**own, **overrides}
+            if gpus_per_trial is not None:  # grids may differ in num_workers
+                workers = raw.get("num_workers", _DEFAULTS["num_workers"].default) or 1
+                raw["gpus_per_worker"] = gpus_per_trial / workers
+            where = f"space {space.name!r}, grid {grid.name!r}, trial {raw}"
+            cfg = parse_trial_config(raw, where=where)
+            if not all(getattr(cfg, k) in v for k, v in (only or {}).items() if own_values[k] is None):
+                continue
+            key = cfg.model_dump_json()
+            if key not in seen:  # an override can collapse a grid axis
+                seen.add(key)
+                out.append(cfg)
+    if only and not out:
+        raise ValueError(f"--only {only}: no trial of space {space.name!r} matches")
+    if repeats == 1:
+        return out
+    return [  # --num-samples N with a grid: each repeat with its own training seed
+        parse_trial_config({**cfg.model_dump(), "seed": cfg.training_seed + r}, where=f"space {space.name!r}")
+        for r in range(repeats)
+        for cfg in out
+    ]
 
 
 def _space_default(key: str) -> Any:

@@ -21,9 +21,10 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
-from mezo_ray.spaces import SearchSpace, builtin_spaces, load_space, parse_filters, parse_overrides
+from mezo_ray.spaces import SearchSpace, builtin_spaces, expand, load_space, parse_filters, parse_overrides
 from mezo_ray.train.config import TrialConfig, parse_trial_config
 
 DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
@@ -79,19 +80,19 @@ def main(argv: list[str] | None = None) -> int:
             return list_spaces(args.json)
         if not args.space:
             raise ValueError("--space is required (see --list for the built-in spaces)")
-        plan = plan_experiment(args)
+        experiment = plan_experiment(args)
         if args.dry_run:
-            print_plan(plan, args.json)
+            print_plan(experiment, args.json)
             if args.show_examples:
                 from mezo_ray.train.preflight import show_examples
 
                 shown = {}  # one per task, model and prompt: trials differing in lr read the same inputs
-                for cfg in plan["configs"]:
+                for cfg in experiment.configs:
                     shown.setdefault((cfg.task, cfg.model, cfg.prompt, cfg.family), cfg)
                 for cfg in shown.values():
                     print("\n" + show_examples(cfg, args.show_examples))
             return 0
-        return run(plan, args)
+        return run(experiment, args)
     except ValueError as err:  # bad input: say what and stop before any cluster work
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -109,85 +110,86 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def with_gpus(trial: dict[str, Any], gpus_per_trial: float | None) -> dict[str, Any]:
-    """Spread --gpus-per-trial over the trial's own workers (grids may differ in num_workers)."""
-    if gpus_per_trial is None:
-        return trial
-    workers = trial.get("num_workers", TrialConfig.model_fields["num_workers"].default) or 1
-    return {**trial, "gpus_per_worker": gpus_per_trial / workers}
+@dataclass(frozen=True)
+class Experiment:
+    """Everything about a search that is known (and checked) before Ray starts.
+
+    ``configs``: every trial of a grid search, or one sample of an Optuna space (for the checks);
+    ``param_space``: the Optuna space Tune samples from (None for a grid).
+    """
+
+    space: SearchSpace
+    search: str
+    configs: tuple[TrialConfig, ...]
+    num_trials: int
+    param_space: dict[str, Any] | None = None
+
+    @property
+    def trials(self) -> list[dict[str, Any]]:
+        """The grid's trials as Tune takes them (flat, every field): its params.json."""
+        return [cfg.model_dump(mode="json") for cfg in self.configs] if self.search == "grid" else []
+
+    @property
+    def resources_per_trial(self) -> dict[str, float]:
+        return max((c.resources() for c in self.configs), key=lambda r: (r["GPU"], r["CPU"]))
+
+    @property
+    def total_forward_passes(self) -> int:
+        per_config = sum(c.forward_passes() for c in self.configs)
+        return per_config if self.search == "grid" else per_config * self.num_trials
 
 
-def repeated(trials: list[dict[str, Any]], repeats: int) -> list[dict[str, Any]]:
-    """--num-samples N with a grid: every trial N times, each repeat with its own training seed."""
-    if repeats == 1:
-        return trials
-    out = []
-    for r in range(repeats):
-        for t in trials:
-            base = t.get("seed") if t.get("seed") is not None else (t.get("data_seed") or 0)
-            out.append({**t, "seed": base + r})
-    return out
-
-
-def plan_experiment(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything about the experiment that can be known (and checked) without Ray."""
+def plan_experiment(args: argparse.Namespace) -> Experiment:
+    """The experiment the command line asks for, validated (nothing below validates it again)."""
     space = load_space(args.space)
     overrides = overrides_from(args)
     if args.num_samples is not None and args.num_samples < 1:
         raise ValueError(f"--num-samples={args.num_samples}: must be >= 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
-    plan: dict[str, Any] = {"space": space, "overrides": overrides, "search": args.search}
     if args.search == "grid":
-        expanded = [
-            with_gpus(t, args.gpus_per_trial) for t in space.trials(overrides, parse_filters(args.only))
-        ]
-        trials = repeated(expanded, args.num_samples or 1)
-        configs = [parse_trial_config(t, where=f"space {space.name!r}, trial {t}") for t in trials]
-        plan.update(trials=trials, num_trials=len(trials))
-    else:
-        if args.only:
-            raise ValueError(f"--only {args.only}: filters a grid search; with --search optuna use --set")
-        param_space = with_gpus(space.optuna_space(overrides), args.gpus_per_trial)
-        samples = args.num_samples or 20
-        sample = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
-        example = {**sample, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
-        configs = [parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")]
-        plan.update(param_space=param_space, num_trials=samples)
-    plan["resources_per_trial"] = max((c.resources() for c in configs), key=lambda r: (r["GPU"], r["CPU"]))
-    per_config = sum(c.forward_passes() for c in configs)
-    plan["total_forward_passes"] = per_config if args.search == "grid" else per_config * samples
-    plan["configs"] = configs
-    return plan
+        only = parse_filters(args.only)
+        configs = expand(space, overrides, only, args.gpus_per_trial, args.num_samples or 1)
+        return Experiment(space, "grid", tuple(configs), len(configs))
+    if args.only:
+        raise ValueError(f"--only {args.only}: filters a grid search; with --search optuna use --set")
+    param_space = space.optuna_space(overrides)
+    if args.gpus_per_trial is not None:
+        workers = param_space.get("num_workers", TrialConfig.model_fields["num_workers"].default) or 1
+        param_space["gpus_per_worker"] = args.gpus_per_trial / workers
+    constants = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
+    example = {**constants, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
+    sample = parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")
+    return Experiment(space, "optuna", (sample,), args.num_samples or 20, param_space)
 
 
-def print_plan(plan: dict[str, Any], as_json: bool) -> None:
-    space: SearchSpace = plan["space"]
+def print_plan(experiment: Experiment, as_json: bool) -> None:
+    space = experiment.space
     summary = {
         "space": space.name,
-        "search": plan["search"],
-        "num_trials": plan["num_trials"],
-        "resources_per_trial": plan["resources_per_trial"],
-        "total_forward_passes": plan["total_forward_passes"],
+        "search": experiment.search,
+        "num_trials": experiment.num_trials,
+        "resources_per_trial": experiment.resources_per_trial,
+        "total_forward_passes": experiment.total_forward_passes,
         "metric": space.metric,
         "mode": space.mode,
     }
+    trials = experiment.trials
     if as_json:
-        summary["trials"] = plan.get("trials", [])
-        if "param_space" in plan:
-            summary["param_space"] = {k: repr(v) for k, v in plan["param_space"].items()}
+        summary["trials"] = trials
+        if experiment.param_space is not None:
+            summary["param_space"] = {k: repr(v) for k, v in experiment.param_space.items()}
         print(json.dumps(summary, default=str))
         return
     for key, value in summary.items():
         print(f"{key}: {value}")
-    trials = plan.get("trials", [])
     varying = [k for k in (trials[0] if trials else {}) if len({repr(t[k]) for t in trials}) > 1]
     if trials:
         print("\n" + "  ".join(["#", *varying]))
         for i, t in enumerate(trials):
             print("  ".join([str(i), *(str(t[k]) for k in varying)]))
     else:
-        for key, value in plan["param_space"].items():
+        for key, value in (experiment.param_space or {}).items():
             print(f"  {key}: {value}")
 
 
@@ -195,7 +197,7 @@ def list_spaces(as_json: bool) -> int:
     rows = []
     for name, path in sorted(builtin_spaces().items()):
         space = load_space(path)
-        rows.append({"name": name, "trials": len(space.trials()), "description": space.description})
+        rows.append({"name": name, "trials": len(expand(space)), "description": space.description})
     if as_json:
         print(json.dumps(rows))
     else:
@@ -206,30 +208,30 @@ def list_spaces(as_json: bool) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
-def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
+def run(experiment: Experiment, args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
     from mezo_ray.train.checkpoint import retention
     from mezo_ray.train.ray_trial import trial_resources, tune_trainable
 
-    space: SearchSpace = plan["space"]
+    space = experiment.space
     storage = storage_location(args.storage_path)
     name = experiment_name(args, space, storage)
     if not args.skip_preflight:
         from mezo_ray.train.preflight import preflight
 
-        preflight(plan["configs"])
+        preflight(experiment.configs)
     remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
-        check_resources(plan, args.max_concurrent, local_resources())
+        check_resources(experiment, args.max_concurrent, local_resources())
     connect(args.address)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    max_concurrent = check_resources(plan, args.max_concurrent, ray.cluster_resources(), nodes)
+    max_concurrent = check_resources(experiment, args.max_concurrent, ray.cluster_resources(), nodes)
 
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, storage_path=storage),
-        lambda config: trial_resources(parse_trial_config(config)),
+        trial_resources,
     )
     path = f"{storage.rstrip('/')}/{name}"
     if args.resume:
@@ -240,14 +242,14 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=param_space(plan),
+            param_space=param_space(experiment),
             tune_config=tune.TuneConfig(
                 metric=space.metric,
                 mode=space.mode,
-                search_alg=search_algorithm(plan, max_concurrent),
-                scheduler=scheduler(args.scheduler, plan),
-                num_samples=plan["num_trials"],
-                reuse_actors=reuse_trial_processes(plan, args.scheduler),
+                search_alg=search_algorithm(experiment, max_concurrent),
+                scheduler=scheduler(args.scheduler, experiment),
+                num_samples=experiment.num_trials,
+                reuse_actors=reuse_trial_processes(experiment, args.scheduler),
             ),
             run_config=tune.RunConfig(
                 name=name,
@@ -255,18 +257,18 @@ def run(plan: dict[str, Any], args: argparse.Namespace) -> int:
                 checkpoint_config=retention(tune.CheckpointConfig),  # in-process trials' checkpoints
             ),
         )
-    print(f"Experiment {path}: {plan['num_trials']} trials, up to {max_concurrent} at a time")
+    print(f"Experiment {path}: {experiment.num_trials} trials, up to {max_concurrent} at a time")
     results = tuner.fit()
     print_results(results, space, path)
     return 0 if not results.errors else 1
 
 
-def reuse_trial_processes(plan: dict[str, Any], scheduler: str) -> bool:
+def reuse_trial_processes(experiment: Experiment, scheduler: str) -> bool:
     """Whether one trial process runs trial after trial (it imports torch and transformers once, not
     once per trial: seconds each). Only for in-process trials run to the end: Tune errors the next trial
     when the process it would reuse is still winding down the last (a Train run shutting down its
     workers, a trial a scheduler stopped; Ray 2.60: "Trainable runner reuse requires reset_config()")."""
-    return scheduler == "none" and all(cfg.num_workers == 0 for cfg in plan["configs"])
+    return scheduler == "none" and all(cfg.num_workers == 0 for cfg in experiment.configs)
 
 
 def connect(address: str | None) -> None:
@@ -289,7 +291,7 @@ def local_resources() -> dict[str, float]:
 
 
 def check_resources(
-    plan: dict[str, Any],
+    experiment: Experiment,
     requested: int | None,
     cluster: dict[str, float],
     nodes: list[dict[str, float]] | None = None,
@@ -301,7 +303,7 @@ def check_resources(
     resources for their workers deadlocks: concurrency is capped at what the cluster can hold.
     """
     cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    need = plan["resources_per_trial"]
+    need = experiment.resources_per_trial
     if need["GPU"] > gpus:
         raise ValueError(
             f"each trial asks for {need['GPU']:g} GPU(s) but the cluster has {gpus:g}; "
@@ -313,7 +315,7 @@ def check_resources(
             f"{cpus:g}; lower --workers-per-trial or --set cpus_per_worker=..."
         )
     nodes = nodes or [cluster]
-    for cfg in plan["configs"]:
+    for cfg in experiment.configs:
         enough_cpus = [n for n in nodes if n.get("CPU", 0.0) >= cfg.cpus_per_worker]
         if not any(n.get("GPU", 0.0) >= cfg.gpus_per_worker for n in enough_cpus):
             largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
@@ -328,17 +330,17 @@ def check_resources(
     return max(1, min(fits, requested) if requested else fits)
 
 
-def param_space(plan: dict[str, Any]) -> dict[str, Any]:
-    if plan["search"] == "optuna":
-        return plan["param_space"]
-    return dict(plan["trials"][0])  # placeholders: every trial comes from points_to_evaluate
+def param_space(experiment: Experiment) -> dict[str, Any]:
+    if experiment.param_space is not None:
+        return experiment.param_space
+    return experiment.trials[0]  # placeholders: every trial comes from points_to_evaluate
 
 
-def search_algorithm(plan: dict[str, Any], max_concurrent: int) -> Any:
+def search_algorithm(experiment: Experiment, max_concurrent: int) -> Any:
     """The searcher, capped at ``max_concurrent`` running trials. The cap goes on the searcher itself:
     Tune ignores ``TuneConfig(max_concurrent_trials)`` for a ``BasicVariantGenerator`` passed in, and
     uncapped Train trials (0 CPU each to Tune) would all start and starve each other's workers."""
-    if plan["search"] == "optuna":
+    if experiment.search == "optuna":
         from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
@@ -346,15 +348,15 @@ def search_algorithm(plan: dict[str, Any], max_concurrent: int) -> Any:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     # a union of grids is a list of exact configs: Tune runs them as given, flat in params.json
-    return BasicVariantGenerator(points_to_evaluate=plan["trials"], max_concurrent=max_concurrent)
+    return BasicVariantGenerator(points_to_evaluate=experiment.trials, max_concurrent=max_concurrent)
 
 
-def scheduler(kind: str, plan: dict[str, Any]) -> Any:
+def scheduler(kind: str, experiment: Experiment) -> Any:
     if kind == "none":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    configs: list[TrialConfig] = plan["configs"]
+    configs = experiment.configs
     return ASHAScheduler(
         time_attr="step",
         max_t=max(c.max_steps for c in configs),

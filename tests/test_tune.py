@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 
 from mezo_ray.report import from_experiment_dirs, render
+from mezo_ray.spaces import load_space
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.session import RAY_TRAIN_STATE_FILE
-from mezo_ray.tune import main, storage_location
+from mezo_ray.tune import Experiment, main, storage_location
 
 pytestmark = pytest.mark.ray
 
@@ -45,6 +46,10 @@ TRIAL = {
     "method": "mezo",
     "lr": 1e-3,
 }
+
+
+def experiment_of(configs: list) -> Experiment:
+    return Experiment(load_space("smoke"), "grid", tuple(configs), len(configs))
 
 
 def write_space(tmp_path, **defaults) -> str:
@@ -130,10 +135,7 @@ def test_show_examples_prints_the_inputs_as_the_model_reads_them(tiny_models, ca
 def test_a_worker_larger_than_every_node_is_refused():
     from mezo_ray.tune import check_resources
 
-    plan = {
-        "configs": [parse_trial_config({**TRIAL, "cpus_per_worker": 3})],
-        "resources_per_trial": {"CPU": 3, "GPU": 0},
-    }
+    plan = experiment_of([parse_trial_config({**TRIAL, "cpus_per_worker": 3})])
     two_nodes = [{"CPU": 2.0}, {"CPU": 2.0}]
     with pytest.raises(ValueError, match=r"asks for 3 CPU.* no node has that \(largest: 2 CPUs"):
         check_resources(plan, None, {"CPU": 4.0}, two_nodes)  # the cluster's total would fit it
@@ -143,8 +145,8 @@ def test_a_worker_larger_than_every_node_is_refused():
 def test_trial_processes_are_reused_only_for_in_process_trials_run_to_the_end():
     from mezo_ray.tune import reuse_trial_processes
 
-    in_process = {"configs": [parse_trial_config({**TRIAL, "num_workers": 0})] * 2}
-    with_workers = {"configs": [*in_process["configs"], parse_trial_config({**TRIAL, "num_workers": 1})]}
+    in_process = experiment_of([parse_trial_config({**TRIAL, "num_workers": 0})] * 2)
+    with_workers = experiment_of([*in_process.configs, parse_trial_config({**TRIAL, "num_workers": 1})])
     assert reuse_trial_processes(in_process, "none")
     assert not reuse_trial_processes(in_process, "asha")  # a stopped trial's process may still be busy
     assert not reuse_trial_processes(with_workers, "none")  # a Train run winds down after its last report

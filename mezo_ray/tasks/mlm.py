@@ -156,7 +156,14 @@ class MLMTask(Task):
                     f"tokenizer {_tokenizer_name(tokenizer)} ({leading_space_rule(tokenizer)}); label "
                     f"words must be single tokens: pick a word that is one token after a space"
                 )
-            ids.append(tokenizer.convert_tokens_to_ids(tokens[0]))
+            token_id = tokenizer.convert_tokens_to_ids(tokens[0])
+            if token_id == tokenizer.unk_token_id:
+                raise ValueError(
+                    f"task {self.name}: label word {spelled!r} is not in the vocabulary of tokenizer "
+                    f"{_tokenizer_name(tokenizer)}: it becomes the unknown token {tokens[0]!r} "
+                    f"({leading_space_rule(tokenizer)}); pick a word the tokenizer knows"
+                )
+            ids.append(token_id)
         return ids
 
     def encode_mlm(self, ex: Example, tokenizer: Any) -> list[int]:

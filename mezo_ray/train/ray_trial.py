@@ -25,7 +25,7 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from mezo_ray.train.checkpoint import retention
     from mezo_ray.train.session import FAILURE_KEY, RaySession, salvage_train_run
 
-    cfg = parse_trial_config(config)
+    cfg = parse_trial_config(config)  # the process boundary's check: Tune hands over a dict
     if cfg.num_workers == 0:
         from mezo_ray.train.recipe import run_trial  # only here: a process driving workers needs no model
 
@@ -70,9 +70,14 @@ def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None
         return
 
 
-def trial_resources(cfg: TrialConfig) -> dict[str, float]:
-    """What Tune reserves for the trial process itself. With Train workers it only waits for them,
-    so it takes no CPU (the workers' own placement group holds theirs); alone, it is the worker."""
-    if cfg.num_workers == 0:
-        return {"cpu": cfg.cpus_per_worker, "gpu": cfg.gpus_per_worker}
+def trial_resources(config: dict[str, Any]) -> dict[str, float]:
+    """What Tune reserves for the trial process itself, read off a trial's config (validated on the
+    driver). With Train workers it only waits for them, so it takes no CPU (the workers' own
+    placement group holds theirs); alone, it is the worker."""
+    fields = TrialConfig.model_fields
+    num_workers, cpus, gpus = (
+        config.get(key, fields[key].default) for key in ("num_workers", "cpus_per_worker", "gpus_per_worker")
+    )
+    if num_workers == 0:
+        return {"cpu": cpus, "gpu": gpus}
     return {"cpu": 0, "memory": 1}  # Tune refuses an empty request; one byte of memory is none

@@ -76,3 +76,28 @@ def test_lora_adapts_each_familys_attention_and_starts_as_the_base(
 def test_prefix_mode_refuses_architectures_it_cannot_initialise(family_models, name):
     with pytest.raises(ValueError, match=r"mode='prefix' supports model types \['roberta', 'bert', 'opt'\]"):
         load(family_models, name, "prefix")
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"), [("bert", "WordPiece"), ("gpt2", "byte-level BPE"), ("llama", "sentencepiece")]
+)
+def test_a_split_label_word_is_explained_in_its_tokenizers_own_spelling(family_models, name, rule):
+    from transformers import AutoTokenizer
+
+    from mezo_ray.tasks.custom import parse_task_spec
+
+    task = parse_task_spec(
+        {
+            "name": "t",
+            "family": "mlm",
+            "input_fields": ["text"],
+            "labels": {"a": "great", "b": "zzyzxqq"},
+            "template": "{text} {mask}",
+            "data": {"train_file": "a.csv", "test_file": "b.csv"},
+        }
+    ).build()
+    # split into pieces (BPE, sentencepiece) or unknown (WordPiece): either way not one label token
+    with pytest.raises(
+        ValueError, match=rf"label word ' zzyzxqq' is (\d+ tokens|not in the vocabulary).*{rule}"
+    ):
+        task.label_word_ids(AutoTokenizer.from_pretrained(family_models[name]))

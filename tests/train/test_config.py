@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mezo_ray.spaces import load_space, parse_filters, parse_overrides
+from mezo_ray.spaces import expand, load_space, parse_filters, parse_overrides
 from mezo_ray.train.config import parse_trial_config
 
 BASE = {"task": "SST-2", "model": "roberta-large"}
@@ -46,28 +46,21 @@ def test_bad_trial_configs_name_the_field_and_value(change, message):
 
 
 def test_counts_of_the_paper_grids():
-    table18 = load_space("roberta_table18").trials()
-    mezo_k16 = [
-        t
-        for t in table18
-        if t["method"] == "mezo"
-        and t.get("zo_variant", "sgd") == "sgd"
-        and t.get("mode", "full") == "full"
-        and t["k"] == 16
-    ]
+    table18 = expand(load_space("roberta_table18"))
+    mezo_k16 = [t for t in table18 if (t.method, t.zo_variant, t.mode, t.k) == ("mezo", "sgd", "full", 16)]
     assert len(mezo_k16) == 6 * 5 * 3  # tasks x data seeds x learning rates
     assert len(table18) == 6 + 60 + 180 * 3 + 300 + 270 * 2 + 540 * 2
-    assert len(load_space("opt13b_table1").trials()) == 11 + 11 + 7 + 4 * 2 + 3 * (9 * 2 + 2 * 3) + 11 * 3
-    assert len(load_space("roberta_table4_ablation").trials()) == 3 * 5 * 2 * 3 * 2 * 2
+    assert len(expand(load_space("opt13b_table1"))) == 11 + 11 + 7 + 4 * 2 + 3 * (9 * 2 + 2 * 3) + 11 * 3
+    assert len(expand(load_space("roberta_table4_ablation"))) == 3 * 5 * 2 * 3 * 2 * 2
     # Table 5 (paper E.6): Table 4's grid, and lr 1e-4 too without the prompt
-    assert len(load_space("roberta_table5_prompt").trials()) == 3 * 5 * 2 * (3 + 4) * 2 * 2
-    nondiff = load_space("opt13b_table3_nondiff").trials()  # paper E.6: lr {1e-1, 5e-2, 1e-2}
-    assert sorted(t["lr"] for t in nondiff) == [1e-2, 5e-2, 1e-1]
+    assert len(expand(load_space("roberta_table5_prompt"))) == 3 * 5 * 2 * (3 + 4) * 2 * 2
+    nondiff = expand(load_space("opt13b_table3_nondiff"))  # paper E.6: lr {1e-1, 5e-2, 1e-2}
+    assert sorted(t.lr for t in nondiff) == [1e-2, 5e-2, 1e-1]
 
 
 def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():
-    trials = load_space("roberta_table18").trials(parse_overrides(["task=SST-2", "data_seed=13"]))
-    assert {t["task"] for t in trials} == {"SST-2"} and {t["data_seed"] for t in trials} == {13}
+    trials = expand(load_space("roberta_table18"), parse_overrides(["task=SST-2", "data_seed=13"]))
+    assert {t.task for t in trials} == {"SST-2"} and {t.data_seed for t in trials} == {13}
     with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
         parse_overrides(["learning_rate=1e-6"])
     with pytest.raises(ValueError, match="expected key=value"):
@@ -77,11 +70,11 @@ def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():
 def test_only_selects_by_the_spaces_own_values_before_set_rewrites_them():
     """FIDELITY.md 6: the paper's Table 18 LoRA rows as its code ran them, from the space's LoRA grids."""
     space = load_space("roberta_table18")
-    trials = space.trials(parse_overrides(["mode=lora_as_published"]), parse_filters(["mode=lora"]))
+    trials = expand(space, parse_overrides(["mode=lora_as_published"]), parse_filters(["mode=lora"]))
     assert len(trials) == 6 * 2 * 5 * 3 + 6 * 2 * 5 * 3 * 3  # MeZO (LoRA) + FT (LoRA), as in the space
-    assert {t["mode"] for t in trials} == {"lora_as_published"}
-    full = space.trials(None, parse_filters(["mode=full", "family=mlm"]))  # mode unset: its default
-    assert {t["method"] for t in full} == {"zero_shot", "lp", "mezo", "ft"}
+    assert {t.mode for t in trials} == {"lora_as_published"}
+    full = expand(space, None, parse_filters(["mode=full", "family=mlm"]))  # mode unset: its default
+    assert {t.method for t in full} == {"zero_shot", "lp", "mezo", "ft"}
 
 
 def test_bad_spaces_are_refused(tmp_path):
@@ -96,7 +89,7 @@ def test_bad_spaces_are_refused(tmp_path):
         "grids: [{name: a, grid: {lr: [-1.0]}}]\n"
     )
     with pytest.raises(ValueError, match=r"grid 'a'.*lr=-1.0"):
-        load_space(str(bad)).trials()
+        expand(load_space(str(bad)))
     bad.write_text("description: x\ngrids: [{name: a, grid: {learning_rate: [1.0]}}]\n")
     with pytest.raises(ValueError, match=r"unknown keys \['learning_rate'\]"):
         load_space(str(bad))
@@ -119,7 +112,7 @@ def test_dry_run_forward_passes_follow_the_linear_perturbation_schedule():
 
 
 def test_every_table6_trial_spends_the_10k_forward_pass_budget():
-    trials = [parse_trial_config(t) for t in load_space("roberta_table6_nspsa").trials()]
+    trials = [parse_trial_config(t) for t in expand(load_space("roberta_table6_nspsa"))]
     assert {t.forward_passes() for t in trials} == {10_000}
 
 

@@ -131,6 +131,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
             "peak_mem_bytes": peak_memory_bytes(device),
             "steps_per_s": steps_per_s,
             "nonfinite_steps": progress.nonfinite_steps,
+            "optimizer_state_multiple": optimizer_state_multiple(optimizer),
         }
         progress.train_loss_sum, progress.train_loss_count = 0.0, 0
         if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
@@ -260,6 +261,12 @@ def batch_at(train: list[Example], step: int, cfg: TrialConfig) -> list[Example]
     g = torch.Generator().manual_seed(mix_seed(cfg.training_seed, epoch, 0xBA7C))
     order = torch.randperm(n, generator=g)[index * cfg.batch_size : (index + 1) * cfg.batch_size]
     return [train[i] for i in order.tolist()]
+
+
+def optimizer_state_multiple(optimizer: torch.optim.Optimizer) -> int:
+    """The optimizer's state in multiples of the trainable parameters: MeZO's update rule's (0 for
+    the paper's SGD), AdamW's 2 for the first-order baseline (whose gradients add 1 more)."""
+    return optimizer.state_multiple if isinstance(optimizer, MeZO) else 2
 
 
 def forward_passes(optimizer: torch.optim.Optimizer, step: int) -> int:

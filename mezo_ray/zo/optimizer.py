@@ -45,7 +45,7 @@ from mezo_ray.zo.noise import (
 from mezo_ray.zo.noise import scratch as scratch_like
 
 Variant = Literal["sgd", "momentum", "adam", "sign"]
-VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")
+VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")  # the keys of UPDATE_RULES
 PERTURBATION_SCHEDULES: tuple[str, ...] = ("constant", "linear")
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "eps", "chunk_numel")
@@ -55,6 +55,72 @@ DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
 FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
 Closure = Callable[[], Any] | Callable[[int], Any]
+
+
+@dataclass(frozen=True)
+class _RuleSettings:
+    """What update rules read besides the chunk: momentum, Adam's betas and bias corrections."""
+
+    momentum: float
+    beta1: float
+    beta2: float
+    bias1: float
+    bias2: float
+    adam_eps: float
+
+
+def _sgd(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings) -> None:
+    """theta <- theta (1 - lr wd) - lr g (the paper)."""
+    if wd:
+        theta.mul_(1 - lr * wd)
+    theta.add_(g, alpha=-lr)
+
+
+def _sign(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings) -> None:
+    """ZO-SGD-Sign: theta <- theta (1 - lr wd) - lr sign(g)."""
+    if wd:
+        theta.mul_(1 - lr * wd)
+    theta.add_(g.sign_(), alpha=-lr)
+
+
+def _momentum(
+    theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings
+) -> None:
+    """torch.optim.SGD: buf <- m buf + (g + wd theta); theta <- theta - lr buf."""
+    if wd:
+        g.add_(theta, alpha=wd)
+    state["momentum_buffer"].mul_(h.momentum).add_(g)
+    theta.add_(state["momentum_buffer"], alpha=-lr)
+
+
+def _adam(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings) -> None:
+    """torch.optim.AdamW semantics (decoupled weight decay), as the paper's MeZO-Adam."""
+    if wd:
+        theta.mul_(1 - lr * wd)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    exp_avg.mul_(h.beta1).add_(g, alpha=1 - h.beta1)
+    exp_avg_sq.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)
+    denom = scratch_like(theta, slot=2)
+    torch.sqrt(exp_avg_sq, out=denom)
+    denom.div_(math.sqrt(h.bias2)).add_(h.adam_eps)
+    theta.addcdiv_(exp_avg, denom, value=-lr / h.bias1)
+
+
+@dataclass(frozen=True)
+class UpdateRule:
+    """How an estimate g (one chunk) becomes a step on theta, and the state it keeps: one buffer the
+    size of the parameters per name in ``state``."""
+
+    state: tuple[str, ...]
+    apply: Callable[[torch.Tensor, torch.Tensor, dict, float, float, _RuleSettings], None]
+
+
+UPDATE_RULES: dict[str, UpdateRule] = {
+    "sgd": UpdateRule((), _sgd),
+    "sign": UpdateRule((), _sign),
+    "momentum": UpdateRule(("momentum_buffer",), _momentum),
+    "adam": UpdateRule(("exp_avg", "exp_avg_sq"), _adam),
+}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -344,30 +410,10 @@ class MeZO(torch.optim.Optimizer):
             for k in range(k_total - 1):
                 g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total)
             state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
-            if self.variant == "sgd":
-                if wd:
-                    theta.mul_(1 - lr * wd)
-                theta.add_(g_hat, alpha=-lr)
-            elif self.variant == "sign":
-                if wd:
-                    theta.mul_(1 - lr * wd)
-                theta.add_(g_hat.sign_(), alpha=-lr)
-            elif self.variant == "momentum":  # torch.optim.SGD: buf = m*buf + (g + wd theta); theta -= lr buf
-                if wd:
-                    g_hat.add_(theta, alpha=wd)
-                state["momentum_buffer"].mul_(self.momentum).add_(g_hat)
-                theta.add_(state["momentum_buffer"], alpha=-lr)
-            else:  # adam, torch.optim.AdamW semantics (decoupled weight decay)
-                if wd:
-                    theta.mul_(1 - lr * wd)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(g_hat, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(g_hat, g_hat, value=1 - beta2)
-                denom = scratch_like(theta, slot=2)
-                torch.sqrt(exp_avg_sq, out=denom)
-                denom.div_(math.sqrt(bias2)).add_(self.adam_eps)
-                theta.addcdiv_(exp_avg, denom, value=-lr / bias1)
+            rule.apply(theta, g_hat, state, lr, wd, settings)
 
+        rule = UPDATE_RULES[self.variant]
+        settings = _RuleSettings(self.momentum, beta1, beta2, bias1, bias2, self.adam_eps)
         for_each_chunk(slices, self.chunk_numel, update_chunk)
 
     def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
@@ -384,14 +430,13 @@ class MeZO(torch.optim.Optimizer):
 
     def _init_state(self, p: torch.Tensor, s: NoiseSlice) -> None:
         state = self.state[p]
-        if state:
-            return
-        local = s.local
-        if self.variant == "momentum":
-            state["momentum_buffer"] = torch.zeros_like(local)
-        elif self.variant == "adam":
-            state["exp_avg"] = torch.zeros_like(local)
-            state["exp_avg_sq"] = torch.zeros_like(local)
+        if not state:
+            state.update({key: torch.zeros_like(s.local) for key in UPDATE_RULES[self.variant].state})
+
+    @property
+    def state_multiple(self) -> int:
+        """Optimizer state in multiples of the trainable parameters (sgd, sign 0; momentum 1; adam 2)."""
+        return len(UPDATE_RULES[self.variant].state)
 
     # ------------------------------------------------------------------------------------------------
     # Bookkeeping

@@ -43,6 +43,7 @@ REPORT_KEYS = {
     "peak_mem_bytes",
     "steps_per_s",
     "nonfinite_steps",
+    "optimizer_state_multiple",
 }
 
 

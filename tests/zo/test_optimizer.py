@@ -590,3 +590,13 @@ def test_bad_arguments_name_the_value(kwargs, message):
 def test_step_without_closure_is_refused():
     with pytest.raises(ValueError, match="closure"):
         MeZO(tiny_model().parameters(), lr=1e-3).step()
+
+
+@pytest.mark.parametrize(("variant", "multiple"), [("sgd", 0), ("sign", 0), ("momentum", 1), ("adam", 2)])
+def test_the_reported_state_is_what_the_optimizer_holds(variant, multiple):
+    """state_multiple, reported with every evaluation, counted against the tensors actually kept."""
+    params = [torch.nn.Parameter(torch.randn(7, 5)), torch.nn.Parameter(torch.randn(3))]
+    opt = MeZO(params, lr=1e-3, variant=variant, n_perturbations=2)
+    opt.step(lambda: sum((p**2).sum() for p in params))
+    held = sum(t.numel() for state in opt.state.values() for t in state.values())
+    assert opt.state_multiple == multiple and held == multiple * sum(p.numel() for p in params)

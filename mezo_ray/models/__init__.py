@@ -4,6 +4,7 @@ from mezo_ray.models.baselines import (
     LinearProbe,
     icl_contexts,
     icl_evaluate,
+    init_head_from_probe,
     linear_probe,
     zero_shot,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ensure_tiny_models",
     "icl_contexts",
     "icl_evaluate",
+    "init_head_from_probe",
     "linear_probe",
     "load_model",
     "make_head",

@@ -8,7 +8,8 @@
 - Linear probing (protocol §1.3 / §2.3): features at the mask (input of the MLM decoder) or the
   final hidden state that predicts the (single-token) option, ``LogisticRegressionCV`` (multinomial
   lbfgs, random_state 0, max_iter 5000, tol 1e-4; intercept for RoBERTa, none for OPT). The probe is
-  returned as its own classifier; the model's weights are not touched.
+  returned as its own classifier; the model's weights are not touched, unless ``init_head_from_probe``
+  writes it into the label words' decoder rows (LP-MeZO).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from mezo_ray.models.heads import CausalLMHead, MaskedLMHead
 from mezo_ray.tasks.data import sample_icl_demonstrations
@@ -70,6 +72,26 @@ class LinearProbe:
     def evaluate(self, examples: Sequence[Any]) -> dict:
         """Returns ``{"metric": task.score(probe predictions)}``."""
         return {"metric": float(self.head.task.score(self.predict(examples), list(examples)))}
+
+
+@torch.no_grad()
+def init_head_from_probe(probe: LinearProbe) -> None:
+    """Write a masked-LM probe into the decoder rows (and biases) of the label words, so the prompt
+    head's label-word logits are the probe's (LP-MeZO, the paper's Table 19: ``--from_linearhead``).
+    A binary probe's single direction w becomes -w/2 and w/2, as the paper's code writes it."""
+    head = probe.head
+    if not isinstance(head, MaskedLMHead):
+        raise ValueError("initialising the head from a linear probe is for the mlm family (paper Table 19)")
+    decoder = head.loaded.hf_model.get_output_embeddings()
+    rows = head.label_word_ids.to(decoder.weight.device)
+    coef = torch.as_tensor(probe.classifier.coef_, dtype=decoder.weight.dtype, device=decoder.weight.device)
+    bias = torch.as_tensor(
+        probe.classifier.intercept_, dtype=decoder.weight.dtype, device=decoder.weight.device
+    )
+    if coef.shape[0] == 1 and len(rows) == 2:
+        coef, bias = torch.cat([-coef / 2, coef / 2]), torch.cat([-bias / 2, bias / 2])
+    decoder.weight[rows] = coef
+    decoder.bias[rows] = bias
 
 
 def linear_probe(

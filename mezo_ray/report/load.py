@@ -44,6 +44,7 @@ CONFIG_KEYS = (
     "prompt",
     "seed",
     "data_source",
+    "lp_init",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -90,6 +91,7 @@ _ROW_KEYS = (
     "objective",
     "max_forward_passes",
     "prompt",
+    "lp_init",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -116,6 +118,7 @@ def row_label(
     objective: Any = None,
     max_forward_passes: Any = None,
     prompt: Any = None,
+    lp_init: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -131,6 +134,7 @@ def row_label(
     if method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
+        label = "LP-" + label if lp_init is True else label  # Table 19's LP-MeZO
     elif method == "ft" and mode == "head":
         label = "LP"  # head tuning: the paper's LP for OPT tasks that are not classification (Table 1)
     elif method == "ft":

@@ -137,6 +137,11 @@ class TrialConfig(BaseModel):
         5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
+    lp_init: bool = Field(
+        False,
+        description="LP-MeZO (paper Table 19): the label words' decoder rows start from a linear probe on "
+        "the train split (the paper's --lp_early_stopping: max_iter 1000, tol 0.01); mlm prompt tasks",
+    )
     answer_end: AnswerEnd = Field(
         "newline",
         description="generated answers (SQuAD, DROP) end at their first newline; stop_token: the paper's "
@@ -197,6 +202,17 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
+            )
+        if self.lp_init and (
+            not isinstance(task, MLMTask)
+            or not self.prompt
+            or self.method not in TRAINING_METHODS
+            or self.fsdp
+        ):
+            raise ValueError(
+                f"lp_init=true (LP-MeZO) writes a linear probe into the label words' decoder rows: it needs "
+                f"an mlm-family prompt task, method mezo or ft and no fsdp; got task {task.name!r} "
+                f"({task.family}), prompt={self.prompt}, method={self.method!r}, fsdp={self.fsdp}"
             )
         if self.mode == "lora_as_published" and (
             task.family != "mlm" or not self.prompt or self.method not in TRAINING_METHODS

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import transformers
 
-from mezo_ray.models import CausalLMHead, linear_probe, load_model, make_head
+from mezo_ray.models import CausalLMHead, init_head_from_probe, linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
 from mezo_ray.models.loading import DTYPES, ModelSpec
 from mezo_ray.models.tiny import ensure_tiny_models
@@ -70,6 +70,8 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     if cfg.fsdp:
         shard_model(loaded, device)
     head = _make_head(cfg, task, loaded)
+    if cfg.lp_init:  # before a resume: a snapshot's weights then override it, a replay starts from it
+        init_head_from_probe(linear_probe(head, splits.train, early_stopping=True))
     if cfg.fsdp:
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()

@@ -9,6 +9,7 @@ from mezo_ray.models import (
     ModelSpec,
     icl_contexts,
     icl_evaluate,
+    init_head_from_probe,
     linear_probe,
     load_model,
     make_head,
@@ -72,6 +73,46 @@ def test_linear_probe_beats_chance_on_the_synthetic_task(tiny):
     head = make_head(task_for("causal"), load_model(ModelSpec(tiny["causal"], "causal")))
     probe = linear_probe(head, synthetic_sst2_examples(num=512, seed=0), batch_size=64)
     assert probe.evaluate(synthetic_sst2_examples(num=400, seed=1))["metric"] > 0.58
+
+
+@pytest.mark.parametrize("task_name", ["synthetic-sst2", "sst-5"])
+def test_a_probe_written_into_the_label_words_rows_gives_the_probes_logits(tiny, task_name):
+    """LP-MeZO's start (paper Table 19): the prompt head's label-word logits are the probe's decision
+    function (binary: its one direction split as -w/2, w/2, so the logit difference is w x + b)."""
+    from mezo_ray.tasks import MLMTask
+
+    task = get_task("synthetic-sst2")
+    if task_name == "sst-5":  # five classes on the same words: exercise the multinomial layout
+        words = ("terrible", "awful", "boring", "wonderful", "great")
+        task = MLMTask(
+            name="five",
+            input_fields=("sentence",),
+            label_names=tuple("01234"),
+            label_words=words,
+            template=task.template,
+            source=task.source,
+        )
+    head = make_head(task, load_model(ModelSpec(tiny["mlm"], "mlm")))
+    train = [
+        ex if task_name != "sst-5" else Example(ex.fields, i % 5)
+        for i, ex in enumerate(synthetic_sst2_examples(num=60, seed=0))
+    ]
+    test = synthetic_sst2_examples(num=16, seed=1)
+    probe = linear_probe(head, train, early_stopping=True)
+    init_head_from_probe(probe)
+    with torch.no_grad():
+        logits = head.logits(test).double()
+    decision = torch.as_tensor(probe.classifier.decision_function(head.features(test)))
+    if decision.ndim == 1:
+        torch.testing.assert_close(logits[:, 1] - logits[:, 0], decision, rtol=1e-4, atol=1e-4)
+    else:  # multinomial: equal up to a per-example constant
+        torch.testing.assert_close(
+            logits - logits.mean(1, keepdim=True),
+            decision - decision.mean(1, keepdim=True),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    assert head.predict(test) == probe.predict(test)
 
 
 def test_masked_lm_probe_features_are_the_decoder_input_at_the_mask(micro, sst2_examples):

@@ -29,6 +29,10 @@ def test_row_label_follows_contracts(method, zo_variant, mode, label):
     assert row_label(method, zo_variant, mode) == label
 
 
+def test_lp_mezo_is_its_own_row():
+    assert row_label("mezo", "sgd", "full", lp_init=True) == "LP-MeZO"  # the paper's Table 19
+
+
 def test_trial_finished_after_an_error_counts_as_done_with_a_note(tmp_path, writer):
     config = writer.cfg("roberta-large", "SST-2", "mezo", 16, 13, 1e-6)
     writer.write_trial(tmp_path, config, writer.curve(0.9, 0.3, 0.88), error="RuntimeError: worker died")

@@ -323,6 +323,15 @@ def test_the_example_task_runs_with_and_without_its_prompt(tiny_models, tmp_path
     assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
 
 
+def test_lp_mezo_starts_from_the_probe_and_resumes_to_the_same_trial(tiny_models, tmp_path):
+    """The probe is written before a resume: a seed log replayed from the base model needs it there."""
+    straight, whole = trial(tmp_path, lp_init=True, snapshot_every=None)
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], lp_init=True, snapshot_every=None)
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+    plain, _ = trial(tmp_path, snapshot_every=None)
+    assert same_run(plain) != same_run(straight)  # the probe changed where MeZO started
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

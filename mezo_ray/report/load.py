@@ -45,6 +45,7 @@ CONFIG_KEYS = (
     "seed",
     "data_source",
     "lp_init",
+    "layer_wise",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -92,6 +93,7 @@ _ROW_KEYS = (
     "max_forward_passes",
     "prompt",
     "lp_init",
+    "layer_wise",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -119,6 +121,7 @@ def row_label(
     max_forward_passes: Any = None,
     prompt: Any = None,
     lp_init: Any = None,
+    layer_wise: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -151,6 +154,8 @@ def row_label(
         qualifiers.append(f"{int(max_forward_passes)} fwd")
     if prompt is False:
         qualifiers.append("no prompt")
+    if layer_wise is True:
+        qualifiers.append("layer-wise")
     return label + (f" [{', '.join(qualifiers)}]" if qualifiers else "")
 
 

@@ -137,6 +137,11 @@ class TrialConfig(BaseModel):
         5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
+    layer_wise: bool = Field(
+        False,
+        description="MeZO perturbs and updates one layer per step, cycling (the paper code's "
+        "--layer_wise_optim); not with zo_variant adam",
+    )
     lp_init: bool = Field(
         False,
         description="LP-MeZO (paper Table 19): the label words' decoder rows start from a linear probe on "
@@ -202,6 +207,11 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
+            )
+        if self.layer_wise and (self.method != "mezo" or self.zo_variant == "adam"):
+            raise ValueError(
+                f"layer_wise=true is a MeZO option for the stateless and momentum rules; got "
+                f"method={self.method!r}, zo_variant={self.zo_variant!r}"
             )
         if self.lp_init and (
             not isinstance(task, MLMTask)

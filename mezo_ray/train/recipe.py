@@ -451,6 +451,7 @@ def _build_optimizer(cfg: TrialConfig, params: list[tuple[str, torch.nn.Paramete
             perturbation_schedule=cfg.perturbation_schedule,
             max_steps=cfg.max_steps,
             seed=cfg.training_seed,
+            layer_wise=cfg.layer_wise,
         )
     decay = [p for n, p in params if "bias" not in n.lower() and "norm" not in n.lower()]
     rest = [p for n, p in params if "bias" in n.lower() or "norm" in n.lower()]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -183,6 +184,9 @@ class MeZO(torch.optim.Optimizer):
         seed: base seed; the seed of perturbation k at step t is ``mix_seed(seed, t, k)``.
         chunk_numel: noise chunk size; part of the definition of z (keep it fixed within a run).
         on_nonfinite: ``skip`` (restore, count, go on) or ``raise`` (restore, raise NonFiniteLossError).
+        layer_wise: perturb and update one block per step, block ``step mod num_blocks``, where a
+            parameter's block is the first ``.<i>.`` in its name (the paper code's
+            ``--layer_wise_optim``); parameters without one stay put. Takes the chunked path on CUDA.
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class MeZO(torch.optim.Optimizer):
         seed: int = 0,
         chunk_numel: int = DEFAULT_CHUNK_NUMEL,
         on_nonfinite: Literal["skip", "raise"] = "skip",
+        layer_wise: bool = False,
     ) -> None:
         _check(lr >= 0, "lr", lr, "a number >= 0")
         _check(eps > 0, "eps", eps, "a number > 0")
@@ -238,6 +243,7 @@ class MeZO(torch.optim.Optimizer):
         self.seed = seed
         self.chunk_numel = chunk_numel
         self.on_nonfinite = on_nonfinite
+        self.layer_wise = layer_wise
 
         self.step_count = 0  # steps taken, skipped ones included: the index of the next step's seeds
         self.update_count = 0  # updates applied (Adam's bias-correction t)
@@ -260,6 +266,20 @@ class MeZO(torch.optim.Optimizer):
             for p, name in zip(group["params"], names, strict=True):
                 self._names[p] = name
                 self._decays[p] = not any(s in name.lower() for s in lowered)
+        self._blocks = {p: _block_of(name) for p, name in self._names.items()}
+        self.num_blocks = 1 + max((b for b in self._blocks.values() if b is not None), default=-1)
+        _check(
+            not (layer_wise and variant == "adam"),
+            "layer_wise",
+            layer_wise,
+            "False with variant='adam' (its bias correction would need a step count per block)",
+        )
+        _check(
+            not layer_wise or self.num_blocks > 0,
+            "layer_wise",
+            layer_wise,
+            "False for parameters whose names carry no layer index ('.3.'); True needs some",
+        )
 
     # ------------------------------------------------------------------------------------------------
     # The step
@@ -355,9 +375,16 @@ class MeZO(torch.optim.Optimizer):
             self._fused = None
         return self._slice_cache[1]
 
+    def _active(self) -> list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]:
+        """The parameters this step perturbs and updates: all, or one block under ``layer_wise``."""
+        if not self.layer_wise:
+            return self._slices()
+        block = self.step_count % self.num_blocks
+        return [entry for entry in self._slices() if self._blocks[entry[1]] == block]
+
     def perturb(self, seed: int, scale: float) -> None:
         """theta += scale * z(seed), in place: one sweep over the weights."""
-        slices = [s for s, _, _ in self._slices()]
+        slices = [s for s, _, _ in self._active()]
         fused = self._fused_sweep(slices)
         if fused is not None:
             fused(seed, [1.0] * len(slices), [scale] * len(slices))
@@ -379,7 +406,7 @@ class MeZO(torch.optim.Optimizer):
         bias1, bias2 = 1 - beta1**self.update_count, 1 - beta2**self.update_count
         params: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
         slices = []
-        for s, p, group in self._slices():
+        for s, p, group in self._active():
             params[id(s)] = (p, group)
             slices.append(s)
             self._init_state(p, s)
@@ -419,7 +446,7 @@ class MeZO(torch.optim.Optimizer):
     def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
         """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (see
         ``_fusable``) and Triton is there."""
-        if not _fusable(slices):
+        if self.layer_wise or not _fusable(slices):  # the fused sweep is built for every parameter
             return None
         backend = cuda_backend()
         if backend is None:
@@ -460,7 +487,7 @@ class MeZO(torch.optim.Optimizer):
         restored and the next step starts afresh."""
         at, seed = run.at, run.seeds[-1]
         assert at is not None
-        slices = [s for s, _, _ in self._slices()]
+        slices = [s for s, _, _ in self._active()]
         index = {id(s): i for i, s in enumerate(slices)}
         patches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         out_of_memory: list[BaseException] = []
@@ -493,7 +520,7 @@ class MeZO(torch.optim.Optimizer):
         run, self._interrupted = self._interrupted, None
         if run is None:
             return None
-        slices = [s for s, _, _ in self._slices()]
+        slices = [s for s, _, _ in self._active()]
         if self._fingerprint(slices) != run.fingerprint:
             return None
         at = run.at
@@ -581,6 +608,7 @@ class MeZO(torch.optim.Optimizer):
             "chunk_numel": self.chunk_numel,
             "n_perturbations": self.n_perturbations,
             "perturbation_schedule": self.perturbation_schedule,
+            "layer_wise": self.layer_wise,  # absent from older state dicts: not checked there
         }
         if self.perturbation_schedule == "linear":
             settings["max_steps"] = self.max_steps
@@ -659,6 +687,12 @@ def _takes_index(closure: Callable[..., Any]) -> bool:
         p.kind == inspect.Parameter.VAR_POSITIONAL or (p.kind in positional and p.default is p.empty)
         for p in params
     )
+
+
+def _block_of(name: str) -> int | None:
+    """A parameter's layer index: the first ``.<i>.`` of its name (``encoder.layer.3.attention...``)."""
+    found = re.search(r"\.(\d+)\.", name)
+    return int(found[1]) if found else None
 
 
 def _fusable(slices: Sequence[NoiseSlice]) -> bool:

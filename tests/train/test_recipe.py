@@ -332,6 +332,14 @@ def test_lp_mezo_starts_from_the_probe_and_resumes_to_the_same_trial(tiny_models
     assert same_run(plain) != same_run(straight)  # the probe changed where MeZO started
 
 
+def test_a_layer_wise_trial_moves_one_layer_per_step(tiny_models, tmp_path):
+    final, session = trial(tmp_path, layer_wise=True, max_steps=1, eval_steps=1, **WEIGHTS)
+    weights = snapshot(session.checkpoints[-1])
+    base = load_file(os.path.join(tiny_models.mlm, "model.safetensors"))
+    moved = {n for n, w in weights.items() if n in base and not torch.equal(w, base[n])}
+    assert final["done"] and moved and all(".layer.0." in n for n in moved)  # step 0: block 0 alone
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

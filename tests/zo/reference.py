@@ -30,8 +30,10 @@ class ReferenceMeZO:
         n_perturbations: int = 1,
         seed: int = 0,
         chunk_numel: int = 1 << 20,
+        num_layers: int | None = None,
     ) -> None:
         self.model, self.lr, self.eps, self.variant = model, lr, eps, variant
+        self.num_layers = num_layers  # layer-wise: the paper code's should_optim, f".{t % L}." in name
         self.k, self.seed, self.chunk_numel, self.t = n_perturbations, seed, chunk_numel, 0
         named = list(model.named_parameters())
         groups = [
@@ -48,7 +50,10 @@ class ReferenceMeZO:
             self.opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
 
     def step(self, loss_fn: Callable[[], torch.Tensor]) -> None:
+        self.opt.zero_grad(set_to_none=True)  # parameters left out of this step keep no old gradient
         params = list(self.names)
+        if self.num_layers:
+            params = [p for p in params if f".{self.t % self.num_layers}." in self.names[p]]
         theta0 = [p.detach().clone() for p in params]
         g_hat = [torch.zeros_like(p) for p in params]
         for k in range(self.k):

@@ -46,6 +46,7 @@ CONFIG_KEYS = (
     "data_source",
     "lp_init",
     "layer_wise",
+    "perturbation_scale",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -94,6 +95,7 @@ _ROW_KEYS = (
     "prompt",
     "lp_init",
     "layer_wise",
+    "perturbation_scale",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -122,6 +124,7 @@ def row_label(
     prompt: Any = None,
     lp_init: Any = None,
     layer_wise: Any = None,
+    perturbation_scale: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -156,6 +159,8 @@ def row_label(
         qualifiers.append("no prompt")
     if layer_wise is True:
         qualifiers.append("layer-wise")
+    if _present(perturbation_scale) and perturbation_scale != "none":
+        qualifiers.append(str(perturbation_scale).replace("_", "-"))
     return label + (f" [{', '.join(qualifiers)}]" if qualifiers else "")
 
 

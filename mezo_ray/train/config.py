@@ -137,6 +137,15 @@ class TrialConfig(BaseModel):
         5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
+    perturbation_scale: Literal["none", "param_norm"] = Field(
+        "none",
+        description="param_norm: each group (embeddings, LM head, each layer) is perturbed by z / its "
+        "weights' norm (the paper code's --zo_variant param_norm)",
+    )
+    scale_estimate: Literal["variance", "expectation"] = Field(
+        "variance", description="with param_norm: estimate g z c (variance) or g z (--change_grad_estimate)"
+    )
+    recompute_norms: bool = Field(False, description="with param_norm: recompute the norms each epoch")
     layer_wise: bool = Field(
         False,
         description="MeZO perturbs and updates one layer per step, cycling (the paper code's "
@@ -207,6 +216,10 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
+            )
+        if self.perturbation_scale != "none" and self.method != "mezo":
+            raise ValueError(
+                f"perturbation_scale={self.perturbation_scale!r} is a MeZO option; method={self.method!r}"
             )
         if self.layer_wise and (self.method != "mezo" or self.zo_variant == "adam"):
             raise ValueError(

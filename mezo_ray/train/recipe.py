@@ -75,7 +75,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     if cfg.fsdp:
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
-    optimizer = _build_optimizer(cfg, params)
+    optimizer = _build_optimizer(cfg, params, len(splits.train))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 
     # 2. Resume: the weight snapshot (in this checkpoint, another one, or the base model), then a
@@ -438,8 +438,11 @@ def _cap(examples: list[Example], cfg: TrialConfig) -> list[Example]:
     return examples[: cfg.max_eval_examples] if cfg.max_eval_examples else examples
 
 
-def _build_optimizer(cfg: TrialConfig, params: list[tuple[str, torch.nn.Parameter]]) -> torch.optim.Optimizer:
+def _build_optimizer(
+    cfg: TrialConfig, params: list[tuple[str, torch.nn.Parameter]], num_train: int
+) -> torch.optim.Optimizer:
     if cfg.method == "mezo":
+        steps_per_epoch = math.ceil(num_train / cfg.batch_size)
         return MeZO(
             params,
             lr=cfg.lr,
@@ -452,6 +455,9 @@ def _build_optimizer(cfg: TrialConfig, params: list[tuple[str, torch.nn.Paramete
             max_steps=cfg.max_steps,
             seed=cfg.training_seed,
             layer_wise=cfg.layer_wise,
+            scale=cfg.perturbation_scale,
+            estimate=cfg.scale_estimate,
+            rescale_every=steps_per_epoch if cfg.recompute_norms else None,
         )
     decay = [p for n, p in params if "bias" not in n.lower() and "norm" not in n.lower()]
     rest = [p for n, p in params if "bias" in n.lower() or "norm" in n.lower()]

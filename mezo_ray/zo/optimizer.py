@@ -48,6 +48,7 @@ from mezo_ray.zo.noise import scratch as scratch_like
 Variant = Literal["sgd", "momentum", "adam", "sign"]
 VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")  # the keys of UPDATE_RULES
 PERTURBATION_SCHEDULES: tuple[str, ...] = ("constant", "linear")
+SCALES: tuple[str, ...] = ("none", "param_norm")
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "eps", "chunk_numel")
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
@@ -187,6 +188,11 @@ class MeZO(torch.optim.Optimizer):
         layer_wise: perturb and update one block per step, block ``step mod num_blocks``, where a
             parameter's block is the first ``.<i>.`` in its name (the paper code's
             ``--layer_wise_optim``); parameters without one stay put. Takes the chunked path on CUDA.
+        scale: ``param_norm`` (the paper code's ``--zo_variant param_norm``): each group of
+            parameters (embeddings, LM head, each layer) is perturbed by z / c, c its weights' norm;
+            the estimate is g z c (``estimate='variance'``, unbiased) or g z (``'expectation'``, its
+            ``--change_grad_estimate``). c is computed at the first step and every ``rescale_every``
+            steps (the paper: each epoch, ``--recompute_norms``) and saved with the state.
     """
 
     def __init__(
@@ -208,6 +214,9 @@ class MeZO(torch.optim.Optimizer):
         chunk_numel: int = DEFAULT_CHUNK_NUMEL,
         on_nonfinite: Literal["skip", "raise"] = "skip",
         layer_wise: bool = False,
+        scale: Literal["none", "param_norm"] = "none",
+        estimate: Literal["variance", "expectation"] = "variance",
+        rescale_every: int | None = None,
     ) -> None:
         _check(lr >= 0, "lr", lr, "a number >= 0")
         _check(eps > 0, "eps", eps, "a number > 0")
@@ -229,6 +238,9 @@ class MeZO(torch.optim.Optimizer):
             "a positive step count when perturbation_schedule='linear'",
         )
         _check(chunk_numel > 0, "chunk_numel", chunk_numel, "an integer > 0")
+        _check(scale in SCALES, "scale", scale, f"one of {SCALES}")
+        _check(estimate in ("variance", "expectation"), "estimate", estimate, "'variance' or 'expectation'")
+        _check(rescale_every is None or rescale_every > 0, "rescale_every", rescale_every, "None or > 0")
         _check(on_nonfinite in ("skip", "raise"), "on_nonfinite", on_nonfinite, "'skip' or 'raise'")
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
@@ -244,6 +256,10 @@ class MeZO(torch.optim.Optimizer):
         self.chunk_numel = chunk_numel
         self.on_nonfinite = on_nonfinite
         self.layer_wise = layer_wise
+        self.scale = scale
+        self.estimate = estimate
+        self.rescale_every = rescale_every
+        self._c: dict[torch.Tensor, float] = {}  # per-parameter perturbation scale c (1 if absent)
 
         self.step_count = 0  # steps taken, skipped ones included: the index of the next step's seeds
         self.update_count = 0  # updates applied (Adam's bias-correction t)
@@ -267,6 +283,7 @@ class MeZO(torch.optim.Optimizer):
                 self._names[p] = name
                 self._decays[p] = not any(s in name.lower() for s in lowered)
         self._blocks = {p: _block_of(name) for p, name in self._names.items()}
+        self._norm_groups = {p: _norm_group(name) for p, name in self._names.items()}
         self.num_blocks = 1 + max((b for b in self._blocks.values() if b is not None), default=-1)
         _check(
             not (layer_wise and variant == "adam"),
@@ -300,6 +317,8 @@ class MeZO(torch.optim.Optimizer):
             )
         takes_index = _takes_index(closure)
         run = self._resume_interrupted() or _StepRun()
+        if not run.seeds:
+            self._rescale()
         k_total = self.perturbations_at(self.step_count)
         while len(run.grads) < k_total:
             k = len(run.grads)
@@ -351,6 +370,7 @@ class MeZO(torch.optim.Optimizer):
             )
         self._interrupted = None
         with torch.no_grad():
+            self._rescale()
             for k, seed in enumerate(record.seeds):
                 self.perturb(seed, self.eps)
                 self.perturb(seed, -2 * self.eps)
@@ -384,14 +404,16 @@ class MeZO(torch.optim.Optimizer):
 
     def perturb(self, seed: int, scale: float) -> None:
         """theta += scale * z(seed), in place: one sweep over the weights."""
-        slices = [s for s, _, _ in self._active()]
+        active = self._active()
+        slices = [s for s, _, _ in active]
+        alpha = {id(s): scale / self._c.get(p, 1.0) for s, p, _ in active}  # z / c
         fused = self._fused_sweep(slices)
         if fused is not None:
-            fused(seed, [1.0] * len(slices), [scale] * len(slices))
+            fused(seed, [1.0] * len(slices), [alpha[id(s)] for s in slices])
             return
 
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=alpha[id(s)])
 
         for_each_chunk(slices, self.chunk_numel, perturb_chunk)
 
@@ -417,7 +439,12 @@ class MeZO(torch.optim.Optimizer):
                 p, group = params[id(s)]
                 decay.append(1 - lr_of[id(group)] * (group["weight_decay"] if self._decays[p] else 0.0))
             lrs = [lr_of[id(params[id(s)][1])] for s in slices]
-            fused(seeds[0], decay, [self.eps * d - lr * grads[0] for d, lr in zip(decay, lrs, strict=True)])
+            coefs = [
+                self.eps / self._c.get(params[id(s)][0], 1.0) * d
+                - lr * grads[0] * self._factor(params[id(s)][0])
+                for s, d, lr in zip(slices, decay, lrs, strict=True)
+            ]
+            fused(seeds[0], decay, coefs)
             return
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
@@ -426,16 +453,17 @@ class MeZO(torch.optim.Optimizer):
             wd = group["weight_decay"] if self._decays[p] else 0.0
             theta = s.local[c.p_lo : c.p_hi]
             z = draw(s, c, seeds[-1])
-            theta.add_(z, alpha=self.eps)  # restore
+            theta.add_(z, alpha=self.eps / self._c.get(p, 1.0))  # restore
+            factor = self._factor(p)  # 1, or c under scale='param_norm'
             if plain_sgd:  # the paper's hot path: theta <- theta - lr (g z + wd theta)
                 if wd:
                     theta.mul_(1 - lr * wd)
-                theta.add_(z, alpha=-lr * grads[0])
+                theta.add_(z, alpha=-lr * grads[0] * factor)
                 return
             g_hat = scratch_like(theta, slot=1)  # mean_k(g_k z_k), one chunk of scratch
-            g_hat.copy_(z).mul_(grads[-1] / k_total)
+            g_hat.copy_(z).mul_(grads[-1] / k_total * factor)
             for k in range(k_total - 1):
-                g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total)
+                g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total * factor)
             state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
             rule.apply(theta, g_hat, state, lr, wd, settings)
 
@@ -454,6 +482,23 @@ class MeZO(torch.optim.Optimizer):
         if self._fused is None:  # reset by _slices when the parameters' storage moves
             self._fused = backend.FusedSweep(slices)
         return self._fused
+
+    def _factor(self, p: torch.Tensor) -> float:
+        """What the estimate multiplies z by: c (unbiased for perturbations z / c), or 1."""
+        return self._c.get(p, 1.0) if self.estimate == "variance" else 1.0
+
+    def _rescale(self) -> None:
+        """scale='param_norm': c = the norm of each group's weights, at the first step and every
+        ``rescale_every`` steps (a zero norm counts as 1, so the group still moves)."""
+        due = not self._c or (self.rescale_every and self.step_count % self.rescale_every == 0)
+        if self.scale == "none" or not due:
+            return
+        sums: dict[str, float] = {}
+        for p, group in self._norm_groups.items():
+            if group is not None:
+                sums[group] = sums.get(group, 0.0) + _squared_norm(p)
+        norms = {group: math.sqrt(total) or 1.0 for group, total in sums.items()}
+        self._c = {p: norms[g] for p, g in self._norm_groups.items() if g is not None}
 
     def _init_state(self, p: torch.Tensor, s: NoiseSlice) -> None:
         state = self.state[p]
@@ -487,17 +532,19 @@ class MeZO(torch.optim.Optimizer):
         restored and the next step starts afresh."""
         at, seed = run.at, run.seeds[-1]
         assert at is not None
-        slices = [s for s, _, _ in self._active()]
+        active = self._active()
+        slices = [s for s, _, _ in active]
         index = {id(s): i for i, s in enumerate(slices)}
+        at_of = {id(s): at / self._c.get(p, 1.0) for s, p, _ in active}
         patches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         out_of_memory: list[BaseException] = []
 
         def back_to_theta(s: NoiseSlice, c: Chunk) -> None:
             seen = s.local[c.p_lo : c.p_hi]
             z = draw(s, c, seed)
-            theta = scratch_like(seen, 3, seen.dtype).copy_(seen).add_(z, alpha=-at)
+            theta = scratch_like(seen, 3, seen.dtype).copy_(seen).add_(z, alpha=-at_of[id(s)])
             if not out_of_memory:
-                again = scratch_like(seen, 4, seen.dtype).copy_(theta).add_(z, alpha=at)  # as resuming
+                again = scratch_like(seen, 4, seen.dtype).copy_(theta).add_(z, alpha=at_of[id(s)])  # resuming
                 try:
                     differ = torch.nonzero(again != seen).view(-1)
                     patches.append((index[id(s)], c.p_lo, differ.int(), seen[differ]))
@@ -520,13 +567,14 @@ class MeZO(torch.optim.Optimizer):
         run, self._interrupted = self._interrupted, None
         if run is None:
             return None
-        slices = [s for s, _, _ in self._active()]
+        active = self._active()
+        slices = [s for s, _, _ in active]
         if self._fingerprint(slices) != run.fingerprint:
             return None
-        at = run.at
+        at_of = {id(s): run.at / self._c.get(p, 1.0) for s, p, _ in active}
 
         def back_to_seen(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, run.seeds[-1]), alpha=at)
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, run.seeds[-1]), alpha=at_of[id(s)])
 
         for_each_chunk(slices, self.chunk_numel, back_to_seen)
         for i, lo, where, values in run.patches:
@@ -557,6 +605,8 @@ class MeZO(torch.optim.Optimizer):
             "nonfinite_steps": self.nonfinite_steps,
             **self._trajectory_settings(),
         }
+        if self._c:  # the scales in force, in parameter order (recomputed only every rescale_every)
+            sd["mezo"]["scales"] = [self._c.get(p, 1.0) for p in self._names]
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -571,6 +621,8 @@ class MeZO(torch.optim.Optimizer):
         self.update_count = extra["update_count"]
         self.forward_passes = extra["forward_passes"]
         self.nonfinite_steps = extra["nonfinite_steps"]
+        scales = extra.get("scales")
+        self._c = {} if scales is None else dict(zip(self._names, scales, strict=True))
 
     def check_compatible(self, extra: Mapping[str, Any]) -> None:
         """Refuse to resume or replay a run saved with settings that give another trajectory: another
@@ -609,7 +661,11 @@ class MeZO(torch.optim.Optimizer):
             "n_perturbations": self.n_perturbations,
             "perturbation_schedule": self.perturbation_schedule,
             "layer_wise": self.layer_wise,  # absent from older state dicts: not checked there
+            "scale": self.scale,
         }
+        if self.scale != "none":
+            settings["estimate"] = self.estimate
+            settings["rescale_every"] = self.rescale_every
         if self.perturbation_schedule == "linear":
             settings["max_steps"] = self.max_steps
         if self.variant == "momentum":
@@ -693,6 +749,23 @@ def _block_of(name: str) -> int | None:
     """A parameter's layer index: the first ``.<i>.`` of its name (``encoder.layer.3.attention...``)."""
     found = re.search(r"\.(\d+)\.", name)
     return int(found[1]) if found else None
+
+
+def _norm_group(name: str) -> str | None:
+    """The paper code's groups for per-group scales (``retrieve_c``): the embeddings, the LM head,
+    each layer; None: a parameter outside them (scale 1)."""
+    for group in ("embed", "lm_head"):
+        if group in name:
+            return group
+    block = _block_of(name)
+    return None if block is None else f"layer.{block}"
+
+
+def _squared_norm(p: torch.Tensor) -> float:
+    """The sum of squares of a whole parameter, in float64 (a sharded DTensor's all shards)."""
+    squares = torch.sum(p.detach().to(torch.float64) ** 2)
+    full = getattr(squares, "full_tensor", None)
+    return float(full() if full is not None else squares)
 
 
 def _fusable(slices: Sequence[NoiseSlice]) -> bool:

@@ -340,6 +340,15 @@ def test_a_layer_wise_trial_moves_one_layer_per_step(tiny_models, tmp_path):
     assert final["done"] and moved and all(".layer.0." in n for n in moved)  # step 0: block 0 alone
 
 
+def test_param_norm_trials_resume_to_the_same_trajectory(tiny_models, tmp_path):
+    """The scales recomputed each epoch (2 steps of 16 from 32 examples) are saved with the seed log."""
+    changes = {"perturbation_scale": "param_norm", "recompute_norms": True, "snapshot_every": None}
+    straight, whole = trial(tmp_path, **changes)
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+    assert same_run(trial(tmp_path, snapshot_every=None)[0]) != same_run(straight)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, replay
+from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, mix_seed, replay
 from mezo_ray.zo.noise import NoiseSlice, noise_slice
 from mezo_ray.zo.optimizer import _fusable
 from tests.zo.reference import ReferenceMeZO
@@ -647,3 +647,82 @@ def test_layer_wise_refuses_what_it_cannot_do():
         MeZO(_Layered().named_parameters(), lr=1e-3, variant="adam", layer_wise=True)
     with pytest.raises(ValueError, match=r"layer_wise=True.*no layer index"):
         MeZO([("w", nn.Parameter(torch.zeros(2)))], lr=1e-3, layer_wise=True)
+
+
+class _Grouped(nn.Module):
+    """Parameters in each of the paper's scale groups (embeddings, layers, LM head) and one outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Linear(4, 4, dtype=torch.float64)
+        self.layers = nn.ModuleList([nn.Linear(4, 4, dtype=torch.float64) for _ in range(2)])
+        self.lm_head = nn.Linear(4, 1, dtype=torch.float64)
+        self.other = nn.Parameter(torch.full((1,), 0.5, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.tanh(self.embed(x))
+        for layer in self.layers:
+            x = torch.tanh(layer(x))
+        return self.lm_head(x) * self.other
+
+
+def _param_norm_reference(
+    model: nn.Module, loss, steps: int, lr: float, eps: float, every: int, estimate: str
+):
+    """The paper code's --zo_variant param_norm, written out: c = ||theta_group|| (groups: embed,
+    lm_head, layers.i; 1 outside them), theta +- eps z / c, g = (l+ - l-) / 2 eps, theta -= lr g z c
+    (variance) or lr g z (expectation); c recomputed every ``every`` steps."""
+    named = list(model.named_parameters())
+    group = {"embed": "embed", "lm_head": "lm_head", "layers.0": "l0", "layers.1": "l1"}
+    of = {n: next((g for key, g in group.items() if key in n), None) for n, _ in named}
+    for t in range(steps):
+        if t % every == 0:
+            sq: dict[str, float] = {}
+            for n, p in named:
+                if of[n]:
+                    sq[of[n]] = sq.get(of[n], 0.0) + float((p.detach() ** 2).sum())
+            c = {n: math.sqrt(sq[of[n]]) if of[n] else 1.0 for n, _ in named}
+        seed = mix_seed(0, t, 0)
+        zs = {n: full_noise(p, n, seed, 7).to(torch.float64) for n, p in named}
+        theta = {n: p.detach().clone() for n, p in named}
+        losses = []
+        for sign in (1.0, -1.0):
+            for n, p in named:
+                p.data = theta[n] + sign * eps * zs[n] / c[n]
+            losses.append(float(loss()))
+        g = (losses[0] - losses[1]) / (2 * eps)
+        for n, p in named:
+            p.data = theta[n] - lr * g * zs[n] * (c[n] if estimate == "variance" else 1.0)
+
+
+@pytest.mark.parametrize("estimate", ["variance", "expectation"])
+def test_param_norm_scaling_matches_the_papers_definition_and_resumes(estimate):
+    ours, ref = _Grouped(), _Grouped()
+    x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def make(model):
+        return MeZO(
+            model.named_parameters(),
+            lr=1e-2,
+            eps=1e-3,
+            scale="param_norm",
+            estimate=estimate,
+            rescale_every=2,
+            chunk_numel=7,
+        )
+
+    opt = make(ours)
+    for _ in range(3):
+        opt.step(lambda: (ours(x) ** 2).mean())
+    saved, weights = opt.state_dict(), {n: p.detach().clone() for n, p in ours.named_parameters()}
+    opt.step(lambda: (ours(x) ** 2).mean())  # step 3 uses the scales of step 2, saved with the state
+    _param_norm_reference(ref, lambda: (ref(x) ** 2).mean(), 4, 1e-2, 1e-3, 2, estimate)
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+    resumed = _Grouped()
+    resumed.load_state_dict({n: w for n, w in weights.items()})
+    again = make(resumed)
+    again.load_state_dict(saved)
+    again.step(lambda: (resumed(x) ** 2).mean())
+    assert all(torch.equal(p, q) for p, q in zip(resumed.parameters(), ours.parameters(), strict=True))

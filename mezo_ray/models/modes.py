@@ -116,6 +116,25 @@ def _lm_head(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
     return module
 
 
+@torch.no_grad()
+def merge_lora_and_restart(model: torch.nn.Module, seed: int) -> int:
+    """XGBLoRA's boosting round: fold every LoRA update (B A, scaled) into its base weight, then start
+    a fresh adapter in place (A drawn anew under ``seed``, B = 0), so the model computes the same
+    function and training goes on in a new low-rank subspace. Returns the number of layers merged."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for layer in layers:
+            for adapter in layer.lora_A:
+                base = layer.get_base_layer().weight
+                base.add_(layer.get_delta_weight(adapter).to(base.dtype))
+                layer.reset_lora_parameters(adapter, True)  # in place: optimizers keep their tensors
+    return len(layers)
+
+
 def lora_targets(model: torch.nn.Module) -> tuple[str, ...]:
     """The attention projections LoRA adapts: per architecture, else the Linear layers named q_proj /
     v_proj or query / value."""

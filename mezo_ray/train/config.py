@@ -146,6 +146,13 @@ class TrialConfig(BaseModel):
         "variance", description="with param_norm: estimate g z c (variance) or g z (--change_grad_estimate)"
     )
     recompute_norms: bool = Field(False, description="with param_norm: recompute the norms each epoch")
+    xgblora_steps_per_iteration: int | None = Field(
+        None,
+        gt=0,
+        description="XGBLoRA: every N steps the LoRA update is merged into the base weights and a fresh "
+        "adapter starts (mode lora, method mezo; the final weights are tested, and a resume replays "
+        "the seed log from the base model, merges included)",
+    )
     layer_wise: bool = Field(
         False,
         description="MeZO perturbs and updates one layer per step, cycling (the paper code's "
@@ -220,6 +227,22 @@ class TrialConfig(BaseModel):
         if self.perturbation_scale != "none" and self.method != "mezo":
             raise ValueError(
                 f"perturbation_scale={self.perturbation_scale!r} is a MeZO option; method={self.method!r}"
+            )
+        if self.xgblora_steps_per_iteration is not None and (
+            self.mode != "lora"
+            or self.method != "mezo"
+            or self.selection != "final"
+            or self.checkpoint_mode != "seed_log"
+            or self.snapshot_every is not None
+            or self.fsdp
+        ):
+            raise ValueError(
+                "xgblora_steps_per_iteration merges LoRA into frozen base weights, which neither a best-dev "
+                "copy nor a weight snapshot holds: it needs mode='lora', method='mezo', selection='final', "
+                "checkpoint_mode='seed_log', snapshot_every=null and no fsdp; got "
+                f"mode={self.mode!r}, method={self.method!r}, selection={self.selection!r}, "
+                f"checkpoint_mode={self.checkpoint_mode!r}, snapshot_every={self.snapshot_every}, "
+                f"fsdp={self.fsdp}"
             )
         if self.layer_wise and (self.method != "mezo" or self.zo_variant == "adam"):
             raise ValueError(

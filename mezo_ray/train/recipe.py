@@ -41,6 +41,7 @@ import transformers
 from mezo_ray.models import CausalLMHead, init_head_from_probe, linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
 from mezo_ray.models.loading import DTYPES, ModelSpec
+from mezo_ray.models.modes import merge_lora_and_restart
 from mezo_ray.models.tiny import ensure_tiny_models
 from mezo_ray.tasks import Example, load_pool, load_splits
 from mezo_ray.train import checkpoint as ckpt
@@ -95,6 +96,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
             optimizer.check_compatible(resumed.optimizer["mezo"])
         for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
             optimizer.apply_record(record)
+            _boost(cfg, loaded, record.step + 1)
             if record.step + 1 == progress.best_step and cfg.selection != "final":
                 best_weights = _trainable_copy(params)
 
@@ -106,6 +108,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
         batch = batch_at(splits.train, step, cfg)
         _set_lr(optimizer, cfg, step)
         loss = _train_step(cfg, optimizer, scaler, head, batch, step, rank, world, device)
+        _boost(cfg, loaded, step)
         progress.step = step
         try:
             _count_loss(cfg, progress, loss, step)
@@ -211,6 +214,14 @@ def _train_step(
     finally:
         head.loaded.model.eval()
     return loss
+
+
+def _boost(cfg: TrialConfig, loaded: Any, step: int) -> None:
+    """XGBLoRA: after every ``xgblora_steps_per_iteration``-th step (not the last), fold LoRA into the
+    base weights and start a fresh adapter, seeded by the step (a replay redoes it identically)."""
+    every = cfg.xgblora_steps_per_iteration
+    if every and step % every == 0 and step < cfg.max_steps:
+        merge_lora_and_restart(loaded.model, mix_seed(cfg.training_seed, step, 0xB0057))
 
 
 def batch_loss(

@@ -150,3 +150,25 @@ def test_sequence_classifier_prefix_is_the_random_tokens_as_real_context(micro):
         hidden = plain.roberta(input_ids=torch.cat([tokens, x], dim=1)).last_hidden_state
         reference = plain.classifier(hidden[:, 5:])
     torch.testing.assert_close(prefixed, reference, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_xgblora_merge_keeps_the_function_and_restarts_the_adapter(micro, sst2_examples, family):
+    from mezo_ray.models.modes import merge_lora_and_restart
+
+    loaded = load(micro, family, "lora")
+    head = make_head(task_for(family), loaded)
+    named = dict(loaded.trainable_named_parameters())
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, p in named.items():  # a trained adapter: B no longer 0
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+        before = head.loss(sst2_examples)
+        a_before = {n: p.clone() for n, p in named.items() if "lora_A" in n}
+        assert merge_lora_and_restart(loaded.model, seed=7) == 2 * loaded.hf_model.config.num_hidden_layers
+        after = head.loss(sst2_examples)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)  # the same function, merged
+    assert all(not p.any() for n, p in named.items() if "lora_B" in n)  # a fresh adapter: B = 0
+    assert all(not torch.equal(named[n], a) for n, a in a_before.items())  # and a new A
+    assert dict(loaded.trainable_named_parameters()).keys() == named.keys()  # the same tensors train on

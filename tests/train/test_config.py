@@ -39,6 +39,7 @@ def test_family_is_derived_from_the_task_and_the_model():
         ({"mode": "lora_as_published", "prompt": False}, "lora_as_published.*prompt=False"),
         ({"mode": "lora_as_published", "method": "lp"}, "lora_as_published.*method='lp'"),
         ({"lp_init": True, "prompt": False}, "lp_init=true.*prompt=False"),
+        ({"xgblora_steps_per_iteration": 10}, "xgblora_steps_per_iteration merges LoRA.*mode='full'"),
     ],
 )
 def test_bad_trial_configs_name_the_field_and_value(change, message):

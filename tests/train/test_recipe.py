@@ -349,6 +349,14 @@ def test_param_norm_trials_resume_to_the_same_trajectory(tiny_models, tmp_path):
     assert same_run(trial(tmp_path, snapshot_every=None)[0]) != same_run(straight)
 
 
+def test_xgblora_trials_merge_every_n_steps_and_resume_through_the_merges(tiny_models, tmp_path):
+    changes = {"mode": "lora", "lr": 1e-2, "selection": "final", "snapshot_every": None}
+    boosted, whole = trial(tmp_path, xgblora_steps_per_iteration=3, **changes)
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], xgblora_steps_per_iteration=3, **changes)
+    assert boosted["done"] and same_run(resumed) == same_run(boosted)  # step 4: one merge replayed
+    assert same_run(trial(tmp_path, **changes)[0]) != same_run(boosted)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

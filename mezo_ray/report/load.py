@@ -30,6 +30,7 @@ CONFIG_KEYS = (
     "data_seed",
     "method",
     "zo_variant",
+    "estimator",
     "mode",
     "lr",
     "eps",
@@ -96,6 +97,7 @@ _ROW_KEYS = (
     "lp_init",
     "layer_wise",
     "perturbation_scale",
+    "estimator",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -125,6 +127,7 @@ def row_label(
     lp_init: Any = None,
     layer_wise: Any = None,
     perturbation_scale: Any = None,
+    estimator: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -137,16 +140,19 @@ def row_label(
     if method in _UNTRAINED_ROWS:
         return _UNTRAINED_ROWS[method]
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
-    if method == "mezo":
+    if method == "mezo" and estimator == "fzoo":
+        label = "FZOO" + suffix
+    elif method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
-        label = "LP-" + label if lp_init is True else label  # Table 19's LP-MeZO
     elif method == "ft" and mode == "head":
         label = "LP"  # head tuning: the paper's LP for OPT tasks that are not classification (Table 1)
     elif method == "ft":
         label = "FT" + suffix
     else:
         label = method + suffix
+    if method == "mezo" and lp_init is True:
+        label = "LP-" + label  # Table 19's LP-MeZO
     qualifiers = []
     if _present(n_perturbations) and int(n_perturbations) > 1:
         linear = " linear" if perturbation_schedule == "linear" else ""

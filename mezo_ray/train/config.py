@@ -64,6 +64,13 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
+    estimator: Literal["mezo", "fzoo"] = Field(
+        "mezo",
+        description="method mezo's gradient estimator: mezo (two-point, Gaussian z) or fzoo (N one-sided "
+        "Rademacher probes sharing one unperturbed loss, the step normalised by their spread; "
+        "arXiv 2506.09034)",
+    )
+    n_probes: int = Field(8, ge=2, description="fzoo: N probes per step (N + 1 forward passes)")
     mode: Literal["full", "lora", "prefix", "head", "lora_as_published"] = Field(
         "full",
         description="head: the LM head alone; lora_as_published: what the paper's RoBERTa code trained with "
@@ -224,6 +231,20 @@ class TrialConfig(BaseModel):
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
             )
+        if self.estimator == "fzoo" and (
+            self.method != "mezo"
+            or self.zo_variant != "sgd"
+            or self.n_perturbations != 1
+            or self.perturbation_scale != "none"
+            or self.layer_wise
+        ):
+            raise ValueError(
+                "estimator='fzoo' is its own update (normalised SGD over its probes): it needs "
+                "method='mezo' and none of zo_variant / n_perturbations / perturbation_scale / "
+                f"layer_wise; got method={self.method!r}, zo_variant={self.zo_variant!r}, "
+                f"n_perturbations={self.n_perturbations}, perturbation_scale={self.perturbation_scale!r}, "
+                f"layer_wise={self.layer_wise}"
+            )
         if self.perturbation_scale != "none" and self.method != "mezo":
             raise ValueError(
                 f"perturbation_scale={self.perturbation_scale!r} is a MeZO option; method={self.method!r}"
@@ -328,6 +349,9 @@ class TrialConfig(BaseModel):
 
     def forward_passes(self) -> int:
         """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
+        if self.method == "mezo" and self.estimator == "fzoo":
+            passes = (self.n_probes + 1) * self.max_steps
+            return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
         if self.method == "mezo":
             if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))
                 k = self.n_perturbations

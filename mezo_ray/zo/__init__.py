@@ -1,5 +1,6 @@
 """The MeZO optimizer core: plain PyTorch, no Ray, no Hugging Face, no task knowledge."""
 
+from mezo_ray.zo.fzoo import FZOO
 from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, local_tensor, mix_seed
 from mezo_ray.zo.optimizer import (
     DEFAULT_NO_DECAY,
@@ -14,6 +15,7 @@ from mezo_ray.zo.optimizer import (
 __all__ = [
     "DEFAULT_CHUNK_NUMEL",
     "DEFAULT_NO_DECAY",
+    "FZOO",
     "VARIANTS",
     "MeZO",
     "NonFiniteLossError",

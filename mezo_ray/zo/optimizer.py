@@ -654,6 +654,7 @@ class MeZO(torch.optim.Optimizer):
     def _trajectory_settings(self) -> dict[str, Any]:
         """What, besides the counters and the groups' lr and weight decay, decides the trajectory."""
         settings: dict[str, Any] = {
+            "estimator": "mezo",  # absent from older state dicts: not checked there
             "variant": self.variant,
             "noise_backend": self.noise_backend,
             "eps": self.eps,

@@ -40,6 +40,10 @@ def test_family_is_derived_from_the_task_and_the_model():
         ({"mode": "lora_as_published", "method": "lp"}, "lora_as_published.*method='lp'"),
         ({"lp_init": True, "prompt": False}, "lp_init=true.*prompt=False"),
         ({"xgblora_steps_per_iteration": 10}, "xgblora_steps_per_iteration merges LoRA.*mode='full'"),
+        (
+            {"estimator": "fzoo", "zo_variant": "adam"},
+            "estimator='fzoo' is its own update.*zo_variant='adam'",
+        ),
     ],
 )
 def test_bad_trial_configs_name_the_field_and_value(change, message):

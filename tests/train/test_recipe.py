@@ -357,6 +357,14 @@ def test_xgblora_trials_merge_every_n_steps_and_resume_through_the_merges(tiny_m
     assert same_run(trial(tmp_path, **changes)[0]) != same_run(boosted)
 
 
+def test_fzoo_trials_spend_n_plus_one_forwards_a_step_and_resume_exactly(tiny_models, tmp_path):
+    changes = {"estimator": "fzoo", "n_probes": 4, "eps": 1e-3, "lr": 1e-4, "snapshot_every": None}
+    straight, whole = trial(tmp_path, **changes)
+    assert [r["forward_passes"] for r in whole.reports[:-1]] == [4 * 5, 8 * 5]
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

@@ -1,0 +1,123 @@
+"""FZOO (Dang et al., arXiv 2506.09034; code: DKmiyan/FZOO, ``trainer.py`` ``zo_step`` / ``zo_update``).
+
+One step, with N Rademacher probes u_k (+-1 per element) of their own seeds:
+
+    l_k = loss(theta + eps u_k)           for k = 1..N   (sweeps: +eps u_k, then -eps u_k back)
+    l_0 = loss(theta)                      one forward: N + 1 in all, shared by every probe
+    theta <- theta - lr * sum_k (l_k - l_0) / (N sigma) * u_k,   sigma = std(l_1..l_N) (population)
+
+Dividing by sigma instead of eps makes the step a normalised SGD step whose size adapts to how much
+the probes' losses spread. u_k is the sign of this package's Gaussian z for the same seed, so it is a
+pure function of (seed, parameter name, element index) like MeZO's noise: data-parallel and sharded
+runs see the same u, and a step is replayed exactly from its record (seeds, coefficients, lrs).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed
+from mezo_ray.zo.noise import scratch as scratch_like
+from mezo_ray.zo.optimizer import Closure, MeZO, NonFiniteLossError, StepRecord, _check, _takes_index
+
+
+class FZOO(MeZO):
+    """FZOO: ``step(closure)`` runs N + 1 forwards; no backward, no optimizer state.
+
+    Args: as ``MeZO`` (``lr``, ``eps``, ``seed``, ``chunk_numel``, ``on_nonfinite``), and ``n_probes``:
+    N, the paper's ``FORWARD_N`` (8 in its scripts). The update has no weight decay (the paper's has none).
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float, eps: float = 1e-4, *, n_probes: int = 8, **kw: Any):
+        _check(
+            n_probes >= 2, "n_probes", n_probes, "an integer >= 2 (the step divides by the losses' spread)"
+        )
+        super().__init__(params, lr=lr, eps=eps, **kw)
+        self.n_probes = n_probes
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
+        """Take one FZOO step; returns the loss at theta (nan if the step was skipped). A closure that
+        raises leaves the weights at theta (to rounding), and the next step starts afresh."""
+        if closure is None:
+            raise ValueError("FZOO.step needs a closure that returns the loss")
+        takes_index = _takes_index(closure)
+        seeds = tuple(mix_seed(self.seed, self.step_count, k) for k in range(self.n_probes))
+        losses = []
+        for k, seed in enumerate(seeds):
+            self._probe(seed, self.eps)
+            try:
+                losses.append(self._loss(closure, k, takes_index))
+            finally:
+                self._probe(seed, -self.eps)
+        loss_0 = self._loss(closure, self.n_probes, takes_index)
+        if not all(math.isfinite(v) for v in (*losses, loss_0)):
+            self._finish(StepRecord(self.step_count, seeds, (), self._lrs(), skipped=True))
+            self.nonfinite_steps += 1
+            if self.on_nonfinite == "raise":
+                raise NonFiniteLossError(f"non-finite loss at step {self.step_count - 1}: {losses}, {loss_0}")
+            return math.nan
+        spread = statistics.pstdev(losses)
+        coefs = tuple((v - loss_0) / (self.n_probes * spread) if spread > 0 else 0.0 for v in losses)
+        record = StepRecord(self.step_count, seeds, coefs, self._lrs())
+        self._update(record)
+        self._finish(record)
+        return loss_0
+
+    def apply_record(self, record: StepRecord) -> None:
+        """Redo a recorded step: the same probe sweeps, then the same update."""
+        if record.step != self.step_count:
+            raise ValueError(
+                f"record is for step {record.step} but the optimizer is at step {self.step_count}"
+            )
+        with torch.no_grad():
+            for seed in record.seeds:
+                self._probe(seed, self.eps)
+                self._probe(seed, -self.eps)
+            if record.skipped:
+                self.nonfinite_steps += 1
+            else:
+                self._update(record)
+        self.forward_passes += len(record.seeds) + 1
+        self._finish(record)
+
+    def perturbations_at(self, step: int) -> int:
+        return self.n_probes
+
+    # ------------------------------------------------------------------------------------------------
+    def _probe(self, seed: int, scale: float) -> None:
+        """theta += scale * u(seed), u = sign(z(seed)): one sweep."""
+
+        def probe_chunk(s: NoiseSlice, c: Chunk) -> None:
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed).sign_(), alpha=scale)
+
+        for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, probe_chunk)
+
+    def _update(self, record: StepRecord) -> None:
+        """theta <- theta - lr * sum_k coef_k u_k: one sweep, N draws per chunk."""
+        self.update_count += 1
+        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        active = self._active()
+        group_of = {id(s): g for s, _, g in active}
+
+        def update_chunk(s: NoiseSlice, c: Chunk) -> None:
+            theta = s.local[c.p_lo : c.p_hi]
+            step = scratch_like(theta, slot=1).zero_()
+            for seed, coef in zip(record.seeds, record.projected_grads, strict=True):
+                step.add_(draw(s, c, seed).sign_(), alpha=coef)
+            theta.add_(step, alpha=-lr_of[id(group_of[id(s)])])
+
+        for_each_chunk([s for s, _, _ in active], self.chunk_numel, update_chunk)
+
+    def _loss(self, closure: Closure, k: int, takes_index: bool) -> float:
+        value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
+        self.forward_passes += 1
+        return value
+
+    def _trajectory_settings(self) -> dict[str, Any]:
+        return {**super()._trajectory_settings(), "estimator": "fzoo", "n_probes": self.n_probes}

@@ -180,6 +180,30 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
     assert "Best trials" in out and "synthetic-sst2" in out
 
 
+def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local, tiny_models, tmp_path):
+    """FZOO, LP-MeZO, the param-norm scale, layer-wise MeZO and XGBLoRA on the tiny model, each at
+    the same forward-pass budget, each its own row of the report."""
+    space = tmp_path / "methods.yaml"
+    variants = [
+        {},
+        {"estimator": "fzoo", "n_probes": 3, "eps": 1.0e-3},
+        {"lp_init": True},
+        {"perturbation_scale": "param_norm", "recompute_norms": True},
+        {"layer_wise": True},
+        {"mode": "lora", "xgblora_steps_per_iteration": 2, "selection": "final", "snapshot_every": None},
+    ]
+    grids = [{"name": f"v{i}", "set": v} for i, v in enumerate(variants)]
+    defaults = {**TRIAL, "max_steps": 8, "eval_steps": 4, "max_forward_passes": 16, "num_workers": 0}
+    space.write_text(json.dumps({"description": "methods", "defaults": defaults, "grids": grids}))
+    assert main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "methods"]) == 0
+    trials = results(str(tmp_path / "methods"))
+    assert len(trials) == 6 and all(r[-1]["done"] and r[-1]["forward_passes"] <= 16 for r in trials.values())
+    table = render(from_experiment_dirs([str(tmp_path / "methods")]))
+    rows = ("MeZO [16 fwd]", "FZOO [16 fwd]", "LP-MeZO [16 fwd]", "MeZO [16 fwd, param-norm]")
+    for row in (*rows, "MeZO [16 fwd, layer-wise]", "MeZO (XGBLoRA) [16 fwd, merge every 2]"):
+        assert re.search(rf"\| {re.escape(row)} \| \d+\.\d", table), (row, table)
+
+
 def test_two_worker_torch_trainer_trial_under_tune(ray_local, tiny_models, tmp_path):
     space = write_space(tmp_path, num_workers=2, max_steps=4, eval_steps=2, snapshot_every=2)
     assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "dp"]) == 0

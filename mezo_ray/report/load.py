@@ -48,6 +48,7 @@ CONFIG_KEYS = (
     "lp_init",
     "layer_wise",
     "perturbation_scale",
+    "xgblora_steps_per_iteration",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -98,6 +99,7 @@ _ROW_KEYS = (
     "layer_wise",
     "perturbation_scale",
     "estimator",
+    "xgblora_steps_per_iteration",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -128,6 +130,7 @@ def row_label(
     layer_wise: Any = None,
     perturbation_scale: Any = None,
     estimator: Any = None,
+    xgblora_steps_per_iteration: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -140,6 +143,8 @@ def row_label(
     if method in _UNTRAINED_ROWS:
         return _UNTRAINED_ROWS[method]
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
+    if _present(xgblora_steps_per_iteration):
+        suffix = " (XGBLoRA)"
     if method == "mezo" and estimator == "fzoo":
         label = "FZOO" + suffix
     elif method == "mezo":
@@ -165,6 +170,8 @@ def row_label(
         qualifiers.append("no prompt")
     if layer_wise is True:
         qualifiers.append("layer-wise")
+    if _present(xgblora_steps_per_iteration):
+        qualifiers.append(f"merge every {int(xgblora_steps_per_iteration)}")
     if _present(perturbation_scale) and perturbation_scale != "none":
         qualifiers.append(str(perturbation_scale).replace("_", "-"))
     return label + (f" [{', '.join(qualifiers)}]" if qualifiers else "")

@@ -17,6 +17,7 @@ numbers are what a search would see.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -27,6 +28,7 @@ from typing import Any
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.recipe import run_trial
 from mezo_ray.train.session import LocalSession
+from mezo_ray.zo import NonFiniteLossError
 
 TASKS = {
     "tiny-mlm": {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 32},
@@ -48,9 +50,12 @@ def curve(settings: dict[str, Any]) -> tuple[list[tuple[int, float]], float]:
     with tempfile.TemporaryDirectory() as directory:
         session = LocalSession(directory)
         start = time.perf_counter()
-        run_trial(cfg, session)
+        with contextlib.suppress(NonFiniteLossError):  # diverged (lr too large): its evaluations count
+            run_trial(cfg, session)
         elapsed = time.perf_counter() - start
-    evals = [r for r in session.reports if not r.get("done")]
+    evals = [r for r in session.reports if not r.get("done") and "dev_acc" in r and "failure" not in r]
+    if not evals:
+        return [], math.nan
     passes = max(r["forward_passes"] for r in evals)
     rates = [r["steps_per_s"] for r in evals if r.get("steps_per_s")]
     per_step = passes / max(r["step"] for r in evals)

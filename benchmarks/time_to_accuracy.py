@@ -60,11 +60,7 @@ def curve(settings: dict[str, Any]) -> tuple[list[tuple[int, float]], float]:
     rates = [r["steps_per_s"] for r in evals if r.get("steps_per_s")]
     per_step = passes / max(r["step"] for r in evals)
     seconds = 1 / (statistics.median(rates) * per_step) if rates else elapsed / passes
-    return (
-        [(r["forward_passes"], r["dev_acc"]) for r in evals],
-        seconds,
-        max(r["peak_mem_bytes"] for r in evals),
-    )
+    return [(r["forward_passes"], r["dev_acc"]) for r in evals], seconds
 
 
 def first_reach(points: list[tuple[int, float]], target: float) -> float:
@@ -102,15 +98,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for method, by_seed in runs.items():
             costs = []
             for seed, results in by_seed.items():
-                target = max(score for points, _, _ in runs["MeZO"][seed] for _, score in points)
-                costs.append(min(first_reach(points, target) for points, _, _ in results))
-            seconds = statistics.median(s for results in by_seed.values() for _, s, _ in results)
-            peak = max(p for results in by_seed.values() for _, _, p in results)
-            rows[method] = {
-                "forward_passes": statistics.median(costs),
-                "s_per_forward": seconds,
-                "peak": peak,
-            }
+                target = max(score for points, _ in runs["MeZO"][seed] for _, score in points)
+                costs.append(min(first_reach(points, target) for points, _ in results))
+            seconds = statistics.median(s for results in by_seed.values() for _, s in results if s == s)
+            rows[method] = {"forward_passes": statistics.median(costs), "s_per_forward": seconds}
         base = rows["MeZO"]
         for row in rows.values():
             row["passes_ratio"] = row["forward_passes"] / base["forward_passes"]

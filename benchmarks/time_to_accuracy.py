@@ -38,6 +38,7 @@ TASKS = {
 METHODS: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
     "MeZO": ({}, (3e-4, 1e-3, 3e-3)),
     "FZOO": ({"estimator": "fzoo", "n_probes": 8}, (1e-4, 3e-4, 1e-3)),
+    "HiZOO": ({"estimator": "hizoo", "hessian_smooth": 1e-8}, (3e-4, 1e-3, 3e-3)),
     "LP-MeZO": ({"lp_init": True}, (3e-4, 1e-3, 3e-3)),
     "MeZO param-norm": ({"perturbation_scale": "param_norm", "recompute_norms": True}, (3e-4, 1e-3, 3e-3)),
     "MeZO layer-wise": ({"layer_wise": True}, (3e-4, 1e-3, 3e-3)),

@@ -77,6 +77,7 @@ HISTORY_METRICS = (
 STATUSES = ("done", "unfinished", "errored")
 
 _ZO_VARIANT_NAMES = {"sgd": "MeZO", "adam": "MeZO-Adam", "momentum": "MeZO-momentum", "sign": "MeZO-sign"}
+_ESTIMATOR_NAMES = {"fzoo": "FZOO", "hizoo": "HiZOO"}
 _MODE_SUFFIX = {
     "full": "",
     "lora": " (LoRA)",
@@ -145,8 +146,8 @@ def row_label(
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
     if _present(xgblora_steps_per_iteration):
         suffix = " (XGBLoRA)"
-    if method == "mezo" and estimator == "fzoo":
-        label = "FZOO" + suffix
+    if method == "mezo" and estimator in _ESTIMATOR_NAMES:
+        label = _ESTIMATOR_NAMES[str(estimator)] + suffix
     elif method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix

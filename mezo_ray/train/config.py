@@ -64,13 +64,14 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
-    estimator: Literal["mezo", "fzoo"] = Field(
+    estimator: Literal["mezo", "fzoo", "hizoo"] = Field(
         "mezo",
-        description="method mezo's gradient estimator: mezo (two-point, Gaussian z) or fzoo (N one-sided "
+        description="method mezo's gradient estimator: mezo (two-point, Gaussian z); fzoo (N one-sided "
         "Rademacher probes sharing one unperturbed loss, the step normalised by their spread; "
-        "arXiv 2506.09034)",
+        "arXiv 2506.09034); hizoo (z scaled by a diagonal Hessian estimate, 3 forwards; arXiv 2402.15173)",
     )
     n_probes: int = Field(8, ge=2, description="fzoo: N probes per step (N + 1 forward passes)")
+    hessian_smooth: float = Field(1e-8, ge=0, le=1, description="hizoo: the Hessian estimate's smoothing")
     mode: Literal["full", "lora", "prefix", "head", "lora_as_published"] = Field(
         "full",
         description="head: the LM head alone; lora_as_published: what the paper's RoBERTa code trained with "
@@ -115,7 +116,9 @@ class TrialConfig(BaseModel):
     micro_batch_size: int | None = Field(None, gt=0, description="split each +-eps forward (memory)")
     eval_batch_size: int = Field(32, gt=0)
     max_steps: int = Field(1000, ge=0)
-    max_forward_passes: int | None = Field(None, gt=0, description="stop on a forward-pass budget")
+    max_forward_passes: int | None = Field(
+        None, gt=0, description="stop on a forward-pass budget (a step is not split: the last may cross it)"
+    )
     eval_steps: int = Field(100, gt=0)
     epochs: int | None = Field(
         None,
@@ -231,7 +234,7 @@ class TrialConfig(BaseModel):
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
             )
-        if self.estimator == "fzoo" and (
+        if self.estimator != "mezo" and (
             self.method != "mezo"
             or self.zo_variant != "sgd"
             or self.n_perturbations != 1
@@ -239,7 +242,7 @@ class TrialConfig(BaseModel):
             or self.layer_wise
         ):
             raise ValueError(
-                "estimator='fzoo' is its own update (normalised SGD over its probes): it needs "
+                f"estimator={self.estimator!r} is its own update rule: it needs "
                 "method='mezo' and none of zo_variant / n_perturbations / perturbation_scale / "
                 f"layer_wise; got method={self.method!r}, zo_variant={self.zo_variant!r}, "
                 f"n_perturbations={self.n_perturbations}, perturbation_scale={self.perturbation_scale!r}, "
@@ -349,8 +352,8 @@ class TrialConfig(BaseModel):
 
     def forward_passes(self) -> int:
         """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
-        if self.method == "mezo" and self.estimator == "fzoo":
-            passes = (self.n_probes + 1) * self.max_steps
+        if self.method == "mezo" and self.estimator != "mezo":
+            passes = (self.n_probes + 1 if self.estimator == "fzoo" else 3) * self.max_steps
             return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
         if self.method == "mezo":
             if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))

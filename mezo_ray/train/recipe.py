@@ -48,7 +48,7 @@ from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import FZOO, MeZO, NonFiniteLossError, local_tensor, mix_seed
+from mezo_ray.zo import FZOO, HiZOO, MeZO, NonFiniteLossError, local_tensor, mix_seed
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -454,6 +454,15 @@ def _build_optimizer(
 ) -> torch.optim.Optimizer:
     if cfg.method == "mezo" and cfg.estimator == "fzoo":
         return FZOO(params, lr=cfg.lr, eps=cfg.eps, n_probes=cfg.n_probes, seed=cfg.training_seed)
+    if cfg.method == "mezo" and cfg.estimator == "hizoo":
+        return HiZOO(
+            params,
+            lr=cfg.lr,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            hessian_smooth=cfg.hessian_smooth,
+            seed=cfg.training_seed,
+        )
     if cfg.method == "mezo":
         steps_per_epoch = math.ceil(num_train / cfg.batch_size)
         return MeZO(

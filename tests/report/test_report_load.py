@@ -34,6 +34,7 @@ def test_lp_mezo_is_its_own_row():
     assert row_label("mezo", "sgd", "full", layer_wise=True) == "MeZO [layer-wise]"
     assert row_label("mezo", "sgd", "full", perturbation_scale="param_norm") == "MeZO [param-norm]"
     assert row_label("mezo", "sgd", "lora", estimator="fzoo") == "FZOO (LoRA)"
+    assert row_label("mezo", "sgd", "full", estimator="hizoo") == "HiZOO"
 
 
 def test_trial_finished_after_an_error_counts_as_done_with_a_note(tmp_path, writer):

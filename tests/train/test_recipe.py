@@ -365,6 +365,16 @@ def test_fzoo_trials_spend_n_plus_one_forwards_a_step_and_resume_exactly(tiny_mo
     assert straight["done"] and same_run(resumed) == same_run(straight)
 
 
+@pytest.mark.parametrize("checkpoints", [{"snapshot_every": None}, WEIGHTS], ids=["seed-log", "weights"])
+def test_hizoo_trials_resume_exactly_with_their_hessian_estimate(tiny_models, tmp_path, checkpoints):
+    changes = {"estimator": "hizoo", "hessian_smooth": 0.1, **checkpoints}
+    straight, whole = trial(tmp_path, **changes)
+    assert [r["forward_passes"] for r in whole.reports[:-1]] == [12, 24]
+    assert whole.reports[-2]["optimizer_state_multiple"] == 1
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

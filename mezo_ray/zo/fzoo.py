@@ -52,10 +52,10 @@ class FZOO(MeZO):
         for k, seed in enumerate(seeds):
             self._probe(seed, self.eps)
             try:
-                losses.append(self._loss(closure, k, takes_index))
+                losses.append(self._loss_at(closure, k, takes_index))
             finally:
                 self._probe(seed, -self.eps)
-        loss_0 = self._loss(closure, self.n_probes, takes_index)
+        loss_0 = self._loss_at(closure, self.n_probes, takes_index)
         if not all(math.isfinite(v) for v in (*losses, loss_0)):
             self._finish(StepRecord(self.step_count, seeds, (), self._lrs(), skipped=True))
             self.nonfinite_steps += 1
@@ -113,11 +113,6 @@ class FZOO(MeZO):
             theta.add_(step, alpha=-lr_of[id(group_of[id(s)])])
 
         for_each_chunk([s for s, _, _ in active], self.chunk_numel, update_chunk)
-
-    def _loss(self, closure: Closure, k: int, takes_index: bool) -> float:
-        value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
-        self.forward_passes += 1
-        return value
 
     def _trajectory_settings(self) -> dict[str, Any]:
         return {**super()._trajectory_settings(), "estimator": "fzoo", "n_probes": self.n_probes}

@@ -47,16 +47,16 @@ class HiZOO(MeZO):
         takes_index = _takes_index(closure)
         seed = mix_seed(self.seed, self.step_count, 0)
         self._init_hessian()
-        loss_0 = self._loss(closure, 0, takes_index)
+        loss_0 = self._loss_at(closure, 0, takes_index)
         self._perturb(seed, self.eps)
         try:
-            loss_plus = self._loss(closure, 1, takes_index)
+            loss_plus = self._loss_at(closure, 1, takes_index)
         except BaseException:
             self._perturb(seed, -self.eps)  # back to theta
             raise
         self._perturb(seed, -2 * self.eps)
         try:
-            loss_minus = self._loss(closure, 2, takes_index)
+            loss_minus = self._loss_at(closure, 2, takes_index)
         finally:
             self._perturb(seed, self.eps)  # back to theta, also when the closure raised
         losses = (loss_0, loss_plus, loss_minus)
@@ -134,11 +134,6 @@ class HiZOO(MeZO):
             theta.addcmul_(z, estimate, value=-lr * grad)
 
         for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, update_chunk)
-
-    def _loss(self, closure: Closure, k: int, takes_index: bool) -> float:
-        value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
-        self.forward_passes += 1
-        return value
 
     def _trajectory_settings(self) -> dict[str, Any]:
         return {**super()._trajectory_settings(), "estimator": "hizoo", "hessian_smooth": self.hessian_smooth}

@@ -525,6 +525,13 @@ class MeZO(torch.optim.Optimizer):
         self.forward_passes += 1
         return value
 
+    def _loss_at(self, closure: Closure, k: int, takes_index: bool) -> float:
+        """The closure's loss, counted as a forward pass, for estimators that restart a step whose
+        closure raised (FZOO, HiZOO) instead of resuming it as ``_evaluate`` does."""
+        value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
+        self.forward_passes += 1
+        return value
+
     def _interrupt(self, run: _StepRun) -> None:
         """Move from theta + at*z back to theta, noting the elements where adding at*z again would not
         give back the weights the closure failed at (a few percent, by rounding), so the step can

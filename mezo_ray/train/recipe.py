@@ -452,30 +452,22 @@ def _cap(examples: list[Example], cfg: TrialConfig) -> list[Example]:
 def _build_optimizer(
     cfg: TrialConfig, params: list[tuple[str, torch.nn.Parameter]], num_train: int
 ) -> torch.optim.Optimizer:
-    if cfg.method == "mezo" and cfg.estimator == "fzoo":
-        return FZOO(params, lr=cfg.lr, eps=cfg.eps, n_probes=cfg.n_probes, seed=cfg.training_seed)
-    if cfg.method == "mezo" and cfg.estimator == "hizoo":
-        return HiZOO(
-            params,
-            lr=cfg.lr,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            hessian_smooth=cfg.hessian_smooth,
-            seed=cfg.training_seed,
-        )
     if cfg.method == "mezo":
+        common = {"lr": cfg.lr, "eps": cfg.eps, "seed": cfg.training_seed}
+        if cfg.estimator == "fzoo":
+            return FZOO(params, n_probes=cfg.n_probes, **common)
+        if cfg.estimator == "hizoo":
+            return HiZOO(params, weight_decay=cfg.weight_decay, hessian_smooth=cfg.hessian_smooth, **common)
         steps_per_epoch = math.ceil(num_train / cfg.batch_size)
         return MeZO(
             params,
-            lr=cfg.lr,
-            eps=cfg.eps,
+            **common,
             weight_decay=cfg.weight_decay,
             variant=cfg.zo_variant,
             momentum=cfg.momentum,
             n_perturbations=cfg.n_perturbations,
             perturbation_schedule=cfg.perturbation_schedule,
             max_steps=cfg.max_steps,
-            seed=cfg.training_seed,
             layer_wise=cfg.layer_wise,
             scale=cfg.perturbation_scale,
             estimate=cfg.scale_estimate,

@@ -69,25 +69,13 @@ class FZOO(MeZO):
         self._finish(record)
         return loss_0
 
-    def apply_record(self, record: StepRecord) -> None:
-        """Redo a recorded step: the same probe sweeps, then the same update."""
-        if record.step != self.step_count:
-            raise ValueError(
-                f"record is for step {record.step} but the optimizer is at step {self.step_count}"
-            )
-        with torch.no_grad():
-            for seed in record.seeds:
-                self._probe(seed, self.eps)
-                self._probe(seed, -self.eps)
-            if record.skipped:
-                self.nonfinite_steps += 1
-            else:
-                self._update(record)
-        self.forward_passes += len(record.seeds) + 1
-        self._finish(record)
+    def _redo_sweeps(self, record: StepRecord) -> None:
+        for seed in record.seeds:
+            self._probe(seed, self.eps)
+            self._probe(seed, -self.eps)
 
-    def perturbations_at(self, step: int) -> int:
-        return self.n_probes
+    def _passes_of(self, record: StepRecord) -> int:
+        return len(record.seeds) + 1
 
     # ------------------------------------------------------------------------------------------------
     def _probe(self, seed: int, scale: float) -> None:

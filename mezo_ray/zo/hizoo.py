@@ -73,24 +73,15 @@ class HiZOO(MeZO):
         self._finish(record)
         return loss_0
 
-    def apply_record(self, record: StepRecord) -> None:
-        """Redo a recorded step: the same three perturbation sweeps, then the same update."""
-        if record.step != self.step_count:
-            raise ValueError(
-                f"record is for step {record.step} but the optimizer is at step {self.step_count}"
-            )
+    def _redo_sweeps(self, record: StepRecord) -> None:
         self._init_hessian()
-        with torch.no_grad():
-            (seed,) = record.seeds
-            self._perturb(seed, self.eps)
-            self._perturb(seed, -2 * self.eps)
-            self._perturb(seed, self.eps)
-            if record.skipped:
-                self.nonfinite_steps += 1
-            else:
-                self._update(record)
-        self.forward_passes += 3
-        self._finish(record)
+        (seed,) = record.seeds
+        self._perturb(seed, self.eps)
+        self._perturb(seed, -2 * self.eps)
+        self._perturb(seed, self.eps)
+
+    def _passes_of(self, record: StepRecord) -> int:
+        return 3
 
     # ------------------------------------------------------------------------------------------------
     def _init_hessian(self) -> None:

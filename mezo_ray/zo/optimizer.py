@@ -370,18 +370,26 @@ class MeZO(torch.optim.Optimizer):
             )
         self._interrupted = None
         with torch.no_grad():
-            self._rescale()
-            for k, seed in enumerate(record.seeds):
-                self.perturb(seed, self.eps)
-                self.perturb(seed, -2 * self.eps)
-                if record.skipped or k < len(record.seeds) - 1:
-                    self.perturb(seed, self.eps)
+            self._redo_sweeps(record)
             if record.skipped:
                 self.nonfinite_steps += 1
             else:
                 self._update(record)
-        self.forward_passes += 2 * len(record.seeds)  # the budget spent by the original step
+        self.forward_passes += self._passes_of(record)  # the budget spent by the original step
         self._finish(record)
+
+    def _redo_sweeps(self, record: StepRecord) -> None:
+        """The perturbation sweeps of a recorded step, before its update (estimators override it)."""
+        self._rescale()
+        for k, seed in enumerate(record.seeds):
+            self.perturb(seed, self.eps)
+            self.perturb(seed, -2 * self.eps)
+            if record.skipped or k < len(record.seeds) - 1:
+                self.perturb(seed, self.eps)
+
+    def _passes_of(self, record: StepRecord) -> int:
+        """Forward passes the recorded step took."""
+        return 2 * len(record.seeds)
 
     # ------------------------------------------------------------------------------------------------
     # Sweeps
@@ -406,14 +414,15 @@ class MeZO(torch.optim.Optimizer):
         """theta += scale * z(seed), in place: one sweep over the weights."""
         active = self._active()
         slices = [s for s, _, _ in active]
-        alpha = {id(s): scale / self._c.get(p, 1.0) for s, p, _ in active}  # z / c
+        # z / c under scale='param_norm'; a plain scale otherwise (no per-sweep dict on the hot path)
+        alpha = {id(s): scale / self._c.get(p, 1.0) for s, p, _ in active} if self._c else None
         fused = self._fused_sweep(slices)
         if fused is not None:
-            fused(seed, [1.0] * len(slices), [alpha[id(s)] for s in slices])
+            fused(seed, [1.0] * len(slices), [alpha[id(s)] if alpha else scale for s in slices])
             return
 
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=alpha[id(s)])
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=alpha[id(s)] if alpha else scale)
 
         for_each_chunk(slices, self.chunk_numel, perturb_chunk)
 

@@ -181,15 +181,18 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
 
 
 def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local, tiny_models, tmp_path):
-    """FZOO, LP-MeZO, the param-norm scale, layer-wise MeZO and XGBLoRA on the tiny model, each at
-    the same forward-pass budget, each its own row of the report."""
+    """FZOO, HiZOO, LOZO, LOZO-M, LP-MeZO, the param-norm and grad-norm scales, layer-wise MeZO and
+    XGBLoRA on the tiny model, each at the same forward-pass budget, each its own row of the report."""
     space = tmp_path / "methods.yaml"
     variants = [
         {},
         {"estimator": "fzoo", "n_probes": 3, "eps": 1.0e-3},
         {"estimator": "hizoo", "hessian_smooth": 0.1},
+        {"estimator": "lozo", "lozo_rank": 2, "lozo_interval": 2},
+        {"estimator": "lozo", "lozo_rank": 2, "lozo_interval": 2, "lozo_momentum": 0.9},
         {"lp_init": True},
         {"perturbation_scale": "param_norm", "recompute_norms": True},
+        {"perturbation_scale": "grad_norm"},
         {"layer_wise": True},
         {"mode": "lora", "xgblora_steps_per_iteration": 2, "selection": "final", "snapshot_every": None},
     ]
@@ -198,17 +201,21 @@ def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local
     space.write_text(json.dumps({"description": "methods", "defaults": defaults, "grids": grids}))
     assert main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "methods"]) == 0
     trials = results(str(tmp_path / "methods"))
-    # a step is not split: the last one may cross the budget (HiZOO: 3 a step, 18)
-    assert len(trials) == 7 and all(
-        r[-1]["done"] and 16 <= r[-1]["forward_passes"] <= 18 for r in trials.values()
+    # a step is not split: the last one may cross the budget (HiZOO: 3 a step, 18; grad-norm: its
+    # first step probes each of the tiny model's groups with 2 forwards)
+    assert len(trials) == 10 and all(
+        r[-1]["done"] and 16 <= r[-1]["forward_passes"] <= 18 + 2 * 4 for r in trials.values()
     )
     table = render(from_experiment_dirs([str(tmp_path / "methods")]))
     rows = (
         "MeZO [16 fwd]",
         "FZOO [16 fwd]",
         "HiZOO [16 fwd]",
+        "LOZO [16 fwd]",
+        "LOZO-M [16 fwd]",
         "LP-MeZO [16 fwd]",
         "MeZO [16 fwd, param-norm]",
+        "MeZO [16 fwd, grad-norm]",
     )
     for row in (*rows, "MeZO [16 fwd, layer-wise]", "MeZO (XGBLoRA) [16 fwd, merge every 2]"):
         assert re.search(rf"\| {re.escape(row)} \| \d+\.\d", table), (row, table)

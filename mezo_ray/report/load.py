@@ -49,6 +49,11 @@ CONFIG_KEYS = (
     "layer_wise",
     "perturbation_scale",
     "xgblora_steps_per_iteration",
+    "n_probes",
+    "hessian_smooth",
+    "lozo_rank",
+    "lozo_interval",
+    "lozo_momentum",
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -77,7 +82,7 @@ HISTORY_METRICS = (
 STATUSES = ("done", "unfinished", "errored")
 
 _ZO_VARIANT_NAMES = {"sgd": "MeZO", "adam": "MeZO-Adam", "momentum": "MeZO-momentum", "sign": "MeZO-sign"}
-_ESTIMATOR_NAMES = {"fzoo": "FZOO", "hizoo": "HiZOO"}
+_ESTIMATOR_NAMES = {"fzoo": "FZOO", "hizoo": "HiZOO", "lozo": "LOZO"}
 _MODE_SUFFIX = {
     "full": "",
     "lora": " (LoRA)",
@@ -101,6 +106,7 @@ _ROW_KEYS = (
     "perturbation_scale",
     "estimator",
     "xgblora_steps_per_iteration",
+    "lozo_momentum",
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -132,6 +138,7 @@ def row_label(
     perturbation_scale: Any = None,
     estimator: Any = None,
     xgblora_steps_per_iteration: Any = None,
+    lozo_momentum: Any = None,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
@@ -147,7 +154,8 @@ def row_label(
     if _present(xgblora_steps_per_iteration):
         suffix = " (XGBLoRA)"
     if method == "mezo" and estimator in _ESTIMATOR_NAMES:
-        label = _ESTIMATOR_NAMES[str(estimator)] + suffix
+        momentum = "-M" if estimator == "lozo" and _present(lozo_momentum) and float(lozo_momentum) else ""
+        label = _ESTIMATOR_NAMES[str(estimator)] + momentum + suffix
     elif method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix

@@ -64,14 +64,20 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
-    estimator: Literal["mezo", "fzoo", "hizoo"] = Field(
+    estimator: Literal["mezo", "fzoo", "hizoo", "lozo"] = Field(
         "mezo",
         description="method mezo's gradient estimator: mezo (two-point, Gaussian z); fzoo (N one-sided "
         "Rademacher probes sharing one unperturbed loss, the step normalised by their spread; "
-        "arXiv 2506.09034); hizoo (z scaled by a diagonal Hessian estimate, 3 forwards; arXiv 2402.15173)",
+        "arXiv 2506.09034); hizoo (z scaled by a diagonal Hessian estimate, 3 forwards; arXiv 2402.15173); "
+        "lozo (matrices perturbed along rank-r directions U V^T; arXiv 2410.07698)",
     )
     n_probes: int = Field(8, ge=2, description="fzoo: N probes per step (N + 1 forward passes)")
     hessian_smooth: float = Field(1e-8, ge=0, le=1, description="hizoo: the Hessian estimate's smoothing")
+    lozo_rank: int = Field(4, ge=1, description="lozo: r, the perturbation's rank per matrix")
+    lozo_interval: int = Field(100, ge=1, description="lozo: nu, the steps each V is kept")
+    lozo_momentum: float = Field(
+        0.0, ge=0, lt=1, description="lozo: 0 is LOZO; beta > 0 is LOZO-M (momentum in the rank-r factors)"
+    )
     mode: Literal["full", "lora", "prefix", "head", "lora_as_published"] = Field(
         "full",
         description="head: the LM head alone; lora_as_published: what the paper's RoBERTa code trained with "
@@ -147,15 +153,19 @@ class TrialConfig(BaseModel):
         5, gt=0, description="seed_log: every n-th checkpoint holds the weights; None: replay from the base"
     )
     icl_demos: int = Field(32, ge=0)
-    perturbation_scale: Literal["none", "param_norm"] = Field(
+    perturbation_scale: Literal["none", "param_norm", "grad_norm"] = Field(
         "none",
-        description="param_norm: each group (embeddings, LM head, each layer) is perturbed by z / its "
-        "weights' norm (the paper code's --zo_variant param_norm)",
+        description="the paper code's --zo_variant: each group (embeddings, LM head, each layer) is "
+        "perturbed by z / c, c its weights' norm (param_norm) or a two-forward estimate of its gradient's "
+        "norm (grad_norm, with --use_zo_grad_est: 2 forwards per group)",
     )
     scale_estimate: Literal["variance", "expectation"] = Field(
-        "variance", description="with param_norm: estimate g z c (variance) or g z (--change_grad_estimate)"
+        "variance",
+        description="with a perturbation_scale: estimate g z c (variance) or g z (--change_grad_estimate)",
     )
-    recompute_norms: bool = Field(False, description="with param_norm: recompute the norms each epoch")
+    recompute_norms: bool = Field(
+        False, description="with a perturbation_scale: recompute the scales each epoch (--recompute_norms)"
+    )
     xgblora_steps_per_iteration: int | None = Field(
         None,
         gt=0,
@@ -353,7 +363,7 @@ class TrialConfig(BaseModel):
     def forward_passes(self) -> int:
         """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
         if self.method == "mezo" and self.estimator != "mezo":
-            passes = (self.n_probes + 1 if self.estimator == "fzoo" else 3) * self.max_steps
+            passes = {"fzoo": self.n_probes + 1, "hizoo": 3, "lozo": 2}[self.estimator] * self.max_steps
             return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
         if self.method == "mezo":
             if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))

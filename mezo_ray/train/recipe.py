@@ -48,7 +48,7 @@ from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import FZOO, HiZOO, MeZO, NonFiniteLossError, local_tensor, mix_seed
+from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, local_tensor, mix_seed
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -276,7 +276,7 @@ def batch_at(train: list[Example], step: int, cfg: TrialConfig) -> list[Example]
     return [train[i] for i in order.tolist()]
 
 
-def optimizer_state_multiple(optimizer: torch.optim.Optimizer) -> int:
+def optimizer_state_multiple(optimizer: torch.optim.Optimizer) -> float:
     """The optimizer's state in multiples of the trainable parameters: MeZO's update rule's (0 for
     the paper's SGD), AdamW's 2 for the first-order baseline (whose gradients add 1 more)."""
     return optimizer.state_multiple if isinstance(optimizer, MeZO) else 2
@@ -458,6 +458,9 @@ def _build_optimizer(
             return FZOO(params, n_probes=cfg.n_probes, **common)
         if cfg.estimator == "hizoo":
             return HiZOO(params, weight_decay=cfg.weight_decay, hessian_smooth=cfg.hessian_smooth, **common)
+        if cfg.estimator == "lozo":
+            lowrank = {"rank": cfg.lozo_rank, "interval": cfg.lozo_interval, "beta": cfg.lozo_momentum}
+            return LOZO(params, weight_decay=cfg.weight_decay, **lowrank, **common)
         steps_per_epoch = math.ceil(num_train / cfg.batch_size)
         return MeZO(
             params,

@@ -2,6 +2,7 @@
 
 from mezo_ray.zo.fzoo import FZOO
 from mezo_ray.zo.hizoo import HiZOO
+from mezo_ray.zo.lozo import LOZO
 from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, local_tensor, mix_seed
 from mezo_ray.zo.optimizer import (
     DEFAULT_NO_DECAY,
@@ -17,6 +18,7 @@ __all__ = [
     "DEFAULT_CHUNK_NUMEL",
     "DEFAULT_NO_DECAY",
     "FZOO",
+    "LOZO",
     "VARIANTS",
     "HiZOO",
     "MeZO",

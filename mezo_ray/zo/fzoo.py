@@ -23,7 +23,7 @@ import torch
 
 from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed
 from mezo_ray.zo.noise import scratch as scratch_like
-from mezo_ray.zo.optimizer import Closure, MeZO, NonFiniteLossError, StepRecord, _check, _takes_index
+from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
 
 
 class FZOO(MeZO):
@@ -57,11 +57,7 @@ class FZOO(MeZO):
                 self._probe(seed, -self.eps)
         loss_0 = self._loss_at(closure, self.n_probes, takes_index)
         if not all(math.isfinite(v) for v in (*losses, loss_0)):
-            self._finish(StepRecord(self.step_count, seeds, (), self._lrs(), skipped=True))
-            self.nonfinite_steps += 1
-            if self.on_nonfinite == "raise":
-                raise NonFiniteLossError(f"non-finite loss at step {self.step_count - 1}: {losses}, {loss_0}")
-            return math.nan
+            return self._skip(seeds, (*losses, loss_0))
         spread = statistics.pstdev(losses)
         coefs = tuple((v - loss_0) / (self.n_probes * spread) if spread > 0 else 0.0 for v in losses)
         record = StepRecord(self.step_count, seeds, coefs, self._lrs())

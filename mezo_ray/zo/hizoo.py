@@ -21,7 +21,7 @@ import torch
 
 from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed
 from mezo_ray.zo.noise import scratch as scratch_like
-from mezo_ray.zo.optimizer import Closure, MeZO, NonFiniteLossError, StepRecord, _check, _takes_index
+from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
 
 
 class HiZOO(MeZO):
@@ -48,24 +48,10 @@ class HiZOO(MeZO):
         seed = mix_seed(self.seed, self.step_count, 0)
         self._init_hessian()
         loss_0 = self._loss_at(closure, 0, takes_index)
-        self._perturb(seed, self.eps)
-        try:
-            loss_plus = self._loss_at(closure, 1, takes_index)
-        except BaseException:
-            self._perturb(seed, -self.eps)  # back to theta
-            raise
-        self._perturb(seed, -2 * self.eps)
-        try:
-            loss_minus = self._loss_at(closure, 2, takes_index)
-        finally:
-            self._perturb(seed, self.eps)  # back to theta, also when the closure raised
+        loss_plus, loss_minus = self._two_point(self._perturb, seed, closure, takes_index, k=1)
         losses = (loss_0, loss_plus, loss_minus)
         if not all(math.isfinite(v) for v in losses):
-            self._finish(StepRecord(self.step_count, (seed,), (), self._lrs(), skipped=True))
-            self.nonfinite_steps += 1
-            if self.on_nonfinite == "raise":
-                raise NonFiniteLossError(f"non-finite loss at step {self.step_count - 1}: {losses}")
-            return math.nan
+            return self._skip((seed,), losses)
         grad = (loss_plus - loss_minus) / (2 * self.eps)
         curvature = abs(loss_plus + loss_minus - 2 * loss_0) / (2 * self.eps**2)
         record = StepRecord(self.step_count, (seed,), (grad, curvature), self._lrs())
@@ -75,10 +61,7 @@ class HiZOO(MeZO):
 
     def _redo_sweeps(self, record: StepRecord) -> None:
         self._init_hessian()
-        (seed,) = record.seeds
-        self._perturb(seed, self.eps)
-        self._perturb(seed, -2 * self.eps)
-        self._perturb(seed, self.eps)
+        self._two_point(self._perturb, record.seeds[0], None, False)
 
     def _passes_of(self, record: StepRecord) -> int:
         return 3

@@ -48,7 +48,9 @@ from mezo_ray.zo.noise import scratch as scratch_like
 Variant = Literal["sgd", "momentum", "adam", "sign"]
 VARIANTS: tuple[str, ...] = ("sgd", "momentum", "adam", "sign")  # the keys of UPDATE_RULES
 PERTURBATION_SCHEDULES: tuple[str, ...] = ("constant", "linear")
-SCALES: tuple[str, ...] = ("none", "param_norm")
+SCALES: tuple[str, ...] = ("none", "param_norm", "grad_norm")
+# The seed stream of scale='grad_norm''s per-group probes: mix_seed(seed, step, GRAD_NORM_STREAM, group).
+GRAD_NORM_STREAM = 0x6E0F
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "eps", "chunk_numel")
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
@@ -138,9 +140,14 @@ class StepRecord:
     projected_grads: tuple[float, ...]  # empty when the step was skipped
     lrs: tuple[float, ...]  # one per parameter group
     skipped: bool = False
+    # scale='grad_norm': the per-group scales measured at this step (empty where none were)
+    scales: tuple[float, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.scales:  # the seed log stays as it was for every other setting
+            del d["scales"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StepRecord:
@@ -150,6 +157,7 @@ class StepRecord:
             projected_grads=tuple(float(g) for g in d["projected_grads"]),
             lrs=tuple(float(x) for x in d["lrs"]),
             skipped=bool(d.get("skipped", False)),
+            scales=tuple(float(c) for c in d.get("scales", ())),
         )
 
 
@@ -163,6 +171,7 @@ class _StepRun:
     plus_losses: list[float] = dataclasses.field(default_factory=list)
     at: float | None = None
     loss_plus: float = math.nan
+    scales: tuple[float, ...] = ()  # scale='grad_norm': measured at the start of this step
     # Set by MeZO._interrupt: the exact weights the closure failed at are theta + at * z(seeds[-1]),
     # then these (parameter index, chunk start, element indices, values) written over them.
     patches: list[tuple[int, int, torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
@@ -188,11 +197,14 @@ class MeZO(torch.optim.Optimizer):
         layer_wise: perturb and update one block per step, block ``step mod num_blocks``, where a
             parameter's block is the first ``.<i>.`` in its name (the paper code's
             ``--layer_wise_optim``); parameters without one stay put. Takes the chunked path on CUDA.
-        scale: ``param_norm`` (the paper code's ``--zo_variant param_norm``): each group of
-            parameters (embeddings, LM head, each layer) is perturbed by z / c, c its weights' norm;
-            the estimate is g z c (``estimate='variance'``, unbiased) or g z (``'expectation'``, its
-            ``--change_grad_estimate``). c is computed at the first step and every ``rescale_every``
-            steps (the paper: each epoch, ``--recompute_norms``) and saved with the state.
+        scale: the paper code's ``--zo_variant``: each group of parameters (embeddings, LM head, each
+            layer) is perturbed by z / c; the estimate is g z c (``estimate='variance'``, unbiased) or
+            g z (``'expectation'``, its ``--change_grad_estimate``). ``param_norm``: c is the group's
+            weight norm. ``grad_norm``: c estimates the group's gradient norm with two forwards per
+            group, |l(theta + eps z_g) - l(theta - eps z_g)| / (2 eps), only that group perturbed
+            (``--use_zo_grad_est``; the code's default takes one backward pass instead, which costs
+            training memory). c is computed at the first step and every ``rescale_every`` steps
+            (the paper: each epoch, ``--recompute_norms``), recorded, and saved with the state.
     """
 
     def __init__(
@@ -318,7 +330,7 @@ class MeZO(torch.optim.Optimizer):
         takes_index = _takes_index(closure)
         run = self._resume_interrupted() or _StepRun()
         if not run.seeds:
-            self._rescale()
+            run.scales = self._rescale(closure, takes_index)
         k_total = self.perturbations_at(self.step_count)
         while len(run.grads) < k_total:
             k = len(run.grads)
@@ -335,19 +347,15 @@ class MeZO(torch.optim.Optimizer):
             run.at = None
             if not (math.isfinite(run.loss_plus) and math.isfinite(loss_minus)):
                 self.perturb(seed, self.eps)
-                self._finish(StepRecord(self.step_count, tuple(run.seeds), (), self._lrs(), skipped=True))
-                self.nonfinite_steps += 1
-                if self.on_nonfinite == "raise":
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {self.step_count - 1}: loss(theta+eps*z)={run.loss_plus}, "
-                        f"loss(theta-eps*z)={loss_minus}; the weights were restored and not updated"
-                    )
-                return math.nan
+                losses = (f"loss(theta+eps*z)={run.loss_plus}", f"loss(theta-eps*z)={loss_minus}")
+                return self._skip(tuple(run.seeds), losses, run.scales)
             run.grads.append((run.loss_plus - loss_minus) / (2 * self.eps))
             run.plus_losses.append(run.loss_plus)
             if k < k_total - 1:
                 self.perturb(seed, self.eps)
-        record = StepRecord(self.step_count, tuple(run.seeds), tuple(run.grads), self._lrs())
+        record = StepRecord(
+            self.step_count, tuple(run.seeds), tuple(run.grads), self._lrs(), scales=run.scales
+        )
         self._update(record)
         self._finish(record)
         return sum(run.plus_losses) / len(run.plus_losses)
@@ -380,7 +388,7 @@ class MeZO(torch.optim.Optimizer):
 
     def _redo_sweeps(self, record: StepRecord) -> None:
         """The perturbation sweeps of a recorded step, before its update (estimators override it)."""
-        self._rescale()
+        self._rescale(record=record)
         for k, seed in enumerate(record.seeds):
             self.perturb(seed, self.eps)
             self.perturb(seed, -2 * self.eps)
@@ -389,7 +397,7 @@ class MeZO(torch.optim.Optimizer):
 
     def _passes_of(self, record: StepRecord) -> int:
         """Forward passes the recorded step took."""
-        return 2 * len(record.seeds)
+        return 2 * len(record.seeds) + 2 * len(record.scales)
 
     # ------------------------------------------------------------------------------------------------
     # Sweeps
@@ -496,18 +504,52 @@ class MeZO(torch.optim.Optimizer):
         """What the estimate multiplies z by: c (unbiased for perturbations z / c), or 1."""
         return self._c.get(p, 1.0) if self.estimate == "variance" else 1.0
 
-    def _rescale(self) -> None:
-        """scale='param_norm': c = the norm of each group's weights, at the first step and every
-        ``rescale_every`` steps (a zero norm counts as 1, so the group still moves)."""
+    def _rescale(
+        self, closure: Closure | None = None, takes_index: bool = False, record: StepRecord | None = None
+    ) -> tuple[float, ...]:
+        """Set the per-group scales c where due: at the first step and every ``rescale_every`` steps
+        (a zero norm counts as 1, so the group still moves). Replaying a ``record``, grad_norm's
+        scales and sweeps are the recorded ones. Returns grad_norm's measured scales (else ())."""
         due = not self._c or (self.rescale_every and self.step_count % self.rescale_every == 0)
         if self.scale == "none" or not due:
-            return
-        sums: dict[str, float] = {}
-        for p, group in self._norm_groups.items():
-            if group is not None:
-                sums[group] = sums.get(group, 0.0) + _squared_norm(p)
-        norms = {group: math.sqrt(total) or 1.0 for group, total in sums.items()}
-        self._c = {p: norms[g] for p, g in self._norm_groups.items() if g is not None}
+            return ()
+        groups = list(dict.fromkeys(g for g in self._norm_groups.values() if g is not None))
+        if self.scale == "param_norm":
+            sums = dict.fromkeys(groups, 0.0)
+            for p, group in self._norm_groups.items():
+                if group is not None:
+                    sums[group] += _squared_norm(p)
+            norms = [math.sqrt(sums[group]) for group in groups]
+        elif record is None:
+            assert closure is not None
+            norms = [self._probe_group(i, group, closure, takes_index) for i, group in enumerate(groups)]
+        else:
+            norms = list(record.scales)
+            for i, group in enumerate(groups):
+                self._probe_group(i, group)
+        by_group = {
+            group: norm if math.isfinite(norm) and norm > 0 else 1.0
+            for group, norm in zip(groups, norms, strict=True)
+        }
+        self._c = {p: by_group[g] for p, g in self._norm_groups.items() if g is not None}
+        return tuple(norms) if self.scale == "grad_norm" else ()
+
+    def _probe_group(
+        self, index: int, group: str, closure: Closure | None = None, takes_index: bool = False
+    ) -> float:
+        """grad_norm: |l(theta + eps z) - l(theta - eps z)| / (2 eps) with only ``group`` perturbed by
+        plain z (the paper code's ``perturb_single_layer``); without a closure, the sweeps alone (replay)."""
+        slices = [s for s, p, _ in self._slices() if self._norm_groups[p] == group]
+
+        def sweep(seed: int, scale: float) -> None:
+            def add(s: NoiseSlice, c: Chunk) -> None:
+                s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+
+            for_each_chunk(slices, self.chunk_numel, add)
+
+        seed = mix_seed(self.seed, self.step_count, GRAD_NORM_STREAM, index)
+        plus, minus = self._two_point(sweep, seed, closure, takes_index)
+        return abs(plus - minus) / (2 * self.eps)
 
     def _init_state(self, p: torch.Tensor, s: NoiseSlice) -> None:
         state = self.state[p]
@@ -536,10 +578,50 @@ class MeZO(torch.optim.Optimizer):
 
     def _loss_at(self, closure: Closure, k: int, takes_index: bool) -> float:
         """The closure's loss, counted as a forward pass, for estimators that restart a step whose
-        closure raised (FZOO, HiZOO) instead of resuming it as ``_evaluate`` does."""
+        closure raised (FZOO, HiZOO, LOZO) instead of resuming it as ``_evaluate`` does."""
         value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
         self.forward_passes += 1
         return value
+
+    def _two_point(
+        self,
+        sweep: Callable[[int, float], None],
+        seed: int,
+        closure: Closure | None,
+        takes_index: bool,
+        k: int = 0,
+    ) -> tuple[float, float]:
+        """(l(theta + eps d), l(theta - eps d)), ``sweep(seed, a)`` adding a * d(seed) to the weights:
+        three sweeps, the weights back at theta (to rounding) at the end, also when the closure
+        raises. Without a closure, the sweeps alone (a replay) and (nan, nan)."""
+        sweep(seed, self.eps)
+        if closure is None:
+            sweep(seed, -2 * self.eps)
+            sweep(seed, self.eps)
+            return math.nan, math.nan
+        try:
+            plus = self._loss_at(closure, k, takes_index)
+        except BaseException:
+            sweep(seed, -self.eps)
+            raise
+        sweep(seed, -2 * self.eps)
+        try:
+            minus = self._loss_at(closure, k + 1, takes_index)
+        finally:
+            sweep(seed, self.eps)
+        return plus, minus
+
+    def _skip(self, seeds: tuple[int, ...], losses: Sequence[Any], scales: tuple[float, ...] = ()) -> float:
+        """Record a step whose losses were not all finite as skipped (the weights are at theta);
+        raise NonFiniteLossError under ``on_nonfinite='raise'``. Returns nan, the step's loss."""
+        self._finish(StepRecord(self.step_count, seeds, (), self._lrs(), True, scales))
+        self.nonfinite_steps += 1
+        if self.on_nonfinite == "raise":
+            raise NonFiniteLossError(
+                f"non-finite loss at step {self.step_count - 1}: {', '.join(map(str, losses))}; the weights "
+                "were restored and not updated"
+            )
+        return math.nan
 
     def _interrupt(self, run: _StepRun) -> None:
         """Move from theta + at*z back to theta, noting the elements where adding at*z again would not

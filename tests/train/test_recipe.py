@@ -375,6 +375,24 @@ def test_hizoo_trials_resume_exactly_with_their_hessian_estimate(tiny_models, tm
     assert straight["done"] and same_run(resumed) == same_run(straight)
 
 
+@pytest.mark.parametrize("checkpoints", [{"snapshot_every": None}, WEIGHTS], ids=["seed-log", "weights"])
+def test_lozo_m_trials_resume_exactly_with_their_lowrank_momentum(tiny_models, tmp_path, checkpoints):
+    changes = {"estimator": "lozo", "lozo_rank": 2, "lozo_interval": 3, "lozo_momentum": 0.9, **checkpoints}
+    straight, whole = trial(tmp_path, **changes)
+    assert [r["forward_passes"] for r in whole.reports[:-1]] == [8, 16]
+    assert 0 < whole.reports[-2]["optimizer_state_multiple"] < 0.5  # rank-2 factors and the vectors
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)  # step 4: mid-interval
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+
+
+def test_grad_norm_trials_resume_to_the_same_trajectory(tiny_models, tmp_path):
+    changes = {"perturbation_scale": "grad_norm", "recompute_norms": True, "snapshot_every": None}
+    straight, whole = trial(tmp_path, **changes)
+    assert whole.reports[0]["forward_passes"] > 8  # the per-group probes are counted
+    resumed, _ = trial(tmp_path, resume_from=whole.checkpoints[0], **changes)
+    assert straight["done"] and same_run(resumed) == same_run(straight)
+
+
 def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_path, monkeypatch):
     from mezo_ray.tasks import load_pool
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, mix_seed, replay
 from mezo_ray.zo.noise import NoiseSlice, noise_slice
-from mezo_ray.zo.optimizer import _fusable
+from mezo_ray.zo.optimizer import GRAD_NORM_STREAM, _fusable
 from tests.zo.reference import ReferenceMeZO
 
 
@@ -667,22 +667,37 @@ class _Grouped(nn.Module):
         return self.lm_head(x) * self.other
 
 
-def _param_norm_reference(
-    model: nn.Module, loss, steps: int, lr: float, eps: float, every: int, estimate: str
+def _scaled_reference(
+    model: nn.Module, loss, steps: int, lr: float, eps: float, every: int, scale: str, estimate: str
 ):
-    """The paper code's --zo_variant param_norm, written out: c = ||theta_group|| (groups: embed,
-    lm_head, layers.i; 1 outside them), theta +- eps z / c, g = (l+ - l-) / 2 eps, theta -= lr g z c
-    (variance) or lr g z (expectation); c recomputed every ``every`` steps."""
+    """The paper code's --zo_variant, written out: every ``every`` steps, c per group (embed, lm_head,
+    layers.i; 1 outside them) is the group's weight norm (param_norm), or (grad_norm, with
+    --use_zo_grad_est) |l(theta + eps z_g) - l(theta - eps z_g)| / 2 eps with only group g perturbed by
+    its own z_g; then theta +- eps z / c, g = (l+ - l-) / 2 eps, theta -= lr g z c (variance) or
+    lr g z (expectation)."""
     named = list(model.named_parameters())
     group = {"embed": "embed", "lm_head": "lm_head", "layers.0": "l0", "layers.1": "l1"}
     of = {n: next((g for key, g in group.items() if key in n), None) for n, _ in named}
+    order = list(dict.fromkeys(of[n] for n, _ in named if of[n]))  # the groups by first appearance
     for t in range(steps):
         if t % every == 0:
-            sq: dict[str, float] = {}
-            for n, p in named:
-                if of[n]:
-                    sq[of[n]] = sq.get(of[n], 0.0) + float((p.detach() ** 2).sum())
-            c = {n: math.sqrt(sq[of[n]]) if of[n] else 1.0 for n, _ in named}
+            norm: dict[str, float] = {}
+            for i, g in enumerate(order):
+                members = [(n, p) for n, p in named if of[n] == g]
+                if scale == "param_norm":
+                    norm[g] = math.sqrt(sum(float((p.detach() ** 2).sum()) for _, p in members))
+                    continue
+                seed = mix_seed(0, t, GRAD_NORM_STREAM, i)
+                theta = {n: p.detach().clone() for n, p in members}
+                probe = []
+                for sign in (1.0, -1.0):
+                    for n, p in members:
+                        p.data = theta[n] + sign * eps * full_noise(p, n, seed, 7).to(torch.float64)
+                    probe.append(float(loss()))
+                for n, p in members:
+                    p.data = theta[n]
+                norm[g] = abs(probe[0] - probe[1]) / (2 * eps)
+            c = {n: norm[of[n]] if of[n] else 1.0 for n, _ in named}
         seed = mix_seed(0, t, 0)
         zs = {n: full_noise(p, n, seed, 7).to(torch.float64) for n, p in named}
         theta = {n: p.detach().clone() for n, p in named}
@@ -696,17 +711,19 @@ def _param_norm_reference(
             p.data = theta[n] - lr * g * zs[n] * (c[n] if estimate == "variance" else 1.0)
 
 
+@pytest.mark.parametrize("scale", ["param_norm", "grad_norm"])
 @pytest.mark.parametrize("estimate", ["variance", "expectation"])
-def test_param_norm_scaling_matches_the_papers_definition_and_resumes(estimate):
+def test_scaled_perturbations_match_the_papers_definition_replay_and_resume(scale, estimate):
     ours, ref = _Grouped(), _Grouped()
     x = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    start = {n: w.clone() for n, w in ours.state_dict().items()}
 
     def make(model):
         return MeZO(
             model.named_parameters(),
             lr=1e-2,
             eps=1e-3,
-            scale="param_norm",
+            scale=scale,
             estimate=estimate,
             rescale_every=2,
             chunk_numel=7,
@@ -717,12 +734,19 @@ def test_param_norm_scaling_matches_the_papers_definition_and_resumes(estimate):
         opt.step(lambda: (ours(x) ** 2).mean())
     saved, weights = opt.state_dict(), {n: p.detach().clone() for n, p in ours.named_parameters()}
     opt.step(lambda: (ours(x) ** 2).mean())  # step 3 uses the scales of step 2, saved with the state
-    _param_norm_reference(ref, lambda: (ref(x) ** 2).mean(), 4, 1e-2, 1e-3, 2, estimate)
+    _scaled_reference(ref, lambda: (ref(x) ** 2).mean(), 4, 1e-2, 1e-3, 2, scale, estimate)
     for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+    # grad_norm probes 4 groups with 2 forwards each at steps 0 and 2
+    assert opt.forward_passes == 8 + (16 if scale == "grad_norm" else 0)
     resumed = _Grouped()
     resumed.load_state_dict({n: w for n, w in weights.items()})
     again = make(resumed)
     again.load_state_dict(saved)
     again.step(lambda: (resumed(x) ** 2).mean())
     assert all(torch.equal(p, q) for p, q in zip(resumed.parameters(), ours.parameters(), strict=True))
+    replayed = _Grouped()
+    replayed.load_state_dict(start)
+    records = [StepRecord.from_dict(json.loads(json.dumps(r.to_dict()))) for r in opt.trajectory]
+    replay(make(replayed), records)
+    assert all(torch.equal(p, q) for p, q in zip(replayed.parameters(), ours.parameters(), strict=True))

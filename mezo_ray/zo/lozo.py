@@ -1,0 +1,192 @@
+"""LOZO and LOZO-M (Chen et al., arXiv 2410.07698; code: optsuite/LOZO, ``LOZOtrainer.py``
+``lowrank_zo_perturb_parameters``, ``lowrank_zo_update``, ``lowrank_zo_update_momentum``).
+
+MeZO's two-point estimate, with each matrix W (m x n) perturbed along a rank-r direction U V^T: U
+(m x r) fresh every step, V (n x r) kept for ``interval`` steps (the paper's nu); vectors (biases,
+norms) take MeZO's Gaussian z. One step, two forwards:
+
+    g = (l(theta + eps Z) - l(theta - eps Z)) / (2 eps)
+    LOZO:    W <- W (1 - lr wd) - lr g U V^T
+    LOZO-M:  N <- beta N + (1 - beta) g U       N (m x r); a new V: N <- beta N V_old^T V / n + ...
+             W <- W (1 - lr wd) - lr N V^T;     vectors: b <- beta b + (1 - beta) g z, w -= lr b
+
+As the code (the paper writes g U V^T / r; the lr absorbs the 1 / r), and as the code the first
+LOZO-M step sets N = g U. U and V are drawn whole (they are small) from seeds mixed from the step (V:
+its interval) and the parameter's name; a parameter sharded by rows takes its rows of U. So, as
+MeZO's z, the perturbation is a pure function of (seed, name, row): sharded runs see the same one
+and a seed log replays a run bit for bit. State: none (LOZO); N, r / n of each matrix, and one
+buffer per vector (LOZO-M).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed, name_key
+from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
+
+U_STREAM, V_STREAM = 0x1A0, 0x1A1
+
+
+def lowrank_factor(name: str, rows: int, rank: int, seed: int, stream: int) -> torch.Tensor:
+    """One Gaussian factor (rows x rank, float32, CPU) for parameter ``name``: U (stream U_STREAM,
+    the step's seed) or V (V_STREAM, the seed of its interval)."""
+    gen = torch.Generator().manual_seed(mix_seed(seed, stream, name_key(name)))
+    return torch.randn(rows, rank, generator=gen)
+
+
+class LOZO(MeZO):
+    """LOZO (``beta=0``) or LOZO-M (``beta > 0``): ``step(closure)`` runs two forwards.
+
+    Args: as ``MeZO`` (``lr``, ``eps``, ``weight_decay``, ``seed``, ``chunk_numel``, ``on_nonfinite``),
+    and ``rank`` (r; the code's RoBERTa default 4), ``interval`` (nu: steps V is kept; its default
+    100), ``beta`` (LOZO-M's momentum; its default 0.9).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        eps: float = 1e-3,
+        *,
+        rank: int = 4,
+        interval: int = 100,
+        beta: float = 0.0,
+        **kw: Any,
+    ):
+        _check(rank >= 1, "rank", rank, "an integer >= 1")
+        _check(interval >= 1, "interval", interval, "an integer >= 1")
+        _check(0 <= beta < 1, "beta", beta, "a number in [0, 1) (0: LOZO, > 0: LOZO-M)")
+        super().__init__(params, lr=lr, eps=eps, **kw)
+        self.rank, self.interval, self.beta = rank, interval, beta
+        self._basis: int | None = None  # LOZO-M: the interval whose V the factors N are expressed in
+        self._factors: dict[tuple[str, int, int], torch.Tensor] = {}  # (name, stream, seed) -> factor
+
+    @property
+    def state_multiple(self) -> float:
+        """LOZO: 0; LOZO-M: N (r / n of each m x n matrix) and a buffer per vector, as a fraction."""
+        if not self.beta:
+            return 0
+        entries = [(p, s.local.numel()) for s, p, _ in self._slices()]
+        held = sum(n // (p.numel() // p.shape[0]) * self.rank if p.dim() >= 2 else n for p, n in entries)
+        return held / max(1, sum(n for _, n in entries))
+
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
+        """Take one LOZO step; returns the loss at theta + eps Z (nan if skipped). A closure that
+        raises leaves the weights at theta (to rounding), and the next step starts afresh."""
+        if closure is None:
+            raise ValueError("LOZO.step needs a closure that returns the loss")
+        seed = mix_seed(self.seed, self.step_count, 0)
+        plus, minus = self._two_point(self._perturb, seed, closure, _takes_index(closure))
+        if not (math.isfinite(plus) and math.isfinite(minus)):
+            return self._skip((seed,), (plus, minus))
+        record = StepRecord(self.step_count, (seed,), ((plus - minus) / (2 * self.eps),), self._lrs())
+        self._update(record)
+        self._finish(record)
+        return plus
+
+    def _redo_sweeps(self, record: StepRecord) -> None:
+        self._two_point(self._perturb, record.seeds[0], None, False)
+
+    # ------------------------------------------------------------------------------------------------
+    def _factor(self, name: str, rows: int, seed: int, stream: int, like: torch.Tensor) -> torch.Tensor:
+        """A factor on ``like``'s device and dtype, drawn once per (name, stream, seed)."""
+        key = (name, stream, seed)
+        if key not in self._factors:
+            if len(self._factors) > 4 * len(self._names):  # keep this step's and interval's
+                self._factors.clear()
+            self._factors[key] = lowrank_factor(name, rows, self.rank, seed, stream).to(like)
+        return self._factors[key]
+
+    def _u_v(
+        self, s: NoiseSlice, p: torch.Tensor, seed: int, interval: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's rows of U (the step's ``seed``) and the whole V of ``interval``."""
+        name, cols = self._names[p], p.numel() // p.shape[0]
+        first = s.offset // cols
+        u = self._factor(name, p.shape[0], seed, U_STREAM, s.local)[first : first + s.local.numel() // cols]
+        return u, self._factor(name, cols, mix_seed(self.seed, interval), V_STREAM, s.local)
+
+    def _perturb(self, seed: int, scale: float) -> None:
+        """theta += scale * Z(seed): U V^T on matrices (one GEMM each), z on vectors."""
+        vectors = []
+        for s, p, _ in self._active():
+            if p.dim() < 2:
+                vectors.append(s)
+                continue
+            u, v = self._u_v(s, p, seed, self.step_count // self.interval)
+            s.local.view(u.shape[0], v.shape[0]).addmm_(u, v.T, alpha=scale)
+
+        def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
+            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+
+        for_each_chunk(vectors, self.chunk_numel, perturb_chunk)
+
+    def _update(self, record: StepRecord) -> None:
+        """W <- W (1 - lr wd) - lr g U V^T (LOZO) or - lr N V^T (LOZO-M); vectors likewise with z."""
+        self.update_count += 1
+        (seed,), (grad,) = record.seeds, record.projected_grads
+        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        interval, beta = self.step_count // self.interval, self.beta
+        first = self._basis is None  # the code's first LOZO-M step: N = g U, b = g z
+        keep, add = (0.0, 1.0) if first else (beta, 1 - beta)
+        vectors = {}
+        for s, p, group in self._active():
+            lr, wd = lr_of[id(group)], group["weight_decay"] if self._decays[p] else 0.0
+            if p.dim() < 2:
+                vectors[id(s)] = (s, p, lr, wd)
+                continue
+            u, v = self._u_v(s, p, seed, interval)
+            weights = s.local.view(u.shape[0], v.shape[0])
+            if wd:
+                weights.mul_(1 - lr * wd)
+            if not beta:
+                weights.addmm_(u, v.T, alpha=-lr * grad)
+                continue
+            state = self.state[p]
+            if first:
+                state["lowrank_momentum"] = u * grad
+            elif self._basis != interval:  # a new V: N V_old^T V / n carries N over
+                _, v_old = self._u_v(s, p, seed, self._basis)
+                moved = state["lowrank_momentum"] @ (v_old.T @ v) / v.shape[0]
+                state["lowrank_momentum"] = moved.mul_(keep).add_(u, alpha=add * grad)
+            else:
+                state["lowrank_momentum"].mul_(keep).add_(u, alpha=add * grad)
+            weights.addmm_(state["lowrank_momentum"], v.T, alpha=-lr)
+
+        def update_chunk(s: NoiseSlice, c: Chunk) -> None:
+            _, p, lr, wd = vectors[id(s)]
+            theta, z = s.local[c.p_lo : c.p_hi], draw(s, c, seed)
+            if wd:
+                theta.mul_(1 - lr * wd)
+            if not beta:
+                theta.add_(z, alpha=-lr * grad)
+                return
+            buffer = self.state[p]["momentum_buffer"].view(-1)[c.p_lo : c.p_hi]
+            buffer.mul_(keep).add_(z, alpha=add * grad)
+            theta.add_(buffer, alpha=-lr)
+
+        for s, p, _, _ in vectors.values():
+            if beta and "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(s.local)
+        for_each_chunk([entry[0] for entry in vectors.values()], self.chunk_numel, update_chunk)
+        self._basis = interval
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["mezo"]["lozo_basis"] = self._basis
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._basis = state_dict["mezo"].get("lozo_basis")
+        super().load_state_dict(state_dict)
+        self._factors.clear()
+
+    def _trajectory_settings(self) -> dict[str, Any]:
+        settings = {**super()._trajectory_settings(), "estimator": "lozo", "rank": self.rank}
+        return {**settings, "interval": self.interval, "beta": self.beta}

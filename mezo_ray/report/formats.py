@@ -109,10 +109,12 @@ def _grid(table: Table) -> list[list[str]]:
     """Return the table as rows of strings, header first."""
     max_n = int(table.cells["n"].max()) if len(table.cells) else 0
     by_cell = {(cell.row, cell.column): cell for cell in table.cells.itertuples(index=False)}
-    lines = [[table.row_header, *(header for _, header in table.columns)]]
+    info_headers = [header for header, _ in table.row_info]
+    lines = [[table.row_header, *info_headers, *(header for _, header in table.columns)]]
     for row in table.rows:
+        info = [by_row.get(row, MISSING) for _, by_row in table.row_info]
         cells = [_format_cell(by_cell[(row, column)], table, max_n) for column, _ in table.columns]
-        lines.append([row, *cells])
+        lines.append([row, *info, *cells])
     return lines
 
 

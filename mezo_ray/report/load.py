@@ -68,6 +68,7 @@ FINAL_METRICS = (
     "selection",
     "steps_per_s",
     "nonfinite_steps",
+    "optimizer_state_multiple",
 )
 #: Metrics kept per report, for the learning-curve plots.
 HISTORY_METRICS = (

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter
 
 from mezo_ray.report.load import Report, model_key
 from mezo_ray.report.tables import natural_key, row_sort_key
@@ -130,8 +131,60 @@ def plot_memory(memory: pd.DataFrame, out_dir: Path) -> Path | None:
     return _save(fig, out_dir / "memory.png")
 
 
+def plot_methods(report: Report, selected: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Write one figure per (model, k, forward-pass budget) of the methods compared at a budget
+    (``methods_figure``). Return the paths written."""
+    budgeted = selected[selected["max_forward_passes"].notna()]
+    written = []
+    for (model, k, budget), group in budgeted.groupby(["model", "k", "max_forward_passes"], dropna=False):
+        name = f"methods_{_slug(model_key(model), _k_text(k), f'{int(budget)}fwd')}.png"
+        written.append(_save(methods_figure(report.history, group), out_dir / name))
+    return written
+
+
+def methods_figure(history: pd.DataFrame, selected: pd.DataFrame) -> Figure:
+    """A panel per task with, per method, the dev score of the configuration selected per seed against
+    forward passes: thin lines each seed, a thick line their mean per evaluation. ``selected``: the
+    selected trials of one (model, k, budget)."""
+    # evaluations only: the final report repeats the last step with the selected checkpoint's dev score
+    history = history.dropna(subset=["dev_acc", "forward_passes"]).drop_duplicates(["trial_id", "step"])
+    tasks = sorted(selected["task"].unique(), key=str.lower)
+    rows = sorted(selected["row"].unique(), key=row_sort_key)
+    colours = dict(zip(rows, colormaps["tab10"].colors, strict=False))
+    fig = Figure(figsize=(1 + 4.6 * len(tasks), 4.6), layout="constrained")
+    for ax, task in zip(fig.subplots(1, len(tasks), squeeze=False).ravel(), tasks, strict=True):
+        for row in rows:
+            chosen = selected[(selected["task"] == task) & (selected["row"] == row)]["trial_id"]
+            curves = history[history["trial_id"].isin(chosen)].sort_values(["trial_id", "report"])
+            if curves.empty:
+                continue
+            for _, seed in curves.groupby("trial_id"):
+                ax.plot(seed["forward_passes"], seed["dev_acc"] * 100, color=colours[row], lw=0.6, alpha=0.35)
+            mean = curves.groupby(curves.groupby("trial_id").cumcount())[["forward_passes", "dev_acc"]].mean()
+            label = row.split(" [", 1)[0]  # the budget is in the title
+            ax.plot(mean["forward_passes"], mean["dev_acc"] * 100, color=colours[row], lw=2, label=label)
+        ax.set_title(task)
+        ax.set_xlabel("forward passes")
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 50k, 1M: long counts do not collide
+        ax.set_ylabel("dev ×100")
+        ax.legend(fontsize=8)
+    first = selected.iloc[0]
+    k_title = "" if pd.isna(first["k"]) else f", k={int(first['k'])}"
+    fig.suptitle(
+        f"{model_key(first['model'])}{k_title}: dev score against forward passes, "
+        f"{int(first['max_forward_passes']):,} each\n(configuration selected on dev per seed; thin: seeds, "
+        "thick: mean)",
+        fontsize=10,
+    )
+    return fig
+
+
 def write_plots(report: Report, selected: pd.DataFrame, memory: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Write every plot of a report under ``out_dir`` and return the paths."""
-    written = plot_curves(report, out_dir) + plot_selected(selected, out_dir)
+    written = (
+        plot_curves(report, out_dir)
+        + plot_selected(selected, out_dir)
+        + plot_methods(report, selected, out_dir)
+    )
     memory_png = plot_memory(memory, out_dir)
     return written + ([memory_png] if memory_png else [])

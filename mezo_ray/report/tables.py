@@ -10,6 +10,7 @@ layout always shows all its rows and columns, so missing results stay visible as
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,11 @@ ROW_ORDER = (
     "MeZO-Adam (prefix)",
     "MeZO-momentum",
     "MeZO-sign",
+    "LP-MeZO",
+    "FZOO",
+    "HiZOO",
+    "LOZO",
+    "LOZO-M",
     "FT",
     "FT (LoRA)",
     "FT (LoRA, as published)",
@@ -74,11 +80,15 @@ class Table:
     k: int | None = None
     has_paper: bool = False
     notes: list[str] = field(default_factory=list)
+    # Columns about a row rather than a task, shown after its label: (header, {row: text}).
+    row_info: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
-def row_sort_key(label: str) -> tuple[int, str]:
-    """Sort key putting paper rows in the paper's order and unknown rows after them."""
-    return (ROW_ORDER.index(label), "") if label in ROW_ORDER else (len(ROW_ORDER), label)
+def row_sort_key(label: str) -> tuple[int, str, str]:
+    """Sort key putting paper rows in the paper's order, a bracketed ablation ("MeZO [n=4]") after its
+    row, and unknown rows after them."""
+    base = label.split(" [", 1)[0]
+    return (ROW_ORDER.index(base), "", label) if base in ROW_ORDER else (len(ROW_ORDER), base, label)
 
 
 def natural_key(text: str) -> list:
@@ -128,8 +138,8 @@ def score_tables(scores: pd.DataFrame) -> list[Table]:
     return sorted(tables, key=lambda t: order[t.name])  # stable: models stay in natural order
 
 
-def _score_table(cells: pd.DataFrame, model: str, k: int | None) -> Table:
-    name, paper_rows, paper_tasks, published = _layout(model, k)
+def _score_table(cells: pd.DataFrame, model: str, k: int | None, paper_layout: bool = True) -> Table:
+    name, paper_rows, paper_tasks, published = _layout(model, k) if paper_layout else ("", (), {}, None)
     present_tasks = set(cells["task"])
     if published is not None and not present_tasks & set(paper_tasks):
         name, paper_rows, paper_tasks, published = "", (), {}, None  # e.g. roberta-large on synthetic-sst2
@@ -233,10 +243,45 @@ def memory_tables(memory: pd.DataFrame) -> list[Table]:
     return tables
 
 
+def method_tables(selected: pd.DataFrame) -> list[Table]:
+    """Return one "methods at an equal budget" Table per (model, k, max_forward_passes) of the selected
+    trials that ran under a forward-pass budget: the test score of the configuration selected on dev per
+    seed (mean, std over seeds), and per method its optimizer state (× the trainable parameters) and
+    forward passes per step, both read from its trials' reports."""
+    tables = []
+    keys = ["model", "k", "max_forward_passes"]
+    for (model, k, budget), group in selected.groupby(keys, dropna=False, sort=True):
+        k = None if pd.isna(k) else int(k)
+        table = _score_table(aggregate(group), model, k, paper_layout=False)
+        state, per_step = {}, {}
+        for row, trials in group.groupby("row"):
+            multiple = trials["optimizer_state_multiple"].median()
+            state[row] = "—" if pd.isna(multiple) else f"{multiple:.3g}×"
+            passes = (trials["forward_passes"] / trials["step"]).median()
+            per_step[row] = "—" if pd.isna(passes) else f"{passes:.3g}"
+        where = model if k is None else f"{model}, k={k}"
+        tables.append(
+            dataclasses.replace(
+                table,
+                name="Methods",
+                title=f"Methods at {int(budget):,} forward passes: {where}",
+                row_info=[("state (× params)", state), ("forward passes / step", per_step)],
+                notes=[
+                    "Every trial stopped at the same forward-pass budget; state: the optimizer's buffers in "
+                    "multiples of the trainable parameters"
+                ],
+            )
+        )
+    return tables
+
+
 def build_tables(report: Report, select: str = "dev_acc", include_unfinished: bool = False) -> list[Table]:
-    """Return every table of a report: score sections (paper layouts first), then peak-memory sections."""
+    """Return every table of a report: score sections (paper layouts first), the methods compared at a
+    forward-pass budget, then peak-memory sections."""
     selected = select_best(report.trials, select, include_unfinished)
-    tables = score_tables(aggregate(selected)) if len(selected) else []
+    budgeted = selected["max_forward_passes"].notna()
+    tables = score_tables(aggregate(selected[~budgeted])) if (~budgeted).any() else []
+    tables += method_tables(selected[budgeted])
     memory = aggregate_memory(report.trials, include_unfinished)
     return tables + (memory_tables(memory) if len(memory) else [])
 

@@ -172,9 +172,11 @@ def test_ablations_get_rows_of_their_own_without_published_numbers(tmp_path, wri
     for change, test in variants.values():  # better dev every time: merged rows would all pick the last
         config = writer.cfg(RL, "SST-2", "mezo", 16, 13, 1e-6, **{**mezo, **change})
         writer.write_trial(tmp_path, config, writer.curve(1.0 - test, 0.3, test))
-    section = parse_markdown(render(from_experiment_dirs(tmp_path)))[T18]
+    sections = parse_markdown(render(from_experiment_dirs(tmp_path)))
+    budgeted = sections[f"Methods at 10,000 forward passes: {RL}, k=16"]  # its own table, no paper rows
+    assert list(budgeted) == ["MeZO [10000 fwd]"]
     for row, (_, test) in variants.items():
-        cell = section[row]["SST-2"]
+        cell = (budgeted if "fwd" in row else sections[T18])[row]["SST-2"]
         assert cell.startswith(f"{100 * test:.1f}") and ("[90.5 (1.2)" in cell) == (row == "MeZO"), (
             row,
             cell,
@@ -375,3 +377,32 @@ def test_dev_ties_go_to_the_run_the_papers_gather_script_keeps(tmp_path, writer,
         writer.write_trial(tmp_path, config, writer.curve(0.80, 0.3, 0.5 + i / 10))
     (selected,) = select_best(from_experiment_dirs(tmp_path).trials).to_dict("records")
     assert {key: selected[key] for key in paper_pick} == paper_pick
+
+
+def test_methods_at_a_budget_get_a_table_with_their_state_and_forward_passes_per_step(
+    tmp_path, writer, parse_markdown
+):
+    """Per method and seed the dev-selected trial's test score (mean, std over seeds), and the state and
+    forward passes per step its trials reported."""
+    methods = {  # row: (config, optimizer state, forward passes per step, test per lr 1e-6 / 1e-7)
+        "MeZO [4000 fwd]": ({}, 0, 2, (0.70, 0.60)),
+        "FZOO [4000 fwd]": ({"estimator": "fzoo", "n_probes": 8}, 0, 9, (0.80, 0.50)),
+        "LOZO-M [4000 fwd]": ({"estimator": "lozo", "lozo_momentum": 0.9}, 0.0123, 2, (0.75, 0.65)),
+    }
+    for change, state, per_step, tests in methods.values():
+        for seed, shift in ((13, 0.0), (21, 0.1)):
+            for lr, test, dev in zip((1e-6, 1e-7), tests, (0.9, 0.8), strict=True):  # dev picks lr 1e-6
+                config = writer.cfg(RL, "SST-2", "mezo", 16, seed, lr, max_forward_passes=4000, **change)
+                reports = writer.curve(dev, 0.3, test - shift)
+                for report in reports:
+                    report["forward_passes"] = per_step * report["step"]
+                    report["optimizer_state_multiple"] = state
+                writer.write_trial(tmp_path, config, reports)
+    text = render(from_experiment_dirs(tmp_path))
+    assert T18 not in text  # budgeted runs are not the paper's rows
+    section = parse_markdown(text)[f"Methods at 4,000 forward passes: {RL}, k=16"]
+    assert list(section) == ["MeZO [4000 fwd]", "FZOO [4000 fwd]", "LOZO-M [4000 fwd]"]
+    expected = {"MeZO [4000 fwd]": ("0×", "2", "65.0 (5.0)"), "FZOO [4000 fwd]": ("0×", "9", "75.0 (5.0)")}
+    expected["LOZO-M [4000 fwd]"] = ("0.0123×", "2", "70.0 (5.0)")
+    for row, (state, per_step, score) in expected.items():
+        assert section[row] == {"state (× params)": state, "forward passes / step": per_step, "SST-2": score}

@@ -415,6 +415,14 @@ PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers":
 PARITY_CASES = {
     "data-parallel": {"fsdp": False},
     "fsdp": {"fsdp": True},
+    # LOZO-M: each rank perturbs and updates its rows of U V^T; its rank-2 factors shard with the rows
+    "lozo-m-fsdp": {
+        "fsdp": True,
+        "estimator": "lozo",
+        "lozo_rank": 2,
+        "lozo_interval": 5,
+        "lozo_momentum": 0.9,
+    },
     # backprop: uneven shards (2 + 1 examples) weigh each example equally; an empty shard (1 + 0)
     "ft-data-parallel-uneven": {
         "fsdp": False,
@@ -479,5 +487,8 @@ def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, 
             "key.bias"
         ):  # softmax ignores it: its gradient is rounding noise, which Adam scales up
             continue
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=1e-5, msg=name)
+        # optimizer buffers are multiples of the projected gradient (l+ - l-) / 2 eps, whose float32 losses,
+        # reduced over ranks in another order, cancel about three digits: ~4e-5 of the buffer's scale here
+        atol = max(1e-5, 1e-4 * float(one[name].abs().max())) if name.startswith("optimizer/") else 1e-5
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=name)
     assert max(float((one[k] - start[k]).abs().max()) for k in one if k in start) > 1e-3  # the weights moved

@@ -123,6 +123,7 @@ class Experiment:
     configs: tuple[TrialConfig, ...]
     num_trials: int
     param_space: dict[str, Any] | None = None
+    grid_forward_passes: int | None = None  # the full grid of the space: what a search is measured by
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -150,7 +151,8 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
     if args.search == "grid":
         only = parse_filters(args.only)
         configs = expand(space, overrides, only, args.gpus_per_trial, args.num_samples or 1)
-        return Experiment(space, "grid", tuple(configs), len(configs))
+        grid = sum(cfg.forward_passes() for cfg in configs) // (args.num_samples or 1)
+        return Experiment(space, "grid", tuple(configs), len(configs), None, grid)
     if args.only:
         raise ValueError(f"--only {args.only}: filters a grid search; with --search optuna use --set")
     param_space = space.optuna_space(overrides)
@@ -160,7 +162,8 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
     constants = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
     example = {**constants, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
     sample = parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")
-    return Experiment(space, "optuna", (sample,), args.num_samples or 20, param_space)
+    grid = sum(cfg.forward_passes() for cfg in expand(space, overrides)) if space.grids else None
+    return Experiment(space, "optuna", (sample,), args.num_samples or 20, param_space, grid)
 
 
 def print_plan(experiment: Experiment, as_json: bool) -> None:
@@ -259,7 +262,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
         )
     print(f"Experiment {path}: {experiment.num_trials} trials, up to {max_concurrent} at a time")
     results = tuner.fit()
-    print_results(results, space, path)
+    print_results(results, experiment, path)
     return 0 if not results.errors else 1
 
 
@@ -384,7 +387,8 @@ def experiment_name(args: argparse.Namespace, space: SearchSpace, storage: str) 
     return f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def print_results(results: Any, space: SearchSpace, path: str) -> None:
+def print_results(results: Any, experiment: Experiment, path: str) -> None:
+    space = experiment.space
     frame = results.get_dataframe()
     if space.metric in frame:
         columns = [
@@ -398,8 +402,14 @@ def print_results(results: Any, space: SearchSpace, path: str) -> None:
         print(f"\n{len(results.errors)} trial(s) errored; see {path}")
     try:
         from mezo_ray.report import render
+        from mezo_ray.report.output import as_report
+        from mezo_ray.report.select import search_cost
 
-        print("\n" + render(results))
+        report = as_report(results)
+        print("\n" + render(report))
+        spent, grid = search_cost(report.trials)["forward_passes"], experiment.grid_forward_passes
+        if grid:
+            print(f"The space's full grid: {grid:,} forward passes; this search spent {spent / grid:.0%}.")
     except ValueError as err:
         print(f"(no report table: {err})")
     print(f"\nResults: {path}\nReport:  python -m mezo_ray.report {path}")

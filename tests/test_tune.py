@@ -244,7 +244,7 @@ def placement_groups_removed(timeout: float = 30) -> bool:
 
 
 @pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "train-workers"])
-def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path, workers):
+def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path, workers, capsys):
     space = write_space(tmp_path, num_workers=workers, max_steps=9, eval_steps=3)
     with open(space) as f:
         spec = json.load(f)
@@ -277,6 +277,10 @@ def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path,
         with open(os.path.join(tmp_path, "optuna", t, "params.json")) as f:
             modes.add(json.load(f)["mode"])
     assert modes <= {"full", "lora"}
+    # the search's cost is what its trials spent, stopped ones included
+    spent = sum(reports[-1]["forward_passes"] for reports in trials.values())
+    out = capsys.readouterr().out
+    assert f"Search cost: {len(trials)} trials (" in out and f"{spent:,} forward passes" in out, out[-2000:]
     assert placement_groups_removed()  # a trial ASHA stops leaves none behind to starve the next ones
 
 

@@ -13,8 +13,9 @@ from typing import Any
 
 import pandas as pd
 
+from mezo_ray.report.load import model_key
 from mezo_ray.report.select import SELECTIONS
-from mezo_ray.report.tables import Table
+from mezo_ray.report.tables import Table, row_sort_key
 
 FORMATS = ("markdown", "csv", "latex")
 MISSING = "—"
@@ -141,8 +142,16 @@ def footer_markdown(footer: pd.DataFrame, include_unfinished: bool) -> str:
     return f"### {_footer_heading(footer, include_unfinished)}\n\n{_markdown_table(_footer_grid(footer))}\n"
 
 
-def to_markdown(tables: list[Table], footer: pd.DataFrame, select: str, include_unfinished: bool) -> str:
-    """Return the report as Markdown: a heading, caption and pipe table per section, then the footer."""
+def to_markdown(
+    tables: list[Table],
+    footer: pd.DataFrame,
+    select: str,
+    include_unfinished: bool,
+    best: pd.DataFrame | None = None,
+    cost: dict[str, float] | None = None,
+) -> str:
+    """Return the report as Markdown: a heading, caption and pipe table per section, the best
+    configuration per method with the arguments that re-run it, what the search cost, then the footer."""
     parts = (
         []
         if tables
@@ -151,8 +160,38 @@ def to_markdown(tables: list[Table], footer: pd.DataFrame, select: str, include_
     for table in tables:
         parts += [f"### {table.title}", "", f"_{caption(table, select, include_unfinished)}_", ""]
         parts += [_markdown_table(_grid(table)), ""]
+    if best is not None and len(best):
+        parts += ["### Best configurations", ""]
+        parts += [
+            f"_Per method and task, the tuned settings with the best mean final `{select}` over data seeds; "
+            "re-run one with `python -m mezo_ray.tune --space <its space>` and these arguments._",
+            "",
+        ]
+        lines = [["model", "task", "method", f"{select} (seeds)", "re-run with"]]
+        order = sorted(
+            best.itertuples(index=False), key=lambda b: (b.model, b.task, str(b.k), row_sort_key(b.row))
+        )
+        for b in order:
+            where = b.task if pd.isna(b.k) else f"{b.task}, k={int(b.k)}"
+            score = getattr(b, select)
+            lines.append(
+                [model_key(b.model), where, b.row, f"{score:.4g} ({b.seeds})", f"`{b.rerun or '(as is)'}`"]
+            )
+        parts += [_markdown_table(lines), ""]
+    if cost is not None:
+        parts += [search_cost_line(cost), ""]
     notes = footer_markdown(footer, include_unfinished)
     return "\n".join(parts) + ("\n" + notes if notes else "")
+
+
+def search_cost_line(cost: dict[str, float]) -> str:
+    """ "Search cost: 12 trials (12 finished), 48,000 forward passes, 3m 10s of trial time"."""
+    seconds = round(cost["trial_seconds"])
+    time_text = f", {seconds // 60}m {seconds % 60:02d}s of trial time" if seconds else ""
+    return (
+        f"Search cost: {cost['trials']} trials ({cost['finished']} finished), "
+        f"{cost['forward_passes']:,.0f} forward passes{time_text}"
+    )
 
 
 def _latex_tabular(lines: list[list[str]]) -> list[str]:

@@ -69,6 +69,7 @@ FINAL_METRICS = (
     "steps_per_s",
     "nonfinite_steps",
     "optimizer_state_multiple",
+    "time_total_s",  # Tune's: the trial's seconds so far
 )
 #: Metrics kept per report, for the learning-curve plots.
 HISTORY_METRICS = (
@@ -93,7 +94,8 @@ _MODE_SUFFIX = {
 _UNTRAINED_ROWS = {"zero_shot": "Zero-shot", "icl": "ICL", "lp": "LP"}
 #: Rows that use no training data: their k is dropped, so one run shows in every k section of its model.
 K_FREE_ROWS = ("Zero-shot",)
-_ROW_KEYS = (
+#: The settings that make a trial's row (method and ablation): ``row_label``'s arguments, in order.
+ROW_KEYS = (
     "method",
     "zo_variant",
     "mode",
@@ -339,7 +341,7 @@ def _build(records: list[_Record]) -> Report:
         reports = rec.reports.reset_index(drop=True)
         final = reports.iloc[-1].to_dict() if len(reports) else {}
         config = {key: rec.config.get(key) for key in CONFIG_KEYS}
-        row = row_label(*(config[key] for key in _ROW_KEYS))
+        row = row_label(*(config[key] for key in ROW_KEYS))
         if row in K_FREE_ROWS:
             config["k"] = None
         status, reason = _status(final, rec.error, len(reports), config["max_steps"])

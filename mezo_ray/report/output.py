@@ -13,7 +13,13 @@ from typing import Any
 
 from mezo_ray.report.formats import FORMATS, to_csv, to_latex, to_markdown
 from mezo_ray.report.load import Report, from_experiment_dirs, from_result_grid
-from mezo_ray.report.select import aggregate_memory, check_selection, select_best
+from mezo_ray.report.select import (
+    aggregate_memory,
+    best_configurations,
+    check_selection,
+    search_cost,
+    select_best,
+)
 from mezo_ray.report.tables import build_tables, footer
 
 
@@ -48,8 +54,12 @@ def render(
     tables = build_tables(report, select, include_unfinished)
     if fmt == "csv":
         return to_csv(tables, select)
-    render_text = to_markdown if fmt == "markdown" else to_latex
-    return render_text(tables, footer(report.trials), select, include_unfinished)
+    if fmt == "latex":
+        return to_latex(tables, footer(report.trials), select, include_unfinished)
+    best = best_configurations(report.trials, select, include_unfinished)
+    return to_markdown(
+        tables, footer(report.trials), select, include_unfinished, best, search_cost(report.trials)
+    )
 
 
 def write_report(
@@ -68,7 +78,14 @@ def write_report(
     tables = build_tables(report, select, include_unfinished)
     trials_footer = footer(report.trials)
     texts = {
-        "report.md": to_markdown(tables, trials_footer, select, include_unfinished),
+        "report.md": to_markdown(
+            tables,
+            trials_footer,
+            select,
+            include_unfinished,
+            best_configurations(report.trials, select, include_unfinished),
+            search_cost(report.trials),
+        ),
         "report.tex": to_latex(tables, trials_footer, select, include_unfinished),
         "report.csv": to_csv(tables, select),
     }

@@ -9,6 +9,9 @@ never by looking at test.
 from __future__ import annotations
 
 import pandas as pd
+import yaml
+
+from mezo_ray.report.load import ROW_KEYS
 
 #: Selection metric -> direction, read from a trial's final report, whose dev metrics are those of the
 #: checkpoint it tested (CONTRACTS.md): ``dev_acc`` (highest) is the medium-model (RoBERTa) gather script's
@@ -111,3 +114,79 @@ def aggregate_memory(trials: pd.DataFrame, include_unfinished: bool = False) -> 
         peak_gib=("peak_gib", "max"), n=("peak_gib", "size"), includes_unfinished=("unfinished", "any")
     )
     return memory.reset_index()
+
+
+#: The settings a search tunes within a method: what a best-configuration line sets with ``--set``.
+TUNED_KEYS = (
+    "lr",
+    "eps",
+    "weight_decay",
+    "batch_size",
+    "n_probes",
+    "hessian_smooth",
+    "lozo_rank",
+    "lozo_interval",
+    "lozo_momentum",
+)
+
+
+def best_configurations(
+    trials: pd.DataFrame, select: str = "dev_acc", include_unfinished: bool = False
+) -> pd.DataFrame:
+    """Per (model, task, k, row): the tuned settings (TUNED_KEYS) with the best mean final ``select``
+    over data seeds, and ``rerun``, the ``python -m mezo_ray.tune`` arguments that run it again from
+    the same space: ``--only`` for the task and the method settings that tell this row's trials from
+    the experiment's others, ``--set`` for the tuned settings that vary within the row. Columns:
+    model, task, k, row, the metric (mean), seeds, settings (a dict), rerun."""
+    ascending = check_selection(select) == "min"
+    pool = candidates(trials, include_unfinished).dropna(subset=[select])
+    tuned = [key for key in TUNED_KEYS if key in pool]
+    varying_methods = [key for key in ("task", *ROW_KEYS) if key in trials and trials[key].nunique() > 1]
+    rows = []
+    for (model, task, k, row), cell in pool.groupby(["model", "task", "k", "row"], dropna=False, sort=True):
+        varying = [key for key in tuned if cell[key].nunique(dropna=False) > 1]
+        by_setting = cell.groupby(varying, dropna=False)[select] if varying else [((), cell[select])]
+        scores = [(values, scores.mean(), scores.count()) for values, scores in by_setting]
+        values, score, seeds = sorted(scores, key=lambda s: s[1], reverse=not ascending)[0]
+        values = values if isinstance(values, tuple) else (values,)
+        settings = dict(zip(varying, values, strict=True))
+        first = cell.iloc[0]
+        only = [f"--only {key}={_cli(first[key])}" for key in varying_methods if not pd.isna(first[key])]
+        sets = [f"--set {key}={_cli(value)}" for key, value in settings.items()]
+        rows.append(
+            {
+                "model": model,
+                "task": task,
+                "k": k,
+                "row": row,
+                select: score,
+                "seeds": seeds,
+                "settings": settings,
+                "rerun": " ".join([*only, *sets]),
+            }
+        )
+    return pd.DataFrame(rows, columns=["model", "task", "k", "row", select, "seeds", "settings", "rerun"])
+
+
+def search_cost(trials: pd.DataFrame) -> dict[str, float]:
+    """What a search spent: ``trials`` run, ``finished`` ones, ``forward_passes`` (the sum of every
+    trial's last reported count, finished or not) and ``trial_seconds`` (the sum of Tune's
+    time_total_s per trial, where recorded)."""
+    seconds = trials["time_total_s"] if "time_total_s" in trials else pd.Series(dtype=float)
+    return {
+        "trials": len(trials),
+        "finished": int((trials["status"] == "done").sum()),
+        "forward_passes": float(trials["forward_passes"].fillna(0).sum()),
+        "trial_seconds": float(seconds.fillna(0).sum()),
+    }
+
+
+def _cli(value: object) -> str:
+    """A value as ``--set`` / ``--only`` parse it back (YAML: 1.0e-06, true, null)."""
+    if hasattr(value, "item"):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        value = None
+    elif isinstance(value, float) and value == int(value) and abs(value) < 1e15:
+        value = int(value)
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()

@@ -12,6 +12,9 @@ A space is data::
     optuna:                         # distributions for --search optuna (optional)
       lr: {loguniform: [1.0e-7, 1.0e-4]}
       mode: {choice: [full, lora, prefix]}
+    pbt:                            # what --scheduler pbt may mutate, and its range (optional)
+      lr: [1.0e-7, 3.0e-7, 1.0e-6]  # a list: an exploit moves to a neighbouring value
+      eps: {loguniform: [1.0e-4, 1.0e-2]}   # a range: it multiplies by 0.8 or 1.2
 
 Every expanded trial is validated into a ``TrialConfig`` before Ray starts; errors name the space,
 the grid, the field, the bad value and what is allowed.
@@ -38,6 +41,9 @@ from mezo_ray.train.config import (
 )
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+#: What PBT may change mid-trial: a MeZO step's record keeps its lr and eps, so a trial that takes over
+#: another's checkpoint replays that trial's steps exactly and goes on with the new values.
+PBT_KEYS = ("lr", "eps")
 _DEFAULTS = TrialConfig.model_fields
 
 
@@ -67,6 +73,23 @@ class SearchSpace(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict)
     grids: list[Grid] = Field(min_length=1)
     optuna: dict[str, dict[str, list[Any]]] | None = None
+    pbt: dict[str, list[float] | dict[str, list[float]]] | None = None
+
+    @field_validator("pbt")
+    @classmethod
+    def _mutable_keys(cls, pbt: dict[str, Any] | None) -> Any:
+        for key, spec in (pbt or {}).items():
+            if key not in PBT_KEYS:
+                raise ValueError(f"pbt.{key}: PBT may mutate only {PBT_KEYS} (what a step's record keeps)")
+            if isinstance(spec, dict) and (
+                len(spec) != 1 or next(iter(spec)) not in ("loguniform", "uniform")
+            ):
+                raise ValueError(
+                    f"pbt.{key}={spec!r}: expected a list of values or loguniform / uniform: [lo, hi]"
+                )
+            if isinstance(spec, list) and len(spec) < 2:
+                raise ValueError(f"pbt.{key}={spec!r}: a list needs at least two values to move between")
+        return pbt
 
     @field_validator("optuna")
     @classmethod
@@ -77,6 +100,21 @@ class SearchSpace(BaseModel):
         return optuna
 
     # ------------------------------------------------------------------------------------------------
+    def pbt_mutations(self) -> dict[str, Any]:
+        """PBT's ``hyperparam_mutations``: lists as they are, ranges as Tune distributions."""
+        from ray import tune
+
+        if not self.pbt:
+            raise ValueError(
+                f"space {self.name!r} declares no pbt mutations; add e.g. `pbt: {{lr: [1.0e-4, 1.0e-3]}}`"
+            )
+        return {
+            key: spec
+            if isinstance(spec, list)
+            else getattr(tune, next(iter(spec)))(*next(iter(spec.values())))
+            for key, spec in self.pbt.items()
+        }
+
     def optuna_space(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """Tune's param_space for Optuna: constants plus distributions (explicit, or the grids' values)."""
         from ray import tune

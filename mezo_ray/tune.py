@@ -28,6 +28,11 @@ from mezo_ray.spaces import SearchSpace, builtin_spaces, expand, load_space, par
 from mezo_ray.train.config import TrialConfig, parse_trial_config
 
 DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
+#: What PBT's trials run with: in their own process (Tune hands a trial another's checkpoint there),
+#: checkpoints that are the seed log from the base model (an exploit then copies kB and replays it).
+PBT_TRIALS = {"num_workers": 0, "snapshot_every": None}
+#: Methods PBT evolves: those that train (the others report once and have nothing to take over).
+PBT_METHODS = ("mezo", "ft")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,7 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("grid", "optuna"), default="grid")
     p.add_argument("--num-samples", type=int, default=None, help="optuna trials (default 20); grid repeats")
     p.add_argument(
-        "--scheduler", choices=("none", "asha"), default="none", help="asha stops bad trials early"
+        "--scheduler",
+        choices=("none", "asha", "pbt"),
+        default="none",
+        help="asha stops bad trials early; pbt lets trials take over better ones' seed logs with a mutated "
+        "lr / eps (the space's `pbt:` ranges)",
     )
     p.add_argument("--max-concurrent", type=int, default=None, help="default: what the cluster can hold")
     p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (0: in-process)")
@@ -124,6 +133,7 @@ class Experiment:
     num_trials: int
     param_space: dict[str, Any] | None = None
     grid_forward_passes: int | None = None  # the full grid of the space: what a search is measured by
+    notes: tuple[str, ...] = ()  # what the command line's choices changed, said before the search
 
     @property
     def trials(self) -> list[dict[str, Any]]:
@@ -148,6 +158,8 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
         raise ValueError(f"--num-samples={args.num_samples}: must be >= 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
+    if args.scheduler == "pbt":
+        return plan_pbt(args, space, overrides)
     if args.search == "grid":
         only = parse_filters(args.only)
         configs = expand(space, overrides, only, args.gpus_per_trial, args.num_samples or 1)
@@ -164,6 +176,33 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
     sample = parse_trial_config(example, where=f"space {space.name!r} (optuna sample)")
     grid = sum(cfg.forward_passes() for cfg in expand(space, overrides)) if space.grids else None
     return Experiment(space, "optuna", (sample,), args.num_samples or 20, param_space, grid)
+
+
+def plan_pbt(args: argparse.Namespace, space: SearchSpace, overrides: dict[str, Any]) -> Experiment:
+    """PBT over the grid's training trials, each in its own process with seed-log checkpoints."""
+    space.pbt_mutations()  # the space must say what PBT may mutate
+    if args.search != "grid":
+        raise ValueError("--scheduler pbt evolves the grid's trials as its population; use --search grid")
+    for key, value in PBT_TRIALS.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(
+                f"--scheduler pbt runs trials with {key}={value} (an exploit hands a trial another's "
+                f"checkpoint, which Train workers would not see); got {key}={overrides[key]}"
+            )
+    configs = expand(space, {**overrides, **PBT_TRIALS}, parse_filters(args.only), args.gpus_per_trial)
+    population = tuple(cfg for cfg in configs if cfg.method in PBT_METHODS)
+    if len(population) < 2:
+        raise ValueError(
+            f"--scheduler pbt needs at least 2 training trials; the space gives {len(population)}"
+        )
+    left_out = len(configs) - len(population)
+    notes = [
+        f"PBT: {len(population)} trials in their own processes, seed-log checkpoints from the base model"
+    ]
+    if left_out:
+        notes.append(f"PBT: {left_out} trial(s) that do not train (zero-shot, ICL, LP) left out")
+    grid = sum(cfg.forward_passes() for cfg in population)
+    return Experiment(space, "grid", population, len(population), None, grid, tuple(notes))
 
 
 def print_plan(experiment: Experiment, as_json: bool) -> None:
@@ -184,6 +223,8 @@ def print_plan(experiment: Experiment, as_json: bool) -> None:
             summary["param_space"] = {k: repr(v) for k, v in experiment.param_space.items()}
         print(json.dumps(summary, default=str))
         return
+    for note in experiment.notes:
+        print(note)
     for key, value in summary.items():
         print(f"{key}: {value}")
     varying = [k for k in (trials[0] if trials else {}) if len({repr(t[k]) for t in trials}) > 1]
@@ -257,9 +298,12 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
             run_config=tune.RunConfig(
                 name=name,
                 storage_path=storage,
-                checkpoint_config=retention(tune.CheckpointConfig),  # in-process trials' checkpoints
+                # in-process trials' checkpoints
+                checkpoint_config=retention(tune.CheckpointConfig, pbt=args.scheduler == "pbt"),
             ),
         )
+    for note in experiment.notes:
+        print(note)
     print(f"Experiment {path}: {experiment.num_trials} trials, up to {max_concurrent} at a time")
     results = tuner.fit()
     print_results(results, experiment, path)
@@ -357,9 +401,17 @@ def search_algorithm(experiment: Experiment, max_concurrent: int) -> Any:
 def scheduler(kind: str, experiment: Experiment) -> Any:
     if kind == "none":
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
 
     configs = experiment.configs
+    if kind == "pbt":  # a decision at every evaluation (each reports a checkpoint), all trials at once:
+        # which trial takes over which then depends on their scores only, not on which reported first
+        return PopulationBasedTraining(
+            time_attr="step",
+            perturbation_interval=min(c.eval_steps for c in configs),
+            hyperparam_mutations=experiment.space.pbt_mutations(),
+            synch=True,
+        )
     return ASHAScheduler(
         time_attr="step",
         max_t=max(c.max_steps for c in configs),

@@ -284,6 +284,68 @@ def test_optuna_with_asha_finishes_every_trial(ray_local, tiny_models, tmp_path,
     assert placement_groups_removed()  # a trial ASHA stops leaves none behind to starve the next ones
 
 
+def test_pbt_exploit_replays_the_donors_seed_log_then_goes_on_with_the_mutated_settings(
+    ray_local, tiny_models, tmp_path, capsys
+):
+    """A trial PBT moves onto a better trial's checkpoint continues exactly as a fresh trial started from
+    that checkpoint (the donor's seed log, replayed) with the mutated lr / eps does."""
+    from mezo_ray.train.recipe import run_trial
+    from mezo_ray.train.session import LocalSession
+
+    space = tmp_path / "pbt.yaml"
+    defaults = {**TRIAL, "max_steps": 12, "eval_steps": 3, "cpus_per_worker": 1}
+    spec = {
+        "description": "pbt",
+        "defaults": defaults,
+        "grids": [{"name": "mezo", "grid": {"lr": [1e-4, 1e-2]}}],
+    }
+    spec["pbt"] = {"lr": [1e-4, 1e-3, 1e-2], "eps": {"loguniform": [1e-4, 1e-2]}}
+    space.write_text(json.dumps(spec))
+    assert (
+        main(["--space", str(space), "--storage-path", str(tmp_path), "--name", "pbt", "--scheduler", "pbt"])
+        == 0
+    )
+    assert "PBT: 2 trials in their own processes" in capsys.readouterr().out
+    with open(tmp_path / "pbt" / "pbt_global.txt") as f:
+        recipient_tag, _, _, _, donor_config, new_config = json.loads(f.readline())
+    assert (new_config["lr"], new_config["eps"]) != (donor_config["lr"], donor_config["eps"])
+    trials = results(str(tmp_path / "pbt"))
+    # trial folders are tune_trainable_<experiment>_<index>_<tag>_<date>
+    tagged = {name.split("_")[4]: reports for name, reports in trials.items()}
+    mutated = (new_config["lr"], new_config["eps"])
+    after = next(r for r in tagged[recipient_tag] if (r["config"]["lr"], r["config"]["eps"]) == mutated)
+    donor_step = after["step"] - 3  # the donor's checkpoint, one evaluation back (Ray's log of its
+    # iteration is not reliable under synch PBT)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the 1-CPU trial processes ran
+    try:
+        donor = LocalSession(str(tmp_path / "donor"))
+        run_trial(parse_trial_config(donor_config), donor)
+        resume = next(
+            c for c, r in zip(donor.checkpoints, donor.reports, strict=False) if r["step"] == donor_step
+        )
+        fresh = LocalSession(str(tmp_path / "fresh"), resume_from=resume)
+        run_trial(parse_trial_config(new_config), fresh)
+        fresh_steps = [r["step"] for r in fresh.reports]
+    finally:
+        torch.set_num_threads(threads)
+    expected = next(r for r in fresh.reports if r["step"] == after["step"])
+    for key in ("step", "forward_passes", "dev_acc", "dev_loss", "train_loss", "lr", "eps"):
+        assert after[key] == expected[key], key
+    # and step by step: the recipient's seed log (seeds, projected gradients, lr, eps) is the fresh run's
+    recipient = next(name for name in trials if name.split("_")[4] == recipient_tag)
+    states = []
+    for folder in glob.glob(str(tmp_path / "pbt" / recipient / "checkpoint_*")):  # PBT keeps them all here
+        with open(os.path.join(folder, "state.json")) as f:
+            states.append(json.load(f))
+    state = next(s for s in states if s["progress"]["step"] == after["step"])
+    with open(os.path.join(fresh.checkpoints[fresh_steps.index(after["step"])], "state.json")) as f:
+        assert state["trajectory"] == json.load(f)["trajectory"]
+    eps_of = {r["step"]: r["eps"] for r in state["trajectory"]}
+    # (records count steps from 0: record donor_step - 1 is the donor's last step, record donor_step the next)
+    assert eps_of[donor_step - 1] == donor_config["eps"] and eps_of[donor_step] == new_config["eps"]
+
+
 # --------------------------------------------------------------------------------------------------
 # Faults, for real: kill the driver, kill a Train worker
 def cli(*args: str) -> subprocess.Popen:

@@ -33,11 +33,18 @@ from mezo_ray.zo import StepRecord, local_tensor
 STATE_FILE = "state.json"
 WEIGHTS_STEP = "weights_step"
 OPTIMIZER_PREFIX = "optimizer/"
+PBT_KEEP = 5  # checkpoints kept per trial under PBT
 
 
-def retention(checkpoint_config: Any) -> Any:
+def retention(checkpoint_config: Any, pbt: bool = False) -> Any:
     """Ray's ``CheckpointConfig`` (Train's or Tune's class) keeping the two latest weight snapshots;
-    Ray also keeps the latest checkpoint, so the snapshot it continues from is always there."""
+    Ray also keeps the latest checkpoint, so the snapshot it continues from is always there. Under
+    PBT (seed logs from the base model, kB each): the latest few, so the one another trial is told
+    to take over is still there when that trial restarts."""
+    if pbt:
+        return checkpoint_config(
+            num_to_keep=PBT_KEEP, checkpoint_score_attribute="step", checkpoint_score_order="max"
+        )
     return checkpoint_config(
         num_to_keep=2, checkpoint_score_attribute=WEIGHTS_STEP, checkpoint_score_order="max"
     )

@@ -52,7 +52,7 @@ SCALES: tuple[str, ...] = ("none", "param_norm", "grad_norm")
 # The seed stream of scale='grad_norm''s per-group probes: mix_seed(seed, step, GRAD_NORM_STREAM, group).
 GRAD_NORM_STREAM = 0x6E0F
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
-_ALWAYS_SAVED: tuple[str, ...] = ("variant", "eps", "chunk_numel")
+_ALWAYS_SAVED: tuple[str, ...] = ("variant", "chunk_numel")
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
 DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
 # Parameter dtypes the fused CUDA sweep handles (it computes in float32); others take the chunked path.
@@ -142,6 +142,7 @@ class StepRecord:
     skipped: bool = False
     # scale='grad_norm': the per-group scales measured at this step (empty where none were)
     scales: tuple[float, ...] = ()
+    eps: float | None = None  # the step's perturbation scale (None in logs written before it was kept)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,6 +159,7 @@ class StepRecord:
             lrs=tuple(float(x) for x in d["lrs"]),
             skipped=bool(d.get("skipped", False)),
             scales=tuple(float(c) for c in d.get("scales", ())),
+            eps=None if d.get("eps") is None else float(d["eps"]),
         )
 
 
@@ -377,12 +379,17 @@ class MeZO(torch.optim.Optimizer):
                 f"record is for step {record.step} but the optimizer is at step {self.step_count}"
             )
         self._interrupted = None
-        with torch.no_grad():
-            self._redo_sweeps(record)
-            if record.skipped:
-                self.nonfinite_steps += 1
-            else:
-                self._update(record)
+        eps = self.eps  # a step is redone with its own eps (a PBT exploit may have changed it since)
+        self.eps = record.eps if record.eps is not None else eps
+        try:
+            with torch.no_grad():
+                self._redo_sweeps(record)
+                if record.skipped:
+                    self.nonfinite_steps += 1
+                else:
+                    self._update(record)
+        finally:
+            self.eps = eps
         self.forward_passes += self._passes_of(record)  # the budget spent by the original step
         self._finish(record)
 
@@ -689,6 +696,8 @@ class MeZO(torch.optim.Optimizer):
         return tuple(float(g["lr"]) for g in self.param_groups)
 
     def _finish(self, record: StepRecord) -> None:
+        if record.eps is None:
+            record = dataclasses.replace(record, eps=self.eps)
         self.trajectory.append(record)
         self.step_count = record.step + 1
 
@@ -724,9 +733,10 @@ class MeZO(torch.optim.Optimizer):
 
     def check_compatible(self, extra: Mapping[str, Any]) -> None:
         """Refuse to resume or replay a run saved with settings that give another trajectory: another
-        noise backend (another z for the same seeds), variant, eps, chunk size, K schedule, or
-        update-rule constant. ``extra`` is ``state_dict()["mezo"]``. Settings that older state dicts
-        did not record are not checked when absent."""
+        noise backend (another z for the same seeds), variant, chunk size, K schedule, or update-rule
+        constant (eps, like lr, is kept per step in the records: it may change). ``extra`` is
+        ``state_dict()["mezo"]``. Settings that older state dicts did not record are not checked when
+        absent."""
         for key, ours in self._trajectory_settings().items():
             if key not in extra and key not in _ALWAYS_SAVED:
                 continue
@@ -755,7 +765,6 @@ class MeZO(torch.optim.Optimizer):
             "estimator": "mezo",  # absent from older state dicts: not checked there
             "variant": self.variant,
             "noise_backend": self.noise_backend,
-            "eps": self.eps,
             "chunk_numel": self.chunk_numel,
             "n_perturbations": self.n_perturbations,
             "perturbation_schedule": self.perturbation_schedule,

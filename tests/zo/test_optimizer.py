@@ -276,7 +276,6 @@ def test_a_state_dict_from_another_noise_backend_is_refused():
             {"perturbation_schedule": "linear", "max_steps": 10},
             r"max_steps=9 but .* max_steps=10",
         ),
-        ({"eps": 1e-3}, {"eps": 1e-2}, r"eps=0.001 but .* eps=0.01"),
         ({"chunk_numel": 40}, {}, r"chunk_numel=40 but .* chunk_numel=1048576"),
         ({"variant": "momentum"}, {"variant": "momentum", "momentum": 0.5}, r"=0.9 but .* momentum=0.5"),
         (
@@ -294,10 +293,26 @@ def test_a_state_dict_from_other_trajectory_settings_is_refused(saved, loading, 
     MeZO(tiny_model().named_parameters(), lr=1e-3, **saved).load_state_dict(state)  # the same: accepted
 
 
+def test_a_step_is_replayed_with_its_own_eps_so_a_run_may_change_eps():
+    """PBT changes eps mid-run: the records keep each step's eps, a replay under another eps rebuilds
+    the same weights bit for bit, and the steps after it use the new eps."""
+    model, start = tiny_model(), tiny_model()
+    opt = run(model, steps=3)  # eps 1e-3
+    assert [r.eps for r in opt.trajectory] == [1e-3] * 3
+    other = MeZO(start.named_parameters(), lr=1e-2, eps=1e-2)
+    other.load_state_dict(MeZO(tiny_model().named_parameters(), lr=1e-2, eps=1e-3).state_dict())
+    records = [StepRecord.from_dict(json.loads(json.dumps(r.to_dict()))) for r in opt.trajectory]
+    replay(other, records)
+    assert all(torch.equal(p, q) for p, q in zip(start.parameters(), model.parameters(), strict=True))
+    x, y = data()
+    other.step(loss_fn(start, x, y))
+    assert other.trajectory[-1].eps == 1e-2 and other.eps == 1e-2
+
+
 def test_a_state_dict_saved_before_the_backend_was_recorded_still_loads():
     state = run(tiny_model(), steps=3).state_dict()
-    old_keys = ("seed", "step_count", "update_count", "forward_passes", "nonfinite_steps", "variant", "eps")
-    state["mezo"] = {k: state["mezo"][k] for k in (*old_keys, "chunk_numel")}
+    old_keys = ("seed", "step_count", "update_count", "forward_passes", "nonfinite_steps", "variant")
+    state["mezo"] = {"eps": 1e-3, **{k: state["mezo"][k] for k in (*old_keys, "chunk_numel")}}
     fresh = MeZO(tiny_model().named_parameters(), lr=1e-2, eps=1e-3)
     fresh.load_state_dict(state)
     assert fresh.step_count == 3

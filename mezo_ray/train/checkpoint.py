@@ -16,19 +16,28 @@ seed log continues from is never deleted.
 
 Only rank 0 writes the tensors of a replicated (data-parallel) model; with FSDP every rank writes its
 own shards (Ray Train merges the workers' folders into one checkpoint).
+
+The recipe calls ``write`` at every evaluation and ``restore`` once, after loading a checkpoint; the
+readers of a run's checkpoint folders (finding a snapshot, salvaging a killed run) are in ``session``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from mezo_ray.zo import StepRecord, local_tensor
+from mezo_ray.zo import MeZO, StepRecord, local_tensor
+
+if TYPE_CHECKING:
+    from mezo_ray.train.config import TrialConfig
+    from mezo_ray.train.session import Session
 
 STATE_FILE = "state.json"
 WEIGHTS_STEP = "weights_step"
@@ -171,3 +180,72 @@ def _join(json_part: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[s
 def _tensors(directory: str, kind: str, rank: int) -> dict[str, torch.Tensor] | None:
     path = os.path.join(directory, f"{kind}-rank{rank}.safetensors")
     return load_file(path) if os.path.exists(path) else None
+
+
+def restore(
+    resumed: Checkpoint | None,
+    session: Session,
+    params: list[tuple[str, torch.nn.Parameter]],
+    optimizer: torch.optim.Optimizer,
+    selection: str,
+    after_step: Callable[[int], None],
+) -> tuple[Progress, dict[str, torch.Tensor] | None]:
+    """Bring the weights and optimizer to a resumed checkpoint: its weight snapshot (in it, in another
+    folder of the run, or the base model already loaded), then a replay of the seed log since it, bit
+    for bit (``after_step(step)`` after each replayed step, as after each trained one). Returns the
+    progress to continue from and the selected (best-dev) weights, where kept."""
+    if resumed is None:
+        return Progress(), None
+    progress, best = resumed.progress, resumed.best
+    snapshot = resumed
+    if resumed.weights is None and progress.snapshot_step > 0:
+        with session.snapshot_checkpoint(progress.snapshot_step) as directory:
+            snapshot = load(directory, session.rank)
+        best = snapshot.best if progress.best_step <= progress.snapshot_step else None
+    if snapshot.weights is not None:
+        copy_into(params, snapshot.weights, "weights")
+        optimizer.load_state_dict(snapshot.optimizer)
+    else:
+        optimizer.check_compatible(resumed.optimizer["mezo"])
+    for record in resumed.trajectory:  # the same sweeps as the original steps
+        optimizer.apply_record(record)
+        after_step(record.step + 1)
+        if record.step + 1 == progress.best_step and selection != "final":
+            best = trainable_copy(params)
+    return progress, best
+
+
+def write(
+    session: Session,
+    cfg: TrialConfig,
+    progress: Progress,
+    optimizer: torch.optim.Optimizer,
+    params: list[tuple[str, torch.nn.Parameter]],
+    best: dict[str, torch.Tensor] | None,
+) -> None:
+    """Report ``progress.last_metrics`` with a checkpoint: the trainable weights and optimizer state (a
+    snapshot), or MeZO's seed log since the last snapshot (``checkpoint_mode=seed_log``: every
+    ``snapshot_every``-th is a snapshot). Every report carries one: Ray Train's result is the latest
+    checkpointed report, so a failure reported without one would not reach it."""
+    rank = session.rank
+    progress.world_size, progress.fsdp = session.world_size, cfg.fsdp
+    progress.checkpoints += 1
+    seed_log = isinstance(optimizer, MeZO) and cfg.checkpoint_mode == "seed_log"
+    log_only = seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0)
+    progress.last_metrics[WEIGHTS_STEP] = -1 if log_only else progress.step
+    with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
+        if log_only:
+            save(directory, progress, optimizer.trajectory, None, None, optimizer.state_dict(), rank, False)
+        else:
+            progress.snapshot_step = progress.step
+            if isinstance(optimizer, MeZO):
+                optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
+            weights = {n: local_tensor(p) for n, p in params}
+            kept = best if progress.best_step != progress.step else None
+            save(directory, progress, [], weights, kept, optimizer.state_dict(), rank, cfg.fsdp or rank == 0)
+        session.report(progress.last_metrics, directory)
+
+
+def trainable_copy(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
+    """The trainable weights (this rank's shards), copied to the CPU."""
+    return {n: local_tensor(p).detach().to("cpu", copy=True) for n, p in params}

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
 import time
 from typing import Any
 
@@ -48,7 +47,7 @@ from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, local_tensor, mix_seed
+from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -79,26 +78,10 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     optimizer = _build_optimizer(cfg, params, len(splits.train))
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 
-    # 2. Resume: the weight snapshot (in this checkpoint, another one, or the base model), then a
-    #    replay of the seed log since it
-    progress, best_weights = ckpt.Progress(), None
-    if resumed is not None:
-        progress, best_weights = resumed.progress, resumed.best
-        snapshot = resumed
-        if resumed.weights is None and progress.snapshot_step > 0:
-            with session.snapshot_checkpoint(progress.snapshot_step) as directory:
-                snapshot = ckpt.load(directory, rank)
-            best_weights = snapshot.best if progress.best_step <= progress.snapshot_step else None
-        if snapshot.weights is not None:
-            ckpt.copy_into(params, snapshot.weights, "weights")
-            optimizer.load_state_dict(snapshot.optimizer)
-        else:
-            optimizer.check_compatible(resumed.optimizer["mezo"])
-        for record in resumed.trajectory:  # bit-exact: the same sweeps as the original steps
-            optimizer.apply_record(record)
-            _boost(cfg, loaded, record.step + 1)
-            if record.step + 1 == progress.best_step and cfg.selection != "final":
-                best_weights = _trainable_copy(params)
+    # 2. Resume: the weight snapshot, then a replay of the seed log since it
+    progress, best_weights = ckpt.restore(
+        resumed, session, params, optimizer, cfg.selection, after_step=lambda step: _boost(cfg, loaded, step)
+    )
 
     # 3. The loop
     clock, steps_at_clock = time.perf_counter(), progress.step
@@ -114,39 +97,14 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
             _count_loss(cfg, progress, loss, step)
         except NonFiniteLossError as err:  # the reason goes in the trial's results, then the trial fails
             progress.last_metrics = _failure_metrics(progress, optimizer, step, str(err))
-            _checkpoint_and_report(session, cfg, progress, optimizer, params, best_weights, rank, world)
+            ckpt.write(session, cfg, progress, optimizer, params, best_weights)
             raise
         if step % cfg.eval_steps and step != cfg.max_steps and not _out_of_budget(cfg, optimizer, step):
             continue
         steps_per_s = (step - steps_at_clock) / (time.perf_counter() - clock)
-        dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
-        progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
-        if _improves(cfg, dev_acc, dev_loss, progress):
-            progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
-            best_weights = None if cfg.selection == "final" else _trainable_copy(params)
-        progress.last_metrics = {
-            "step": step,
-            "forward_passes": forward_passes(optimizer, step),
-            "dev_acc": dev_acc,
-            "best_dev_acc": progress.max_dev_acc,
-            "dev_loss": dev_loss,
-            "train_loss": progress.train_loss_sum / max(progress.train_loss_count, 1),
-            "lr": optimizer.param_groups[0]["lr"],
-            "eps": cfg.eps if cfg.method == "mezo" else 0.0,
-            "peak_mem_bytes": peak_memory_bytes(device),
-            "steps_per_s": steps_per_s,
-            "nonfinite_steps": progress.nonfinite_steps,
-            "optimizer_state_multiple": optimizer_state_multiple(optimizer),
-        }
-        progress.train_loss_sum, progress.train_loss_count = 0.0, 0
-        if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
-            print(
-                f"[{cfg.task} {cfg.method} lr={cfg.lr:g}] step {step}/{cfg.max_steps} "
-                f"dev_acc {dev_acc:.4f} (best {progress.max_dev_acc:.4f}) dev_loss {dev_loss:.4f} "
-                f"{steps_per_s:.2f} steps/s",
-                flush=True,
-            )
-        _checkpoint_and_report(session, cfg, progress, optimizer, params, best_weights, rank, world)
+        best_weights = _evaluate_and_report(
+            cfg, session, head, dev, optimizer, params, progress, best_weights, steps_per_s, device
+        )
         clock, steps_at_clock = time.perf_counter(), step
 
     # 4. The test metric of the selected (best-dev) weights
@@ -165,6 +123,52 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     }
     session.report(final, None)
     return final
+
+
+def _evaluate_and_report(
+    cfg: TrialConfig,
+    session: Session,
+    head: Any,
+    dev: list[Example],
+    optimizer: torch.optim.Optimizer,
+    params: list[tuple[str, torch.nn.Parameter]],
+    progress: ckpt.Progress,
+    best_weights: dict[str, torch.Tensor] | None,
+    steps_per_s: float,
+    device: torch.device,
+) -> dict[str, torch.Tensor] | None:
+    """Evaluate on dev, keep the weights the selection rule picks, report with a checkpoint; returns
+    the selected weights (None: the current ones, or not kept)."""
+    rank, world, step = session.rank, session.world_size, progress.step
+    dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
+    progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
+    if _improves(cfg, dev_acc, dev_loss, progress):
+        progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
+        best_weights = None if cfg.selection == "final" else ckpt.trainable_copy(params)
+    progress.last_metrics = {
+        "step": step,
+        "forward_passes": forward_passes(optimizer, step),
+        "dev_acc": dev_acc,
+        "best_dev_acc": progress.max_dev_acc,
+        "dev_loss": dev_loss,
+        "train_loss": progress.train_loss_sum / max(progress.train_loss_count, 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "eps": cfg.eps if cfg.method == "mezo" else 0.0,
+        "peak_mem_bytes": peak_memory_bytes(device),
+        "steps_per_s": steps_per_s,
+        "nonfinite_steps": progress.nonfinite_steps,
+        "optimizer_state_multiple": optimizer_state_multiple(optimizer),
+    }
+    progress.train_loss_sum, progress.train_loss_count = 0.0, 0
+    if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
+        print(
+            f"[{cfg.task} {cfg.method} lr={cfg.lr:g}] step {step}/{cfg.max_steps} "
+            f"dev_acc {dev_acc:.4f} (best {progress.max_dev_acc:.4f}) dev_loss {dev_loss:.4f} "
+            f"{steps_per_s:.2f} steps/s",
+            flush=True,
+        )
+    ckpt.write(session, cfg, progress, optimizer, params, best_weights)
+    return best_weights
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -517,42 +521,3 @@ def _sum_gradients(optimizer: torch.optim.Optimizer) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
-def _trainable_copy(params: list[tuple[str, torch.nn.Parameter]]) -> dict[str, torch.Tensor]:
-    return {n: local_tensor(p).detach().to("cpu", copy=True) for n, p in params}
-
-
-def _checkpoint_and_report(
-    session: Session,
-    cfg: TrialConfig,
-    progress: ckpt.Progress,
-    optimizer: torch.optim.Optimizer,
-    params: list[tuple[str, torch.nn.Parameter]],
-    best_weights: dict | None,
-    rank: int,
-    world: int,
-) -> None:
-    """Report ``progress.last_metrics`` with a checkpoint: the trainable weights and optimizer state (a
-    snapshot), or MeZO's seed log since the last snapshot (``checkpoint_mode=seed_log``: every
-    ``snapshot_every``-th is a snapshot). Every report carries one: Ray Train's result is the latest
-    checkpointed report, so a failure reported without one would not reach it."""
-    progress.world_size, progress.fsdp = world, cfg.fsdp
-    progress.checkpoints += 1
-    seed_log = isinstance(optimizer, MeZO) and cfg.checkpoint_mode == "seed_log"
-    log_only = seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0)
-    progress.last_metrics[ckpt.WEIGHTS_STEP] = -1 if log_only else progress.step
-    with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
-        if log_only:
-            state = optimizer.state_dict()
-            ckpt.save(
-                directory, progress, optimizer.trajectory, None, None, state, rank, writes_tensors=False
-            )
-        else:
-            progress.snapshot_step = progress.step
-            if isinstance(optimizer, MeZO):
-                optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
-            weights = {n: local_tensor(p) for n, p in params}
-            best = best_weights if progress.best_step != progress.step else None
-            ckpt.save(
-                directory, progress, [], weights, best, optimizer.state_dict(), rank, cfg.fsdp or rank == 0
-            )
-        session.report(progress.last_metrics, directory)

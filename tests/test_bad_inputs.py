@@ -49,6 +49,11 @@ def bad_files(tmp_path_factory, tiny_models):
     (root / "labels.csv").write_text("text,label\ngood film,pos\nbad film,neg\nso so,meh\n")
     (root / "task.yaml").write_text(json.dumps(task))
     (root / "task_extra_key.yaml").write_text(json.dumps({**task, "colour": "red"}))
+    demo = {"description": "x", "defaults": {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 16}}
+    demo["grids"] = [{"name": "a", "grid": {"lr": [1e-4, 1e-3]}}]
+    (root / "pbt_batch.yaml").write_text(json.dumps({**demo, "pbt": {"batch_size": [8, 16]}}))
+    (root / "pbt_one_value.yaml").write_text(json.dumps({**demo, "pbt": {"lr": [1e-4]}}))
+    (root / "pbt_ok.yaml").write_text(json.dumps({**demo, "pbt": {"lr": [1e-4, 1e-3]}}))
     return root
 
 
@@ -121,6 +126,11 @@ CASES = [
     ([*SMOKE, "--set", "task={root}/task_extra_key.yaml"], "unknown key 'colour'"),
     ([*SMOKE, "--set", "task={root}/task.yaml", "--set", "k=1"], "label 'meh' is not one of"),
     ([*SMOKE, "--gpus-per-trial", "1"], "asks for 1 GPU(s) but the cluster has 0"),
+    ([*SMOKE, "--scheduler", "pbt"], "space 'smoke' declares no pbt mutations"),
+    (["--space", "{root}/pbt_batch.yaml", "--scheduler", "pbt"], "pbt.batch_size: PBT may mutate only"),
+    (["--space", "{root}/pbt_one_value.yaml", "--scheduler", "pbt"], "a list needs at least two values"),
+    (["--space", "{root}/pbt_ok.yaml", "--scheduler", "pbt", "--set", "num_workers=1"], "got num_workers=1"),
+    (["--space", "{root}/pbt_ok.yaml", "--scheduler", "pbt", "--search", "optuna"], "use --search grid"),
     ([*SMOKE, "--workers-per-trial", "64"], "asks for 64 CPUs"),
 ]
 

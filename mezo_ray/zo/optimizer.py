@@ -15,7 +15,7 @@ Optimizer state: SGD and sign keep none; momentum keeps 1x the trainable paramet
 (in the parameters' dtype, as ``torch.optim`` does).
 
 Every step is appended to ``trajectory`` as a ``StepRecord`` (seeds, projected gradients, learning
-rates); ``replay`` redoes the same sweeps from the starting weights and gives the same weights bit for
+rates, eps); ``replay`` redoes the same sweeps from the starting weights and gives the same weights bit for
 bit, so a trial's state is (start weights, trajectory, scalars).
 """
 
@@ -133,7 +133,7 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass(frozen=True)
 class StepRecord:
-    """Everything one step did, enough to redo it without data: seeds, projected gradients, lrs."""
+    """Everything one step did, enough to redo it without data: seeds, projected gradients, lrs, eps."""
 
     step: int
     seeds: tuple[int, ...]

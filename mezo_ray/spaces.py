@@ -217,9 +217,16 @@ def load_space(name_or_path: str) -> SearchSpace:
     elif os.path.isfile(name_or_path):
         path = name_or_path
     else:
+        where = os.path.abspath(name_or_path)
+        job = (  # a Ray job runs in its unpacked --working-dir: a file outside it is not there
+            f"; this Ray job runs in {os.getcwd()}, its --working-dir: submit from the folder that holds "
+            "the file (ray job submit --working-dir .) or give a path every node sees"
+            if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")  # set by the job supervisor for its driver
+            else ""
+        )
         raise ValueError(
             f"--space {name_or_path!r} is neither a built-in space {sorted(spaces)} "
-            "nor a YAML file that exists"
+            f"nor a YAML file that exists ({where}){job}"
         )
     try:
         with open(path) as f:

@@ -19,6 +19,7 @@ import glob
 import json
 import math
 import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -260,6 +261,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
     from mezo_ray.train.ray_trial import trial_resources, tune_trainable
 
     space = experiment.space
+    check_address(args.address)
     storage = storage_location(args.storage_path)
     name = experiment_name(args, space, storage)
     if not args.skip_preflight:
@@ -270,6 +272,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
     if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
         check_resources(experiment, args.max_concurrent, local_resources())
     connect(args.address)
+    check_storage_visible(storage)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     max_concurrent = check_resources(experiment, args.max_concurrent, ray.cluster_resources(), nodes)
 
@@ -316,6 +319,63 @@ def reuse_trial_processes(experiment: Experiment, scheduler: str) -> bool:
     when the process it would reuse is still winding down the last (a Train run shutting down its
     workers, a trial a scheduler stopped; Ray 2.60: "Trainable runner reuse requires reset_config()")."""
     return scheduler == "none" and all(cfg.num_workers == 0 for cfg in experiment.configs)
+
+
+def check_address(address: str | None) -> None:
+    """Refuse an address nobody listens on at once (``ray.init`` would retry for a minute first)."""
+    if not address or address in ("auto", "local"):
+        return
+    if address.startswith(("http://", "https://")):
+        raise ValueError(
+            f"--address {address}: that is the job server's (dashboard's) address, for `ray job submit "
+            "--address`; --address takes the cluster's GCS address, host:6379 (or ray://host:10001)"
+        )
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"--address {address!r}: expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=3).close()
+    except OSError as err:
+        raise ValueError(
+            f"--address {address}: nothing listens at {host}:{port} ({err.strerror or err}); start a head "
+            "there (`ray start --head`) or leave --address out for a local Ray"
+        ) from None
+
+
+def check_storage_visible(storage: str, timeout_s: float = 60) -> None:
+    """With several nodes, a local --storage-path must be one every node sees (trials write there from
+    wherever they run): a marker file written here is looked for from every node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
+    if "://" in storage or len(nodes) < 2:
+        return
+    os.makedirs(storage, exist_ok=True)
+    marker = os.path.join(storage, f".mezo_ray-visible-{os.getpid()}-{time.time_ns()}")
+    open(marker, "w").close()
+    exists = ray.remote(num_cpus=0)(os.path.exists)
+    try:
+        seen = ray.get(
+            [
+                exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
+                    marker
+                )
+                for node in nodes
+            ],
+            timeout=timeout_s,
+        )
+    finally:
+        os.remove(marker)
+    blind = [node for node, found in zip(nodes, seen, strict=True) if not found]
+    if blind:
+        raise ValueError(
+            f"--storage-path {storage} is not visible from {len(blind)} of the cluster's {len(nodes)} nodes "
+            f"({', '.join(b[:8] for b in blind)}): trials write their results there from wherever they run; "
+            "use shared storage every node mounts (NFS) or a bucket URI (s3://..., gs://...)"
+        )
 
 
 def connect(address: str | None) -> None:

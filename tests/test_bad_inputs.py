@@ -127,6 +127,9 @@ CASES = [
     ([*SMOKE, "--set", "task={root}/task.yaml", "--set", "k=1"], "label 'meh' is not one of"),
     ([*SMOKE, "--gpus-per-trial", "1"], "asks for 1 GPU(s) but the cluster has 0"),
     ([*SMOKE, "--scheduler", "pbt"], "space 'smoke' declares no pbt mutations"),
+    ([*SMOKE, "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: nothing listens at 127.0.0.1:1"),
+    ([*SMOKE, "--address", "http://127.0.0.1:8265"], "that is the job server's (dashboard's) address"),
+    ([*SMOKE, "--address", "headnode"], "expected host:port"),
     (["--space", "{root}/pbt_batch.yaml", "--scheduler", "pbt"], "pbt.batch_size: PBT may mutate only"),
     (["--space", "{root}/pbt_one_value.yaml", "--scheduler", "pbt"], "a list needs at least two values"),
     (["--space", "{root}/pbt_ok.yaml", "--scheduler", "pbt", "--set", "num_workers=1"], "got num_workers=1"),
@@ -146,3 +149,28 @@ def test_bad_input_is_refused_before_ray_with_a_clear_message(argv, message, bad
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
+
+
+def test_a_storage_path_some_node_cannot_see_is_refused_and_the_marker_removed(tmp_path, monkeypatch):
+    """Two nodes, one of which does not mount the storage path: refused, naming the fix."""
+    import ray
+
+    from mezo_ray.tune import check_storage_visible
+
+    nodes = [{"NodeID": "a" * 56, "Alive": True}, {"NodeID": "b" * 56, "Alive": True}]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+
+    class Task:  # node a sees the head's files, node b does not
+        def options(self, scheduling_strategy):
+            self.node = scheduling_strategy.node_id
+            return self
+
+        def remote(self, path):
+            return os.path.exists(path) and self.node.startswith("a")
+
+    monkeypatch.setattr(ray, "remote", lambda **_: lambda fn: Task())
+    monkeypatch.setattr(ray, "get", lambda refs, timeout: refs)
+    with pytest.raises(ValueError, match=r"not visible from 1 of the cluster's 2 nodes \(bbbbbbbb\).*NFS"):
+        check_storage_visible(str(tmp_path))
+    assert not list(tmp_path.iterdir())  # the marker file is gone
+    check_storage_visible("s3://bucket/runs")  # a bucket: every node reaches it

@@ -172,6 +172,10 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
     out = capsys.readouterr().out
     trials = results(str(tmp_path / "smoke"))
     assert len(trials) == 3 and all(r[-1]["done"] for r in trials.values())
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()  # each report names the node its trial ran on
+    assert all(report["node_id"] == node for reports in trials.values() for report in reports)
     report = from_experiment_dirs([str(tmp_path / "smoke")])
     table = render(report)
     assert "| method | synthetic-sst2 |" in table

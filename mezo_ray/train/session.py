@@ -53,8 +53,13 @@ class RaySession:
             self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """Report, with the Ray node this process runs on (``node_id``: hosts can run several nodes)."""
+        import ray
+
         checkpoint = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        self._api.report(metrics, checkpoint=checkpoint)
+        self._api.report(
+            {**metrics, "node_id": ray.get_runtime_context().get_node_id()}, checkpoint=checkpoint
+        )
 
     def _latest(self) -> Any:
         checkpoint = self._api.get_checkpoint()

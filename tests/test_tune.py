@@ -297,7 +297,9 @@ def test_pbt_exploit_replays_the_donors_seed_log_then_goes_on_with_the_mutated_s
     from mezo_ray.train.session import LocalSession
 
     space = tmp_path / "pbt.yaml"
-    defaults = {**TRIAL, "max_steps": 12, "eval_steps": 3, "cpus_per_worker": 1}
+    # evaluations at 3 and 5 (max_steps): PBT decides once, at step 3 (Ray rewrites a trial's result.json
+    # when it restores it, so a second exploit would hide the first one's rows)
+    defaults = {**TRIAL, "max_steps": 5, "eval_steps": 3, "cpus_per_worker": 1}
     spec = {
         "description": "pbt",
         "defaults": defaults,
@@ -316,10 +318,9 @@ def test_pbt_exploit_replays_the_donors_seed_log_then_goes_on_with_the_mutated_s
     trials = results(str(tmp_path / "pbt"))
     # trial folders are tune_trainable_<experiment>_<index>_<tag>_<date>
     tagged = {name.split("_")[4]: reports for name, reports in trials.items()}
-    mutated = (new_config["lr"], new_config["eps"])
-    after = next(r for r in tagged[recipient_tag] if (r["config"]["lr"], r["config"]["eps"]) == mutated)
-    donor_step = after["step"] - 3  # the donor's checkpoint, one evaluation back (Ray's log of its
-    # iteration is not reliable under synch PBT)
+    donor_step = 3
+    after = next(r for r in tagged[recipient_tag] if r["step"] == 5 and not r.get("done"))
+    assert (after["config"]["lr"], after["config"]["eps"]) == (new_config["lr"], new_config["eps"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the 1-CPU trial processes ran
     try:

@@ -27,8 +27,13 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
 
     cfg = parse_trial_config(config)  # the process boundary's check: Tune hands over a dict
     if cfg.num_workers == 0:
+        import torch
+
         from mezo_ray.train.recipe import run_trial  # only here: a process driving workers needs no model
 
+        # the threads the trial's CPUs give, whichever Ray worker process hosts it (a reused one may have
+        # started with another count): the same matmul reductions, so the same bits, run after run
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
         run_trial(cfg, RaySession("tune"))
         return
     use_gpu = cfg.gpus_per_worker > 0

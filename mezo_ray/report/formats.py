@@ -174,9 +174,8 @@ def to_markdown(
         for b in order:
             where = b.task if pd.isna(b.k) else f"{b.task}, k={int(b.k)}"
             score = getattr(b, select)
-            lines.append(
-                [model_key(b.model), where, b.row, f"{score:.4g} ({b.seeds})", f"`{b.rerun or '(as is)'}`"]
-            )
+            rerun = f"`{b.rerun or '(as is)'}`" + (" (PBT: the settings it ended with)" if b.pbt else "")
+            lines.append([model_key(b.model), where, b.row, f"{score:.4g} ({b.seeds})", rerun])
         parts += [_markdown_table(lines), ""]
     if cost is not None:
         parts += [search_cost_line(cost), ""]

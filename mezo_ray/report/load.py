@@ -358,6 +358,8 @@ def _build(records: list[_Record]) -> Report:
                 "peak_mem_bytes": peak,
                 "n_reports": len(reports),
                 "path": rec.path,
+                # Tune's PBT log beside the trial: its settings changed as it took over others' checkpoints
+                "pbt": os.path.exists(os.path.join(os.path.dirname(str(rec.path)), "pbt_global.txt")),
             }
         )
         history = reports.reindex(columns=list(HISTORY_METRICS)).apply(pd.to_numeric, errors="coerce")

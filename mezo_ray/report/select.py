@@ -137,7 +137,8 @@ def best_configurations(
     over data seeds, and ``rerun``, the ``python -m mezo_ray.tune`` arguments that run it again from
     the same space: ``--only`` for the task and the method settings that tell this row's trials from
     the experiment's others, ``--set`` for the tuned settings that vary within the row. Columns:
-    model, task, k, row, the metric (mean), seeds, settings (a dict), rerun."""
+    model, task, k, row, the metric (mean), seeds, settings (a dict), rerun, pbt (the trials ran under
+    PBT: the settings are those it ended with)."""
     ascending = check_selection(select) == "min"
     pool = candidates(trials, include_unfinished).dropna(subset=[select])
     tuned = [key for key in TUNED_KEYS if key in pool]
@@ -163,9 +164,12 @@ def best_configurations(
                 "seeds": seeds,
                 "settings": settings,
                 "rerun": " ".join([*only, *sets]),
+                # under PBT a trial's settings are a schedule: these are the ones it ended with
+                "pbt": bool("pbt" in cell and cell["pbt"].any()),
             }
         )
-    return pd.DataFrame(rows, columns=["model", "task", "k", "row", select, "seeds", "settings", "rerun"])
+    columns = ["model", "task", "k", "row", select, "seeds", "settings", "rerun", "pbt"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def search_cost(trials: pd.DataFrame) -> dict[str, float]:

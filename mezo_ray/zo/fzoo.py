@@ -85,7 +85,7 @@ class FZOO(MeZO):
     def _update(self, record: StepRecord) -> None:
         """theta <- theta - lr * sum_k coef_k u_k: one sweep, N draws per chunk."""
         self.update_count += 1
-        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        lr_of = self._group_lrs(record)
         active = self._active()
         group_of = {id(s): g for s, _, g in active}
 

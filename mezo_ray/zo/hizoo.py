@@ -90,7 +90,7 @@ class HiZOO(MeZO):
         """H <- (1 - a) H + a k H z^2, then theta <- theta (1 - lr wd) - lr g z / sqrt(H): one sweep."""
         self.update_count += 1
         (seed,), (grad, curvature) = record.seeds, record.projected_grads
-        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        lr_of = self._group_lrs(record)
         entries = {id(s): (p, g) for s, p, g in self._active()}
         a = self.hessian_smooth
 

@@ -131,7 +131,7 @@ class LOZO(MeZO):
         """W <- W (1 - lr wd) - lr g U V^T (LOZO) or - lr N V^T (LOZO-M); vectors likewise with z."""
         self.update_count += 1
         (seed,), (grad,) = record.seeds, record.projected_grads
-        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        lr_of = self._group_lrs(record)
         interval, beta = self.step_count // self.interval, self.beta
         first = self._basis is None  # the code's first LOZO-M step: N = g U, b = g z
         keep, add = (0.0, 1.0) if first else (beta, 1 - beta)

@@ -446,7 +446,7 @@ class MeZO(torch.optim.Optimizer):
         self.update_count += 1
         seeds, grads = record.seeds, record.projected_grads
         k_total = len(seeds)
-        lr_of = {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
+        lr_of = self._group_lrs(record)
         plain_sgd = self.variant == "sgd" and k_total == 1
         beta1, beta2 = self.betas
         bias1, bias2 = 1 - beta1**self.update_count, 1 - beta2**self.update_count
@@ -694,6 +694,10 @@ class MeZO(torch.optim.Optimizer):
 
     def _lrs(self) -> tuple[float, ...]:
         return tuple(float(g["lr"]) for g in self.param_groups)
+
+    def _group_lrs(self, record: StepRecord) -> dict[int, float]:
+        """id(parameter group) -> the lr a recorded step used for it."""
+        return {id(g): lr for g, lr in zip(self.param_groups, record.lrs, strict=True)}
 
     def _finish(self, record: StepRecord) -> None:
         if record.eps is None:

@@ -3,7 +3,8 @@
     python benchmarks/search_efficiency.py                 # tiny MLM, offline, CPU (~15 min)
     python benchmarks/search_efficiency.py --seeds 3 --reps 3 --jobs 2 --json
 
-The space: MeZO on the tiny MLM's synthetic task, lr x eps (4 x 3 = 12 points), every trial capped at
+The space: MeZO on the tiny MLM's synthetic task, ``--lrs`` x ``--eps`` (4 x 3 = 12 points by default),
+a point that diverges ends where it stopped (non-finite losses), every trial capped at
 ``--steps`` steps, dev evaluated every ``--eval-steps``. Per data seed:
 
 1. **Grid** (the reference): every point trained to the cap by the recipe (``run_trial``, in this
@@ -42,19 +43,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-LRS = (1e-4, 3e-4, 1e-3, 3e-3)
-EPSS = (1e-4, 1e-3, 1e-2)
-TASK = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64, "max_eval_examples": 128, "batch_size": 16}
+TASK = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64, "batch_size": 16}
 WITHIN = 0.01  # 1 point of accuracy
 
 
-def grid_points() -> list[tuple[float, float]]:
-    return list(itertools.product(LRS, EPSS))
+def grid_points(args: argparse.Namespace) -> list[tuple[float, float]]:
+    return list(itertools.product(args.lrs, args.eps))
 
 
 def settings(args: argparse.Namespace, seed: int, lr: float, eps: float) -> dict[str, Any]:
     return {
         **TASK,
+        "max_eval_examples": args.dev_examples,
         "method": "mezo",
         "data_seed": 13 + seed,
         "lr": lr,
@@ -73,7 +73,8 @@ def train_curve(config: dict[str, Any]) -> dict[str, Any]:
 
     from mezo_ray.train.config import parse_trial_config
     from mezo_ray.train.recipe import run_trial
-    from mezo_ray.train.session import LocalSession
+    from mezo_ray.train.session import FAILURE_KEY, LocalSession
+    from mezo_ray.zo import NonFiniteLossError
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as directory:
@@ -87,11 +88,16 @@ def train_curve(config: dict[str, Any]) -> dict[str, Any]:
             report(metrics, checkpoint)
 
         session.report = timed  # type: ignore[method-assign]
-        run_trial(parse_trial_config(config), session)
-    evals = [(r, t) for r, t in zip(session.reports, times, strict=True) if not r.get("done")]
+        with contextlib.suppress(NonFiniteLossError):  # a diverged point: its curve ends where it stopped
+            run_trial(parse_trial_config(config), session)
+    evals = [
+        (r, t)
+        for r, t in zip(session.reports, times, strict=True)
+        if not r.get("done") and FAILURE_KEY not in r
+    ]
     return {
         "evals": [(r["step"], r["forward_passes"], r["dev_acc"], r["best_dev_acc"], t) for r, t in evals],
-        "test": session.reports[-1]["test_acc"],
+        "test": session.reports[-1].get("test_acc", math.nan),
     }
 
 
@@ -196,7 +202,7 @@ def pbt_search(args: argparse.Namespace, seed: int, rep: int, curves: dict, targ
     from mezo_ray.report import from_experiment_dirs
     from mezo_ray.tune import main
 
-    population = random.Random(2000 + rep).sample(grid_points(), 4)
+    population = random.Random(2000 + rep).sample(grid_points(args), 4)
     with tempfile.TemporaryDirectory() as directory:
         space = Path(directory) / "pbt.yaml"
         defaults = {k: v for k, v in settings(args, seed, *population[0]).items() if k not in ("lr", "eps")}
@@ -205,7 +211,7 @@ def pbt_search(args: argparse.Namespace, seed: int, rep: int, curves: dict, targ
             "description": "pbt",
             "defaults": defaults,
             "grids": grids,
-            "pbt": {"lr": list(LRS), "eps": list(EPSS)},
+            "pbt": {"lr": list(args.lrs), "eps": list(args.eps)},
         }
         space.write_text(json.dumps(spec))
         with contextlib.redirect_stdout(sys.stderr):
@@ -230,7 +236,7 @@ def pbt_search(args: argparse.Namespace, seed: int, rep: int, curves: dict, targ
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import ray
 
-    jobs = [(seed, point) for seed in range(args.seeds) for point in grid_points()]
+    jobs = [(seed, point) for seed in range(args.seeds) for point in grid_points(args)]
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         trained = list(pool.map(train_curve, [settings(args, seed, *point) for seed, point in jobs]))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -283,6 +289,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=3, help="data seeds")
     parser.add_argument("--reps", type=int, default=3, help="search seeds per data seed")
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
+    parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument("--dev-examples", type=int, default=128, help="dev examples per evaluation")
     parser.add_argument("--jobs", type=int, default=2, help="grid trials side by side, one core each")
     parser.add_argument("--no-pbt", dest="pbt", action="store_false", help="leave out PBT (real training)")
     parser.add_argument("--json", action="store_true")
@@ -294,7 +303,7 @@ def main() -> None:
         return
     grid = results["grid_median"]
     print(
-        f"grid: {len(grid_points())} points x {args.steps} steps, {grid['forward_passes']:,.0f} forward "
+        f"grid: {len(grid_points(args))} points x {args.steps} steps, {grid['forward_passes']:,.0f} forward "
         f"passes, test {100 * grid['test']:.1f} (median / mean over {args.seeds} data seeds)"
     )
     print(f"{'searcher':<26}{'fwd to within 1 pt':>20}{'of grid':>9}{'reached':>9}{'spent':>11}{'test':>7}")

@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "lr / eps (the space's `pbt:` ranges)",
     )
     p.add_argument("--max-concurrent", type=int, default=None, help="default: what the cluster can hold")
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="times Tune retries a failed trial (a lost node, a killed process) from its last checkpoint",
+    )
     p.add_argument("--workers-per-trial", type=int, default=None, help="Ray Train workers (0: in-process)")
     p.add_argument(
         "--gpus-per-trial", type=float, default=None, help="GPUs per trial, split over its workers"
@@ -159,6 +165,8 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
         raise ValueError(f"--num-samples={args.num_samples}: must be >= 1")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise ValueError(f"--max-concurrent={args.max_concurrent}: must be >= 1")
+    if args.max_failures < 0:
+        raise ValueError(f"--max-failures={args.max_failures}: must be >= 0 (0: no retries)")
     if args.scheduler == "pbt":
         return plan_pbt(args, space, overrides)
     if args.search == "grid":
@@ -303,6 +311,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
                 storage_path=storage,
                 # in-process trials' checkpoints
                 checkpoint_config=retention(tune.CheckpointConfig, pbt=args.scheduler == "pbt"),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
             ),
         )
     for note in experiment.notes:

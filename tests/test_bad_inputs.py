@@ -83,6 +83,7 @@ CASES = [
     ([*SMOKE, "--set", "fsdp=true"], "fsdp=true needs num_workers >= 1"),
     ([*SMOKE, "--num-samples", "0"], "--num-samples=0"),
     ([*SMOKE, "--max-concurrent", "0"], "--max-concurrent=0"),
+    ([*SMOKE, "--max-failures", "-1"], "--max-failures=-1"),
     ([*SMOKE, "--workers-per-trial", "-1"], "--workers-per-trial=-1"),
     ([*SMOKE, "--set", "k=5000"], "5000"),
     (

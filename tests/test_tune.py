@@ -516,13 +516,20 @@ def _wait_for_worker_other_than(pid: int) -> bool:
     return False
 
 
-def test_non_finite_losses_fail_a_train_trial_once_with_the_reason(ray_local, tiny_models, tmp_path):
-    space = write_space(tmp_path, num_workers=1, lr=1e30, max_steps=40, eval_steps=2, nonfinite_patience=3)
-    assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "nan"]) == 1
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "train-workers"])
+def test_non_finite_losses_fail_a_trial_once_with_the_reason(ray_local, tiny_models, tmp_path, workers):
+    """Tune retries a failed trial (--max-failures, for lost nodes) from its last checkpoint: the retry of
+    a trial stopped on non-finite losses fails at once instead of training into them again."""
+    space = write_space(
+        tmp_path, num_workers=workers, lr=1e30, max_steps=40, eval_steps=2, nonfinite_patience=3
+    )
+    args = ["--space", space, "--storage-path", str(tmp_path), "--name", "nan", "--max-failures", "2"]
+    assert main(args) == 1
     ((trial, reports),) = results(str(tmp_path / "nan")).items()
     steps = [r["step"] for r in reports]
     assert steps == sorted(set(steps))  # no restart from a checkpoint (it would report steps again)
-    assert "non-finite 3 times in a row" in reports[-1]["failure"]
+    (failure,) = [r for r in reports if "failure" in r]  # a retry that trained on would stop again, later
+    assert "non-finite 3 times in a row" in failure["failure"] and failure is reports[-1]
     error = (tmp_path / "nan" / trial / "error.txt").read_text()
     assert "NonFiniteLossError" in error and "non-finite 3 times in a row" in error
 

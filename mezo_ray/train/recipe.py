@@ -62,11 +62,16 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     splits = load_splits(task, cfg.data_spec())
     cfg = cfg.with_train_size(len(splits.train))  # a length in epochs becomes steps
     dev, test = _cap(splits.dev, cfg), _cap(splits.test, cfg)
-    loaded = load_model(_model_spec(cfg, device))
     if cfg.method in ("zero_shot", "icl", "lp"):
-        return _run_baseline(cfg, loaded, splits.train, dev, test, session, device)
+        return _run_baseline(
+            cfg, load_model(_model_spec(cfg, device)), splits.train, dev, test, session, device
+        )
     with session.latest_checkpoint() as resume_dir:
         resumed = ckpt.load(resume_dir, rank)
+    if resumed and FAILURE_KEY in resumed.progress.last_metrics:  # a retry after a non-finite stop (Tune
+        # retries every error, a lost node's too): the same seeds would give the same losses; fail at once
+        raise NonFiniteLossError(resumed.progress.last_metrics[FAILURE_KEY])
+    loaded = load_model(_model_spec(cfg, device))
     if cfg.fsdp:
         shard_model(loaded, device)
     head = _make_head(cfg, task, loaded)

@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 LOCK := constraints.txt
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench setup lock
+.PHONY: demo test test-cluster lint bench setup lock
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# A real Ray cluster on this machine (head + node via `ray start`, jobs, a node killed): about 6 minutes.
+test-cluster: $(VENV)/.installed
+	$(PY) -m pytest -q -m cluster
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .

@@ -432,13 +432,23 @@ def check_resources(
         )
     nodes = nodes or [cluster]
     for cfg in experiment.configs:
-        enough_cpus = [n for n in nodes if n.get("CPU", 0.0) >= cfg.cpus_per_worker]
-        if not any(n.get("GPU", 0.0) >= cfg.gpus_per_worker for n in enough_cpus):
+        hosts = [
+            n
+            for n in nodes
+            if n.get("CPU", 0.0) >= cfg.cpus_per_worker and n.get("GPU", 0.0) >= cfg.gpus_per_worker
+        ]
+        if not hosts:
             largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
             raise ValueError(
                 f"each worker asks for {cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) on "
                 f"one node, but no node has that (largest: {largest.get('CPU', 0.0):g} CPUs, "
                 f"{largest.get('GPU', 0.0):g} GPUs); lower cpus_per_worker / --gpus-per-trial"
+            )
+        if cfg.placement_strategy == "STRICT_SPREAD" and cfg.num_workers > len(hosts):
+            raise ValueError(
+                f"placement_strategy=STRICT_SPREAD puts each of the {cfg.num_workers} workers on its own "
+                f"node, but {len(hosts)} of the cluster's {len(nodes)} nodes can hold one; add nodes, lower "
+                "--workers-per-trial or use placement_strategy=SPREAD"
             )
     fits = math.floor(cpus / need["CPU"])
     if need["GPU"]:

@@ -142,6 +142,16 @@ def test_a_worker_larger_than_every_node_is_refused():
     assert check_resources(plan, None, {"CPU": 6.0}, [*two_nodes, {"CPU": 3.0}]) == 2
 
 
+def test_strict_spread_workers_need_as_many_nodes_as_workers():
+    from mezo_ray.tune import check_resources
+
+    spread = {**TRIAL, "num_workers": 2, "fsdp": True, "placement_strategy": "STRICT_SPREAD"}
+    plan = experiment_of([parse_trial_config(spread)])
+    with pytest.raises(ValueError, match=r"each of the 2 workers on its own node, but 1 of the cluster's 2"):
+        check_resources(plan, None, {"CPU": 6.0}, [{"CPU": 4.0}, {"CPU": 0.5}])  # one node could hold both
+    assert check_resources(plan, None, {"CPU": 2.0}, [{"CPU": 1.0}, {"CPU": 1.0}]) == 1
+
+
 def test_trial_processes_are_reused_only_for_in_process_trials_run_to_the_end():
     from mezo_ray.tune import reuse_trial_processes
 

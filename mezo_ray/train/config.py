@@ -194,6 +194,9 @@ class TrialConfig(BaseModel):
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
     fsdp: bool = False
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="where Ray puts the trial's Train workers; STRICT_SPREAD: each on its own node"
+    )
     max_worker_failures: int = Field(2, ge=0, description="Train restarts workers from the last checkpoint")
 
     @model_validator(mode="before")

@@ -84,6 +84,7 @@ CASES = [
     ([*SMOKE, "--num-samples", "0"], "--num-samples=0"),
     ([*SMOKE, "--max-concurrent", "0"], "--max-concurrent=0"),
     ([*SMOKE, "--max-failures", "-1"], "--max-failures=-1"),
+    ([*SMOKE, "--set", "stochastic_rounding=true"], "stochastic_rounding=true rounds bfloat16 / float16"),
     ([*SMOKE, "--workers-per-trial", "-1"], "--workers-per-trial=-1"),
     ([*SMOKE, "--set", "k=5000"], "5000"),
     (

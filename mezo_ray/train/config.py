@@ -91,6 +91,11 @@ class TrialConfig(BaseModel):
         "and prefix parameters in float32; model keeps both in dtype, and rounds each loss to it, as the "
         "paper's float16 OPT runs (the first-order baseline is mixed precision either way)",
     )
+    stochastic_rounding: bool | None = Field(
+        None,
+        description="MeZO in bfloat16 / float16: round the weight updates stochastically (unset: on), so "
+        "updates below half an ulp survive on average; false: round to nearest, the paper's fp16 runs",
+    )
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
     num_prefix: int = Field(5, gt=0)
@@ -309,6 +314,11 @@ class TrialConfig(BaseModel):
             raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")
         if self.fsdp and self.num_workers < 1:
             raise ValueError("fsdp=true needs num_workers >= 1 (FSDP shards across Ray Train workers)")
+        if self.stochastic_rounding and self.dtype == "float32":
+            raise ValueError(
+                "stochastic_rounding=true rounds bfloat16 / float16 weights; dtype='float32' keeps updates "
+                "exact to float32 (set dtype, or leave stochastic_rounding unset)"
+            )
         if self.k is not None and task.family != "mlm":
             raise ValueError(f"k={self.k} applies to the mlm family (k-shot); task {task.name!r} is causal")
         if self.micro_batch_size and self.micro_batch_size > self.batch_size:

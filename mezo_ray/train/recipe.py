@@ -462,7 +462,12 @@ def _build_optimizer(
     cfg: TrialConfig, params: list[tuple[str, torch.nn.Parameter]], num_train: int
 ) -> torch.optim.Optimizer:
     if cfg.method == "mezo":
-        common = {"lr": cfg.lr, "eps": cfg.eps, "seed": cfg.training_seed}
+        common = {
+            "lr": cfg.lr,
+            "eps": cfg.eps,
+            "seed": cfg.training_seed,
+            "stochastic_rounding": cfg.stochastic_rounding,
+        }
         if cfg.estimator == "fzoo":
             return FZOO(params, n_probes=cfg.n_probes, **common)
         if cfg.estimator == "hizoo":

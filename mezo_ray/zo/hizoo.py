@@ -103,9 +103,11 @@ class HiZOO(MeZO):
             torch.mul(hessian, z, out=estimate).mul_(z).mul_(a * curvature)  # a k H z^2
             hessian.mul_(1 - a).add_(estimate)
             torch.rsqrt(hessian, out=estimate)
+            work = self._working_copy(p, theta)
             if wd:
-                theta.mul_(1 - lr * wd)
-            theta.addcmul_(z, estimate, value=-lr * grad)
+                work.mul_(1 - lr * wd)
+            work.addcmul_(z, estimate, value=-lr * grad)
+            self._round_into(theta, work, s, c, seed)
 
         for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, update_chunk)
 

@@ -142,34 +142,40 @@ class LOZO(MeZO):
                 vectors[id(s)] = (s, p, lr, wd)
                 continue
             u, v = self._u_v(s, p, seed, interval)
-            weights = s.local.view(u.shape[0], v.shape[0])
+            held = s.local.view(u.shape[0], v.shape[0])
+            weights = held.float() if p in self._rounded else held  # rounded back below, chunk by chunk
+            u, v = u.to(weights.dtype), v.to(weights.dtype)
             if wd:
                 weights.mul_(1 - lr * wd)
             if not beta:
                 weights.addmm_(u, v.T, alpha=-lr * grad)
+                self._round_whole(s, weights, seed)
                 continue
             state = self.state[p]
             if first:
                 state["lowrank_momentum"] = u * grad
             elif self._basis != interval:  # a new V: N V_old^T V / n carries N over
-                _, v_old = self._u_v(s, p, seed, self._basis)
+                v_old = self._u_v(s, p, seed, self._basis)[1].to(weights.dtype)
                 moved = state["lowrank_momentum"] @ (v_old.T @ v) / v.shape[0]
                 state["lowrank_momentum"] = moved.mul_(keep).add_(u, alpha=add * grad)
             else:
                 state["lowrank_momentum"].mul_(keep).add_(u, alpha=add * grad)
             weights.addmm_(state["lowrank_momentum"], v.T, alpha=-lr)
+            self._round_whole(s, weights, seed)
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
             _, p, lr, wd = vectors[id(s)]
             theta, z = s.local[c.p_lo : c.p_hi], draw(s, c, seed)
+            work = self._working_copy(p, theta)
             if wd:
-                theta.mul_(1 - lr * wd)
+                work.mul_(1 - lr * wd)
             if not beta:
-                theta.add_(z, alpha=-lr * grad)
-                return
-            buffer = self.state[p]["momentum_buffer"].view(-1)[c.p_lo : c.p_hi]
-            buffer.mul_(keep).add_(z, alpha=add * grad)
-            theta.add_(buffer, alpha=-lr)
+                work.add_(z, alpha=-lr * grad)
+            else:
+                buffer = self.state[p]["momentum_buffer"].view(-1)[c.p_lo : c.p_hi]
+                buffer.mul_(keep).add_(z, alpha=add * grad)
+                work.add_(buffer, alpha=-lr)
+            self._round_into(theta, work, s, c, seed)
 
         for s, p, _, _ in vectors.values():
             if beta and "momentum_buffer" not in self.state[p]:

@@ -158,6 +158,28 @@ def draw(s: NoiseSlice, chunk: Chunk, seed: int, slot: int = 0) -> torch.Tensor:
     return buf[chunk.z_lo : chunk.z_hi]
 
 
+def draw_uniform(s: NoiseSlice, chunk: Chunk, seed: int) -> torch.Tensor:
+    """u ~ U[0, 1) for the held part of ``chunk`` (float32), a pure function of (seed, name, element)
+    like z: torch's generator per chunk on every device (scratch buffer slot 7)."""
+    gen = _scratch.generator(s.local.device)
+    gen.manual_seed(mix_seed(seed, s.key, chunk.index))
+    buf = _scratch.buffer(s.local.device, 7, chunk.length)
+    torch.rand(chunk.length, generator=gen, out=buf)
+    return buf[chunk.z_lo : chunk.z_hi]
+
+
+def stochastic_round_(out: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Write ``x`` (float32) into ``out`` (a lower precision), rounded to one of its two neighbours on
+    ``out``'s grid with the probability of the nearer one's distance from the farther: E[out] = x, so
+    updates far below half an ulp survive on average. ``u``: uniform draws, one per element."""
+    near = x.to(out.dtype)
+    near32 = near.float()
+    away = torch.where(near32 < x, torch.inf, -torch.inf).to(out.dtype)  # the neighbour on x's other side
+    other = torch.nextafter(near, away)
+    take_other = u * (other.float() - near32).abs() < (x - near32).abs()
+    return out.copy_(torch.where(take_other, other, near))
+
+
 _cuda_backend: Any = None
 
 

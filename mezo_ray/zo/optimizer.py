@@ -36,12 +36,15 @@ from mezo_ray.zo.noise import (
     Chunk,
     NoiseSlice,
     backend_tag,
+    chunks,
     cuda_backend,
     draw,
+    draw_uniform,
     for_each_chunk,
     local_tensor,
     mix_seed,
     noise_slice,
+    stochastic_round_,
 )
 from mezo_ray.zo.noise import scratch as scratch_like
 
@@ -55,6 +58,9 @@ GRAD_NORM_STREAM = 0x6E0F
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "chunk_numel")
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
 DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
+# The seed stream of stochastic rounding's uniform draws: mix_seed(step seed, ROUNDING_STREAM).
+ROUNDING_STREAM = 0x5200
+LOW_PRECISION: frozenset[torch.dtype] = frozenset({torch.bfloat16, torch.float16})
 # Parameter dtypes the fused CUDA sweep handles (it computes in float32); others take the chunked path.
 FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
@@ -207,6 +213,11 @@ class MeZO(torch.optim.Optimizer):
             (``--use_zo_grad_est``; the code's default takes one backward pass instead, which costs
             training memory). c is computed at the first step and every ``rescale_every`` steps
             (the paper: each epoch, ``--recompute_norms``), recorded, and saved with the state.
+        stochastic_rounding: round the updates of bfloat16 / float16 parameters stochastically (None,
+            the default: on for them; float32 is never rounded): at the paper's OPT lr of 1e-7,
+            lr g z is far below half an ulp of most low-precision weights and rounding to nearest
+            drops it. False: the paper's fp16 arithmetic (round to nearest). Takes the chunked path
+            on CUDA.
     """
 
     def __init__(
@@ -231,6 +242,7 @@ class MeZO(torch.optim.Optimizer):
         scale: Literal["none", "param_norm"] = "none",
         estimate: Literal["variance", "expectation"] = "variance",
         rescale_every: int | None = None,
+        stochastic_rounding: bool | None = None,
     ) -> None:
         _check(lr >= 0, "lr", lr, "a number >= 0")
         _check(eps > 0, "eps", eps, "a number > 0")
@@ -274,6 +286,13 @@ class MeZO(torch.optim.Optimizer):
         self.estimate = estimate
         self.rescale_every = rescale_every
         self._c: dict[torch.Tensor, float] = {}  # per-parameter perturbation scale c (1 if absent)
+        # parameters whose updates are stochastically rounded (default: the bfloat16 / float16 ones)
+        self._rounded = {
+            p
+            for g in self.param_groups
+            for p in g["params"]
+            if p.dtype in LOW_PRECISION and stochastic_rounding is not False
+        }
 
         self.step_count = 0  # steps taken, skipped ones included: the index of the next step's seeds
         self.update_count = 0  # updates applied (Adam's bias-correction t)
@@ -456,7 +475,7 @@ class MeZO(torch.optim.Optimizer):
             params[id(s)] = (p, group)
             slices.append(s)
             self._init_state(p, s)
-        fused = self._fused_sweep(slices) if plain_sgd else None
+        fused = self._fused_sweep(slices) if plain_sgd and not self._rounded else None
         if fused is not None:  # theta <- (theta + eps z)(1 - lr wd) - lr g z, in one fp32 expression
             decay = []
             for s in slices:
@@ -479,21 +498,47 @@ class MeZO(torch.optim.Optimizer):
             z = draw(s, c, seeds[-1])
             theta.add_(z, alpha=self.eps / self._c.get(p, 1.0))  # restore
             factor = self._factor(p)  # 1, or c under scale='param_norm'
+            work = self._working_copy(p, theta)
             if plain_sgd:  # the paper's hot path: theta <- theta - lr (g z + wd theta)
                 if wd:
-                    theta.mul_(1 - lr * wd)
-                theta.add_(z, alpha=-lr * grads[0] * factor)
-                return
-            g_hat = scratch_like(theta, slot=1)  # mean_k(g_k z_k), one chunk of scratch
-            g_hat.copy_(z).mul_(grads[-1] / k_total * factor)
-            for k in range(k_total - 1):
-                g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total * factor)
-            state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
-            rule.apply(theta, g_hat, state, lr, wd, settings)
+                    work.mul_(1 - lr * wd)
+                work.add_(z, alpha=-lr * grads[0] * factor)
+            else:
+                g_hat = scratch_like(theta, slot=1)  # mean_k(g_k z_k), one chunk of scratch
+                g_hat.copy_(z).mul_(grads[-1] / k_total * factor)
+                for k in range(k_total - 1):
+                    g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total * factor)
+                state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
+                rule.apply(work, g_hat, state, lr, wd, settings)
+            self._round_into(theta, work, s, c, seeds[-1])
 
         rule = UPDATE_RULES[self.variant]
         settings = _RuleSettings(self.momentum, beta1, beta2, bias1, bias2, self.adam_eps)
         for_each_chunk(slices, self.chunk_numel, update_chunk)
+
+    def _working_copy(self, p: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Where an update is computed: ``theta`` itself, or for a stochastically rounded parameter a
+        float32 copy of it (scratch slot 5) that ``_round_into`` writes back."""
+        if p not in self._rounded:
+            return theta
+        return scratch_like(theta, 5, torch.float32).copy_(theta)
+
+    def _round_into(
+        self, theta: torch.Tensor, work: torch.Tensor, s: NoiseSlice, c: Chunk, seed: int
+    ) -> None:
+        """Store an update computed in ``work`` into ``theta``: stochastically rounded, its random bits
+        drawn from the step's seed and each element's index (replays and FSDP shards round alike)."""
+        if work is not theta:
+            stochastic_round_(theta, work, draw_uniform(s, c, mix_seed(seed, ROUNDING_STREAM)))
+
+    def _round_whole(self, s: NoiseSlice, work: torch.Tensor, seed: int) -> None:
+        """``_round_into`` for an update computed for all of ``s``'s elements at once (chunk by chunk,
+        so the random bits are those of the chunked sweeps)."""
+        if work.data_ptr() == s.local.data_ptr():
+            return
+        flat = work.view(-1)
+        for c in chunks(s, self.chunk_numel):
+            self._round_into(s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi], s, c, seed)
 
     def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
         """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (see
@@ -774,6 +819,7 @@ class MeZO(torch.optim.Optimizer):
             "perturbation_schedule": self.perturbation_schedule,
             "layer_wise": self.layer_wise,  # absent from older state dicts: not checked there
             "scale": self.scale,
+            "stochastic_rounding": bool(self._rounded),  # absent from older state dicts: not checked
         }
         if self.scale != "none":
             settings["estimate"] = self.estimate

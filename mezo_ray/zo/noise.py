@@ -171,7 +171,12 @@ def draw_uniform(s: NoiseSlice, chunk: Chunk, seed: int) -> torch.Tensor:
 def stochastic_round_(out: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Write ``x`` (float32) into ``out`` (a lower precision), rounded to one of its two neighbours on
     ``out``'s grid with the probability of the nearer one's distance from the farther: E[out] = x, so
-    updates far below half an ulp survive on average. ``u``: uniform draws, one per element."""
+    updates far below half an ulp survive on average. ``u``: uniform draws, one per element.
+    bfloat16 is float32's top 16 bits: adding 16 random low bits to the magnitude and dropping them
+    rounds it up with probability (its low bits) / 2^16, in four integer operations."""
+    if out.dtype == torch.bfloat16:
+        bits = x.view(torch.int32) + (u * 65536).to(torch.int32)
+        return out.copy_(bits.bitwise_and_(-65536).view(torch.float32))  # exact: the low bits are zero
     near = x.to(out.dtype)
     near32 = near.float()
     away = torch.where(near32 < x, torch.inf, -torch.inf).to(out.dtype)  # the neighbour on x's other side

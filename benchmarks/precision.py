@@ -1,0 +1,208 @@
+"""What low precision does to MeZO's updates and sweeps, on an OPT-sized model with random weights.
+
+    python benchmarks/precision.py                  # OPT-125m config, CPU (about 10 minutes)
+    python benchmarks/precision.py --json
+
+1. Updates: a real projected gradient g (one MeZO step of the float32 model on a random batch), the
+   paper's OPT lr (1e-7): for every weight the update d = -lr g z in float32, and what a bfloat16 /
+   float16 copy of the weight keeps of it under round to nearest (the paper's fp16 arithmetic) and
+   under stochastic rounding (``zo.noise.stochastic_round_``, what MeZO now does): the fraction of
+   elements whose update rounds away (the weight does not change) and the fraction of the update kept,
+   sum(sign(d) * change) / sum(|d|) (1: all of it, in expectation).
+2. Restores: ``--drift-steps`` MeZO steps at lr 0 (a closure returning a constant: only the sweeps)
+   over the first ``--drift-layers`` decoder layers, per dtype: how far the weights walked, in ulps of
+   their dtype at max(|theta|, eps) (median, 99th percentile, max, fraction moved). The exact-restore
+   scheme of issue 16 is not built: these are today's sweeps (+eps z, -2 eps z, +eps z).
+3. Cost: the sweeps of one bfloat16 MeZO step (no forward) with stochastic rounding over without,
+   interleaved medians in one run. float32 weights take no new work.
+4. Learning: MeZO on the tiny MLM's synthetic task in float32 and in bfloat16 with and without
+   stochastic rounding, same seeds, at each ``--task-lrs``: the best dev accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import torch
+from zo_step import build_model, make_batch
+
+from mezo_ray.zo import MeZO
+from mezo_ray.zo.noise import full_noise, stochastic_round_
+
+LOW = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+PAPER_LR = 1e-7
+
+
+def updates(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What bfloat16 / float16 weights keep of the float32 update -lr g z, per rounding."""
+    opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-3)
+    opt.step(lambda: model(**batch).loss)
+    (g,), seed = opt.last_projected_grads, opt.trajectory[-1].seeds[0]
+    out: dict[str, Any] = {"projected_grad": g, "lr": PAPER_LR}
+    gen = torch.Generator().manual_seed(0)
+    for dtype_name, dtype in LOW.items():
+        for rounding in ("nearest", "stochastic"):
+            unchanged = kept = size = 0.0
+            for name, p in model.named_parameters():
+                delta = -PAPER_LR * g * full_noise(p, name, seed).view(-1)
+                theta = p.detach().view(-1).to(dtype)
+                target = theta.float() + delta
+                if rounding == "nearest":
+                    new = target.to(dtype)
+                else:
+                    new = stochastic_round_(
+                        torch.empty_like(theta), target, torch.rand(target.shape, generator=gen)
+                    )
+                change = new.double() - theta.double()
+                unchanged += float((change == 0).sum())
+                kept += float((change * delta.double().sign()).sum())
+                size += float(delta.double().abs().sum())
+            n = sum(p.numel() for p in model.parameters())
+            out[f"{dtype_name}/{rounding}"] = {"unchanged": unchanged / n, "kept": kept / size}
+    return out
+
+
+def drift(model: torch.nn.Module, layers: int, steps: int) -> dict[str, Any]:
+    """ulps the weights of the first decoder layers walk in ``steps`` lr-0 steps, per dtype."""
+    out = {}
+    for dtype_name, dtype in {"float32": torch.float32, **LOW}.items():
+        params = {
+            n: torch.nn.Parameter(p.detach().to(dtype).clone())
+            for n, p in model.named_parameters()
+            if any(f".layers.{i}." in n for i in range(layers))
+        }
+        start = {n: p.detach().clone() for n, p in params.items()}
+        opt = MeZO(list(params.items()), lr=0.0, eps=1e-3)
+        for _ in range(steps):
+            opt.step(lambda: 0.0)
+        walked = []  # in ulps of max(|theta|, eps), the magnitude the sweeps round at (0 has no ulp)
+        for n, p in params.items():
+            s = start[n].view(-1).double()
+            ulp = torch.finfo(dtype).eps * torch.clamp(s.abs(), min=1e-3)
+            walked.append((p.detach().view(-1).double() - s).abs() / ulp)
+        ulps = torch.cat(walked)
+        out[dtype_name] = {
+            "median": float(ulps.median()),
+            "p99": float(torch.quantile(ulps[torch.randperm(ulps.numel())[:1_000_000]], 0.99)),
+            "max": float(ulps.max()),
+            "moved": float((ulps > 0).double().mean()),
+            "elements": ulps.numel(),
+        }
+    return out
+
+
+def cost(model: torch.nn.Module, repeats: int) -> dict[str, float]:
+    """Seconds of a bfloat16 step's sweeps (no forward) with and without stochastic rounding."""
+    copies = {
+        sr: [
+            (n, torch.nn.Parameter(p.detach().to(torch.bfloat16).clone()))
+            for n, p in model.named_parameters()
+        ]
+        for sr in (False, True)
+    }
+    opts = {sr: MeZO(params, lr=PAPER_LR, eps=1e-3, stochastic_rounding=sr) for sr, params in copies.items()}
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(repeats):
+        for sr, opt in opts.items():
+            losses = iter((1.0, 0.0))  # l+ and l-: a nonzero g, so the update does work
+            start = time.perf_counter()
+            opt.step(lambda losses=losses: next(losses))
+            times[sr].append(time.perf_counter() - start)
+    nearest, stochastic = statistics.median(times[False]), statistics.median(times[True])
+    return {"nearest_s": nearest, "stochastic_s": stochastic, "ratio": stochastic / nearest}
+
+
+def learning(lrs: list[float], steps: int) -> dict[str, Any]:
+    from mezo_ray.train.config import parse_trial_config
+    from mezo_ray.train.recipe import run_trial
+    from mezo_ray.train.session import LocalSession
+
+    base = {
+        "model": "tiny-mlm",
+        "task": "synthetic-sst2",
+        "k": 64,
+        "max_eval_examples": 256,
+        "batch_size": 16,
+        "method": "mezo",
+        "max_steps": steps,
+        "eval_steps": steps // 10,
+        "num_workers": 0,
+        "snapshot_every": None,
+    }
+    runs = {
+        "float32": {},
+        "bfloat16 stochastic": {"dtype": "bfloat16"},
+        "bfloat16 nearest": {"dtype": "bfloat16", "stochastic_rounding": False},
+    }
+    out: dict[str, Any] = {}
+    for lr in lrs:
+        for name, changes in runs.items():
+            with tempfile.TemporaryDirectory() as directory:
+                final = run_trial(parse_trial_config({**base, **changes, "lr": lr}), LocalSession(directory))
+            out[f"{lr:g}/{name}"] = final["best_dev_acc"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-config", default="opt-125m")
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--drift-layers", type=int, default=1)
+    parser.add_argument("--drift-steps", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per rounding")
+    parser.add_argument("--task-lrs", type=float, nargs="*", default=[1e-4, 1e-5])
+    parser.add_argument("--task-steps", type=int, default=1000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = build_model(args.model_config, torch.float32, "cpu")
+    with contextlib.redirect_stdout(sys.stderr), torch.no_grad():  # the trials' logs; figures go to stdout
+        results = {
+            "model": args.model_config,
+            "threads": torch.get_num_threads(),
+            "updates": updates(model, make_batch(model, 1, args.seq, "cpu")),
+            "drift": drift(model, args.drift_layers, args.drift_steps),
+            "cost": cost(model, args.repeats),
+        }
+    with contextlib.redirect_stdout(sys.stderr):
+        results["learning"] = learning(args.task_lrs, args.task_steps)
+    if args.json:
+        print(json.dumps(results))
+        return
+    u = results["updates"]
+    print(
+        f"{args.model_config}, random weights; projected gradient {u['projected_grad']:.3g}, lr {PAPER_LR:g}"
+    )
+    print(f"{'weights / rounding':<24}{'update rounds away':>20}{'update kept':>13}")
+    for key in (f"{d}/{r}" for d in LOW for r in ("nearest", "stochastic")):
+        print(f"{key:<24}{u[key]['unchanged']:>20.1%}{u[key]['kept']:>13.1%}")
+    print(
+        f"\nlr-0 drift after {args.drift_steps} steps ({args.drift_layers} decoder layer(s)), "
+        "ulps of the dtype at max(|theta|, eps)"
+    )
+    for name, d in results["drift"].items():
+        print(
+            f"  {name:<10} median {d['median']:.1f}  p99 {d['p99']:.1f}  max {d['max']:.1f}  "
+            f"moved {d['moved']:.0%}"
+        )
+    c = results["cost"]
+    print(
+        f"\nbfloat16 step sweeps: stochastic rounding {c['stochastic_s']:.3f} s, "
+        f"nearest {c['nearest_s']:.3f} s (ratio {c['ratio']:.2f})"
+    )
+    print(f"\nTiny MLM, {args.task_steps} steps, best dev accuracy")
+    for key, acc in results["learning"].items():
+        print(f"  lr {key:<30} {acc:.3f}")
+
+
+if __name__ == "__main__":
+    main()

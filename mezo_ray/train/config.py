@@ -203,6 +203,11 @@ class TrialConfig(BaseModel):
         "PACK", description="where Ray puts the trial's Train workers; STRICT_SPREAD: each on its own node"
     )
     max_worker_failures: int = Field(2, ge=0, description="Train restarts workers from the last checkpoint")
+    memory_log_every_s: float | None = Field(
+        None,
+        gt=0,
+        description="sample memory every this many seconds into memory-rank<r>.csv beside the results",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from typing import Any
 
@@ -46,12 +47,20 @@ from mezo_ray.tasks import Example, load_pool, load_splits
 from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
+from mezo_ray.train.memory_log import memory_log
 from mezo_ray.train.session import FAILURE_KEY, Session
 from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     """Run one trial; returns the final metrics (also reported with ``done: true``)."""
+    tracked = [ckpt.Progress()]  # whose step the memory log notes: the trial's, once restored
+    where = session.log_dir and os.path.join(session.log_dir, f"memory-rank{session.rank}.csv")
+    with memory_log(where or None, cfg.memory_log_every_s, lambda: tracked[0].step):
+        return _run_trial(cfg, session, tracked)
+
+
+def _run_trial(cfg: TrialConfig, session: Session, tracked: list[ckpt.Progress]) -> dict[str, Any]:
     rank, world = session.rank, session.world_size
     transformers.utils.logging.disable_progress_bar()  # one bar per model load floods trial logs
     device = _device(cfg)
@@ -87,6 +96,7 @@ def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     progress, best_weights = ckpt.restore(
         resumed, session, params, optimizer, cfg.selection, after_step=lambda step: _boost(cfg, loaded, step)
     )
+    tracked[0] = progress
 
     # 3. The loop
     clock, steps_at_clock = time.perf_counter(), progress.step

@@ -28,6 +28,7 @@ RAY_TRAIN_STATE_FILE = "checkpoint_manager_snapshot.json"  # ray.train.v2._inter
 class Session(Protocol):
     rank: int
     world_size: int
+    log_dir: str | None  # a local folder beside the trial's results for its own files (None: none)
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Report metrics (every rank, same number of times) and optionally a checkpoint folder."""
@@ -48,9 +49,14 @@ class RaySession:
         self._api = importlib.import_module(f"ray.{api}")
         self._resume_from = resume_from  # used when Ray has no checkpoint (see ``salvage_train_run``)
         self.rank, self.world_size = 0, 1
+        context = self._api.get_context()
         if api == "train":
-            context = self._api.get_context()
             self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
+            storage = context.get_storage()  # the Train run's folder, where it is a local one
+            local = storage.storage_filesystem.type_name == "local"
+            self.log_dir = storage.experiment_fs_path if local else None
+        else:
+            self.log_dir = context.get_trial_dir()
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         """Report, with the Ray node this process runs on (``node_id``: hosts can run several nodes)."""
@@ -96,6 +102,7 @@ class LocalSession:
         self.reports: list[dict[str, Any]] = []
         self.checkpoints: list[str] = []
         self.checkpoint_root = checkpoint_root
+        self.log_dir = checkpoint_root
         self.resume_from = resume_from
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:

@@ -492,3 +492,15 @@ def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, 
         atol = max(1e-5, 1e-4 * float(one[name].abs().max())) if name.startswith("optimizer/") else 1e-5
         torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=name)
     assert max(float((one[k] - start[k]).abs().max()) for k in one if k in start) > 1e-3  # the weights moved
+
+
+def test_a_trial_logs_its_memory_over_time_beside_its_results(tiny_models, tmp_path):
+    final, session = trial(tmp_path, max_steps=40, eval_steps=20, memory_log_every_s=0.05)
+    with open(os.path.join(session.log_dir, "memory-rank0.csv")) as f:
+        header, *rows = [line.strip().split(",") for line in f]
+    assert header == ["seconds", "step", "rss_bytes", "device_allocated_bytes"] and len(rows) >= 3
+    seconds, steps, rss = ([float(r[i]) for r in rows] for i in range(3))
+    assert seconds == sorted(seconds) and steps == sorted(steps) and steps[-1] == 40
+    assert min(rss) > 0 and max(rss) <= final["peak_mem_bytes"]  # samples of what the peak bounds
+    _, quiet = trial(tmp_path)  # off by default
+    assert not os.path.exists(os.path.join(quiet.log_dir, "memory-rank0.csv"))

@@ -56,6 +56,8 @@ SCALES: tuple[str, ...] = ("none", "param_norm", "grad_norm")
 GRAD_NORM_STREAM = 0x6E0F
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "chunk_numel")
+# Settings recorded since, with what every state dict saved before them did: those runs rounded to nearest.
+_BEFORE_RECORDED: dict[str, Any] = {"stochastic_rounding": False}
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
 DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
 # The seed stream of stochastic rounding's uniform draws: mix_seed(step seed, ROUNDING_STREAM).
@@ -787,9 +789,9 @@ class MeZO(torch.optim.Optimizer):
         ``state_dict()["mezo"]``. Settings that older state dicts did not record are not checked when
         absent."""
         for key, ours in self._trajectory_settings().items():
-            if key not in extra and key not in _ALWAYS_SAVED:
+            if key not in extra and key not in _ALWAYS_SAVED and key not in _BEFORE_RECORDED:
                 continue
-            saved = extra[key]
+            saved = extra[key] if key in extra or key in _ALWAYS_SAVED else _BEFORE_RECORDED[key]
             if saved == ours:
                 continue
             hint = (
@@ -819,7 +821,7 @@ class MeZO(torch.optim.Optimizer):
             "perturbation_schedule": self.perturbation_schedule,
             "layer_wise": self.layer_wise,  # absent from older state dicts: not checked there
             "scale": self.scale,
-            "stochastic_rounding": bool(self._rounded),  # absent from older state dicts: not checked
+            "stochastic_rounding": bool(self._rounded),  # absent from older state dicts: they had none
         }
         if self.scale != "none":
             settings["estimate"] = self.estimate

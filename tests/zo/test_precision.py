@@ -106,3 +106,15 @@ def test_shards_draw_their_rows_of_the_rounding_bits(ways):
         return torch.cat([draw_uniform(s, c, 99).clone() for c in chunks(s, 16)])
 
     assert torch.equal(torch.cat([bits(s) for s in shard_slices(whole, "w", ways)]), bits(full))
+
+
+def test_a_bfloat16_run_saved_before_stochastic_rounding_resumes_only_rounding_to_nearest():
+    model = tiny_model(torch.bfloat16)
+    state = MeZO(model.named_parameters(), lr=1e-3).state_dict()
+    del state["mezo"]["stochastic_rounding"]  # as saved before the setting existed: round to nearest
+    with pytest.raises(ValueError, match=r"stochastic_rounding=False but .* stochastic_rounding=True"):
+        MeZO(tiny_model(torch.bfloat16).named_parameters(), lr=1e-3).load_state_dict(state)
+    MeZO(tiny_model(torch.bfloat16).named_parameters(), lr=1e-3, stochastic_rounding=False).load_state_dict(
+        state
+    )
+    MeZO(tiny_model().named_parameters(), lr=1e-3).load_state_dict(state)  # float32: nothing is rounded

@@ -27,7 +27,7 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# A real Ray cluster on this machine (head + node via `ray start`, jobs, a node killed): about 6 minutes.
+# A real Ray cluster on this machine (head + node via `ray start`, jobs, a node killed): about 4 minutes.
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -q -m cluster
 

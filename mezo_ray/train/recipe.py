@@ -55,8 +55,8 @@ from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
     """Run one trial; returns the final metrics (also reported with ``done: true``)."""
     tracked = [ckpt.Progress()]  # whose step the memory log notes: the trial's, once restored
-    where = session.log_dir and os.path.join(session.log_dir, f"memory-rank{session.rank}.csv")
-    with memory_log(where or None, cfg.memory_log_every_s, lambda: tracked[0].step):
+    where = os.path.join(session.log_dir, f"memory-rank{session.rank}.csv") if session.log_dir else None
+    with memory_log(where, cfg.memory_log_every_s, lambda: tracked[0].step):
         return _run_trial(cfg, session, tracked)
 
 

@@ -87,17 +87,16 @@ class FZOO(MeZO):
         self.update_count += 1
         lr_of = self._group_lrs(record)
         active = self._active()
-        group_of = {id(s): g for s, _, g in active}
-
-        param_of = {id(s): p for s, p, _ in active}
+        entries = {id(s): (p, g) for s, p, g in active}
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
+            p, group = entries[id(s)]
             theta = s.local[c.p_lo : c.p_hi]
             step = scratch_like(theta, slot=1).zero_()
             for seed, coef in zip(record.seeds, record.projected_grads, strict=True):
                 step.add_(draw(s, c, seed).sign_(), alpha=coef)
-            work = self._working_copy(param_of[id(s)], theta)
-            work.add_(step, alpha=-lr_of[id(group_of[id(s)])])
+            work = self._working_copy(p, theta)
+            work.add_(step, alpha=-lr_of[id(group)])
             self._round_into(theta, work, s, c, record.seeds[-1])
 
         for_each_chunk([s for s, _, _ in active], self.chunk_numel, update_chunk)

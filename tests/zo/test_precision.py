@@ -13,6 +13,7 @@ from tests.zo.test_noise import shard_slices
 from tests.zo.test_optimizer import data, loss_fn, tiny_model
 
 LOW = [torch.bfloat16, torch.float16]
+D = 16384  # weights in the paper-lr update test
 
 
 @pytest.mark.parametrize("dtype", LOW)
@@ -43,9 +44,6 @@ def _replayed(dtype: torch.dtype, records: list[StepRecord], **kwargs) -> torch.
     w = nn.Parameter(torch.full((D,), 0.01).to(dtype))
     replay(MeZO([w], lr=1e-7, **kwargs), records)
     return w.detach().double()
-
-
-D = 16384
 
 
 def test_the_mean_bfloat16_update_at_the_papers_lr_is_the_float32_update():

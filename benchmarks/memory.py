@@ -17,7 +17,7 @@ interpreter with torch and transformers imported (``excess``). Methods (the pape
 
 Sizes are tried smallest first; a (size, method) whose memory, extrapolated from the sizes measured so
 far (least squares, linear in the parameter count, per method), would pass ``--max-gib`` is not run
-but printed as extrapolated (marked ``~``), as are the larger paper sizes (6.7b, 13b, 30b). On a GPU
+but printed as extrapolated (marked ``~``), as are the larger paper sizes (6.7b, 13b, 30b, 66b). On a GPU
 (``--device cuda``) the figure is ``torch.cuda.max_memory_allocated``.
 """
 
@@ -33,15 +33,11 @@ from typing import Any
 import torch
 from zo_step import ARCHITECTURES, DTYPES, build_model, make_batch
 
+from mezo_ray.report.paper_numbers import PAPER_MEMORY
+
 METHODS = ("zero-shot", "icl", "mezo", "mezo-prefix", "mezo-lora", "ft-prefix", "ft")
-# The paper's Table 22 (MultiRC, fp16, GB of GPU memory): OPT size -> method -> GB
-PAPER = {
-    "1.3b": {"zero-shot": 4, "mezo": 4, "icl": 6, "ft-prefix": 19, "ft": 27},
-    "2.7b": {"zero-shot": 7, "mezo": 7, "icl": 8, "ft-prefix": 29, "ft": 55},
-    "6.7b": {"zero-shot": 14, "mezo": 14, "icl": 16, "ft-prefix": 46, "ft": 156},
-    "13b": {"zero-shot": 26, "mezo": 26, "icl": 29, "ft-prefix": 158, "ft": 316},
-    "30b": {"zero-shot": 58, "mezo": 58, "icl": 62, "ft-prefix": 315, "ft": 633},
-}
+#: The paper's Table 22 sizes beyond those measured: extrapolated, to set beside its numbers.
+PAPER_SIZES = [model.removeprefix("opt-") for model in PAPER_MEMORY]
 GIB = 2**30
 
 
@@ -111,7 +107,7 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
-    for size in [*args.sizes, *(s for s in PAPER if s not in args.sizes)]:
+    for size in [*args.sizes, *(s for s in PAPER_SIZES if s not in args.sizes)]:
         rows[size] = {}
         for method in METHODS:
             measured = [
@@ -161,20 +157,18 @@ def main() -> None:
     if args.json:
         print(json.dumps(results))
         return
-    kind = "peak RSS" if args.device == "cpu" else "max_memory_allocated"
-    print(f"GiB ({kind}), OPT with random weights, {args.dtype}, batch 1 x {args.seq} tokens; ~ extrapolated")
-    print(f"{'OPT':>6}" + "".join(f"{m:>13}" for m in METHODS) + "   paper (GB): MeZO / ICL / FT-prefix / FT")
-    for size, row in results["rows"].items():
-        cells = []
-        for method in METHODS:
-            r = row.get(method, {})
-            cell = "error" if "error" in r else "-" if "peak" not in r else f"{r['peak'] / GIB:.1f}"
-            cells.append(("~" if r.get("extrapolated") else "") + cell)
-        paper = PAPER.get(size)
-        ref = " / ".join(str(paper[m]) for m in ("mezo", "icl", "ft-prefix", "ft")) if paper else ""
-        print(f"{size:>6}" + "".join(f"{c:>13}" for c in cells) + f"   {ref}")
-    for method, f in results["fits"].items():
-        print(f"  fit {method}: {f['intercept_gib']:.2f} GiB + {f['bytes_per_param']:.2f} bytes x params")
+    import dataclasses
+
+    import pandas as pd
+
+    from mezo_ray.report import render
+    from mezo_ray.report.load import Report, memory_benchmark_cells
+
+    cells = memory_benchmark_cells(results)  # the cells the report reads from --json's output
+    print(render(dataclasses.replace(Report.empty(), memory_benchmark=cells)))
+    fits = pd.DataFrame(results["fits"]).T
+    print("Fits (GiB + bytes × parameters, least squares over the measured sizes):")
+    print(fits.to_string(float_format=lambda x: f"{x:.3g}"))
 
 
 if __name__ == "__main__":

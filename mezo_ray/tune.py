@@ -520,15 +520,6 @@ def experiment_name(args: argparse.Namespace, space: SearchSpace, storage: str) 
 
 def print_results(results: Any, experiment: Experiment, path: str) -> None:
     space = experiment.space
-    frame = results.get_dataframe()
-    if space.metric in frame:
-        columns = [
-            c
-            for c in ("trial_id", "config/task", "config/method", "config/mode", "config/lr", "config/eps")
-            if c in frame
-        ] + [m for m in (space.metric, "test_acc", "step") if m in frame]
-        best = frame.sort_values(space.metric, ascending=space.mode == "min").head(10)
-        print("\nBest trials:\n" + best[columns].to_string(index=False))
     if results.errors:
         print(f"\n{len(results.errors)} trial(s) errored; see {path}")
     try:
@@ -537,6 +528,7 @@ def print_results(results: Any, experiment: Experiment, path: str) -> None:
         from mezo_ray.report.select import search_cost
 
         report = as_report(results)
+        print_best_trials(report.trials, space.metric, space.mode)
         print("\n" + render(report))
         spent, grid = search_cost(report.trials)["forward_passes"], experiment.grid_forward_passes
         if grid:
@@ -544,6 +536,16 @@ def print_results(results: Any, experiment: Experiment, path: str) -> None:
     except ValueError as err:
         print(f"(no report table: {err})")
     print(f"\nResults: {path}\nReport:  python -m mezo_ray.report {path}")
+
+
+def print_best_trials(trials: Any, metric: str, mode: str, top: int = 10) -> None:
+    """The ``top`` trials by the space's metric, a setting the trial's method does not read shown as "-"."""
+    if metric not in trials or trials[metric].isna().all():
+        return
+    columns = [c for c in ("trial_id", "task", "row", "lr", "eps", metric, "test_acc", "step") if c in trials]
+    best = trials.sort_values(metric, ascending=mode == "min", na_position="last").head(top)
+    table = best[columns].rename(columns={"row": "method"}).to_string(index=False, na_rep="-")
+    print("\nBest trials:\n" + table)
 
 
 if __name__ == "__main__":

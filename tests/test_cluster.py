@@ -270,7 +270,7 @@ def test_fsdp_workers_on_two_nodes_reproduce_the_one_worker_trajectory(cluster, 
         if a.class_name == "RayTrainWorker" and a.job_id == job_id
     ]
     assert {w.node_id for w in workers} == set(cluster.nodes.values())  # one worker on each node
-    (state,) = glob.glob(str(storage / "train-*" / "checkpoint_*" / "state.json"))
+    (state,) = glob.glob(str(storage / "fsdp" / "train-*" / "checkpoint_*" / "state.json"))
     checkpoint = os.path.dirname(state)
     shards = [load_file(os.path.join(checkpoint, f"snapshot-rank{r}.safetensors")) for r in range(2)]
     two = {k: torch.cat([s[k] for s in shards]) if shards[0][k].dim() else shards[0][k] for k in shards[0]}

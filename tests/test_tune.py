@@ -240,7 +240,9 @@ def test_two_worker_torch_trainer_trial_under_tune(ray_local, tiny_models, tmp_p
     assert main(["--space", space, "--storage-path", str(tmp_path), "--name", "dp"]) == 0
     (reports,) = results(str(tmp_path / "dp")).values()
     assert [r["step"] for r in reports] == [2, 4, 4] and reports[-1]["done"]
-    checkpoints = sorted(p for p in glob.glob(str(tmp_path / "train-*" / "checkpoint_*")) if os.path.isdir(p))
+    checkpoints = sorted(
+        p for p in glob.glob(str(tmp_path / "dp" / "train-*" / "checkpoint_*")) if os.path.isdir(p)
+    )
     files = [sorted(os.listdir(c)) for c in checkpoints]
     assert files[0] == ["state.json"] and "snapshot-rank0.safetensors" in files[1]  # a seed log, then weights
 
@@ -426,7 +428,7 @@ def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
     interrupted = started[0]
     steps_before = [r["step"] for r in results(str(tmp_path / "exp"))[interrupted]]
     if workers:  # the kill caught Ray Train rewriting its run state (seen in CI): it must not matter
-        train_state = tmp_path / f"train-{trials[interrupted][-1]['trial_id']}" / RAY_TRAIN_STATE_FILE
+        train_state = tmp_path / "exp" / f"train-{trials[interrupted][-1]['trial_id']}" / RAY_TRAIN_STATE_FILE
         assert train_state.exists()
         train_state.write_text("")
 
@@ -474,9 +476,9 @@ def test_killed_train_worker_restarts_from_its_checkpoint(ray_local, tiny_models
         torch.set_num_threads(threads)
     for key in ("test_acc", "best_dev_acc", "dev_loss", "selected_step", "forward_passes", "step"):
         assert final[key] == uninterrupted[key], key
-    restarted = sorted(glob.glob(str(tmp_path / "train-*" / "checkpoint_*" / "snapshot-rank0.safetensors")))[
-        -1
-    ]
+    restarted = sorted(
+        glob.glob(str(tmp_path / "fault" / "train-*" / "checkpoint_*" / "snapshot-rank0.safetensors"))
+    )[-1]
     a, b = (
         load_file(restarted),
         load_file(os.path.join(session.checkpoints[-1], "snapshot-rank0.safetensors")),
@@ -495,7 +497,7 @@ def _wait_for_checkpoint_then_worker_pid(root, min_step: int = 0) -> int:
     while time.time() < deadline:
         if any(
             _step_of(path) >= min_step
-            for path in glob.glob(str(root / "train-*" / "checkpoint_*" / "state.json"))
+            for path in glob.glob(str(root / "*" / "train-*" / "checkpoint_*" / "state.json"))
         ):
             pids = subprocess.run(
                 ["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True

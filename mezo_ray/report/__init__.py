@@ -1,8 +1,12 @@
-"""Reports: Tune experiment folders or a ResultGrid -> the paper's tables (18, 1, 20, 22) and plots.
+"""Reports: Tune experiment folders or a ResultGrid -> the paper's tables (18, 1, 20, 4, 5, 6, 22) and plots.
+
+A paper table is one entry of ``layouts.LAYOUTS`` (rows, columns and the paper's cells); Markdown, LaTeX,
+CSV and a self-contained HTML page (plots embedded) are ``formats``.
 
 Selection follows the paper (per data seed, the configuration with the best dev value; its test score;
-mean and population std over seeds, ×100). Importing this package needs pandas only: no torch, no ray, and
-matplotlib only when plots are written, so a laptop holding a copied experiment folder can report on it.
+mean and population std over seeds, ×100). Importing this package needs pandas only: no torch, no ray;
+matplotlib (and markdown-it) only when plots (or HTML) are written, so a laptop holding a copied
+experiment folder can report on it.
 
     from mezo_ray.report import render
     print(render(result_grid, fmt="markdown", select="dev_acc"))   # end of a Tune search

@@ -3,16 +3,18 @@
 Examples:
     python -m mezo_ray.report ~/ray_results/roberta_mezo ~/ray_results/roberta_ft
     python -m mezo_ray.report results/exp --select dev_loss --format latex
-    python -m mezo_ray.report results/exp --out report/   # also writes .md/.tex/.csv, trials, plots
+    python -m mezo_ray.report results/exp --out report/   # also writes .md/.tex/.csv/.html, trials, plots
+    python -m mezo_ray.report results/exp --format html > report.html   # one file, plots embedded
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from mezo_ray.report.formats import FORMATS, footer_markdown
-from mezo_ray.report.load import from_experiment_dirs
+from mezo_ray.report.load import Report, from_experiment_dirs, read_memory_benchmark
 from mezo_ray.report.output import render, write_report
 from mezo_ray.report.select import SELECTIONS
 from mezo_ray.report.tables import footer
@@ -22,11 +24,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Return the parsed command line."""
     parser = argparse.ArgumentParser(
         prog="python -m mezo_ray.report",
-        description="Paper-style tables (Tables 18, 1, 20, 22 or a generic layout) and plots of Tune runs.",
+        description="Paper-style tables (Tables 18, 1, 20, 4, 5, 6, 22 or a generic layout) and plots "
+        "of Tune runs.",
     )
-    parser.add_argument("experiments", nargs="+", metavar="EXPERIMENT_DIR", help="Tune experiment folder(s)")
+    parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT_DIR", help="Tune experiment folder(s)")
     parser.add_argument(
-        "--format", choices=FORMATS, default="markdown", help="stdout format (default markdown)"
+        "--memory-benchmark",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="the output of benchmarks/memory.py --json, rendered as Table 22 beside the paper's numbers "
+        "(repeatable; with or without experiment folders)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="markdown",
+        help="stdout format (default markdown; html: one self-contained page, plots embedded)",
     )
     parser.add_argument(
         "--select",
@@ -41,7 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="let unfinished and errored trials be selected on their last reported values (marked ‡)",
     )
     parser.add_argument(
-        "--out", metavar="DIR", help="also write every format, trials.csv, selected.csv and plots"
+        "--out",
+        metavar="DIR",
+        help="also write every format (report.html: plots embedded), trials.csv, selected.csv and plots",
     )
     parser.add_argument("--no-plots", action="store_true", help="with --out: skip the PNG plots")
     return parser.parse_args(argv)
@@ -50,8 +66,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 when no experiment folder holds a trial)."""
     args = parse_args(argv)
+    if not args.experiments and not args.memory_benchmark:
+        print("error: give an EXPERIMENT_DIR or --memory-benchmark JSON", file=sys.stderr)
+        return 2
     try:
-        report = from_experiment_dirs(args.experiments)
+        report = from_experiment_dirs(args.experiments) if args.experiments else Report.empty()
+        if args.memory_benchmark:
+            report = dataclasses.replace(
+                report, memory_benchmark=read_memory_benchmark(args.memory_benchmark)
+            )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,6 @@
-"""Tables -> text: Markdown (the default, for terminals and PRs), LaTeX (for the paper) and CSV (tidy, one
-line per cell, for further analysis).
+"""Tables -> text: Markdown (the default, for terminals and PRs), LaTeX (for the paper), CSV (tidy, one
+line per cell, for further analysis) and HTML (one self-contained file: the Markdown report with its plots
+embedded, to open offline or mail).
 
 Markdown and LaTeX write each cell as ``ours [paper; ours − paper]``, so the comparison is read in one place;
 the CSV keeps those as separate numeric columns instead. Missing results are written as "—" (LaTeX "--", CSV
@@ -8,16 +9,19 @@ empty), never as 0, and every caption states the selection rule the numbers depe
 
 from __future__ import annotations
 
+import base64
+import html
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
 from mezo_ray.report.load import model_key
 from mezo_ray.report.select import SELECTIONS
-from mezo_ray.report.tables import Table, row_sort_key
+from mezo_ray.report.tables import CELL_COLUMNS, EXTRAPOLATED, Table, row_sort_key
 
-FORMATS = ("markdown", "csv", "latex")
+FORMATS = ("markdown", "csv", "latex", "html")
 MISSING = "—"
 UNFINISHED_MARK = "‡"
 _TEX = str.maketrans(
@@ -54,6 +58,8 @@ def _format_cell(cell: Any, table: Table, max_n: int) -> str:
         ours = MISSING
     else:
         ours = f"{cell.value:.1f}"
+        if cell.mark == EXTRAPOLATED:  # before the number: it is not one that was measured
+            ours, cell = EXTRAPOLATED + ours, cell._replace(mark="")
         if table.kind == "score" and cell.n > 1:
             ours += f" ({cell.std:.1f})"
         if table.kind == "score" and cell.n < max_n:
@@ -78,7 +84,9 @@ def _format_cell(cell: Any, table: Table, max_n: int) -> str:
 
 def caption(table: Table, select: str, include_unfinished: bool) -> str:
     """Return the caption: what a number is, the selection rule, and what each mark means."""
-    if table.kind == "memory":
+    if table.caption:
+        text = table.caption
+    elif table.kind == "memory":
         text = "Peak memory in GiB (peak_mem_bytes / 2^30), the largest over a method's trials."
         if table.has_paper:
             text += (
@@ -226,9 +234,7 @@ def to_frame(tables: list[Table], select: str) -> pd.DataFrame:
         t.cells.assign(table=t.name, title=t.title, kind=t.kind, model=t.model, k=t.k, selection=select)
         for t in tables
     ]
-    columns = (
-        ["table", "title", "kind", "model", "k", "selection", *tables[0].cells.columns] if tables else []
-    )
+    columns = ["table", "title", "kind", "model", "k", "selection", *CELL_COLUMNS, "diff"]
     return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
 
 
@@ -237,3 +243,42 @@ def to_csv(tables: list[Table], select: str) -> str:
     frame = to_frame(tables, select)
     frame["k"] = frame["k"].astype("Int64")
     return frame.to_csv(index=False)
+
+
+_HTML_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+p em { color: #555; }
+figure { margin: 1.5em 0; }
+figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.85em; }
+"""
+
+
+def to_html(markdown: str, images: Sequence[tuple[str, bytes]] = (), title: str = "mezo_ray report") -> str:
+    """Return one self-contained HTML page: the Markdown report as HTML (markdown-it, raw HTML in it
+    escaped) and each (name, PNG bytes) of ``images`` embedded as a data URI, so it opens offline."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    figures = [
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode("ascii")}"><figcaption>{html.escape(name)}</figcaption></figure>'
+        for name, png in images
+    ]
+    plots = ["<h2>Plots</h2>", *figures] if figures else []
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>{html.escape(title)}</title><style>{_HTML_STYLE}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>",
+            body,
+            *plots,
+            "</body></html>",
+            "",
+        ]
+    )

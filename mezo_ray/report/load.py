@@ -71,7 +71,8 @@ FINAL_METRICS = (
     "optimizer_state_multiple",
     "time_total_s",  # Tune's: the trial's seconds so far
 )
-#: Metrics kept per report, for the learning-curve plots.
+#: Metrics kept per report, for the learning-curve plots (and ``final``: the report is the trial's last,
+#: with test_acc, whose dev metrics repeat those of the checkpoint it tested: not an evaluation).
 HISTORY_METRICS = (
     "step",
     "forward_passes",
@@ -91,7 +92,59 @@ _MODE_SUFFIX = {
     "prefix": " (prefix)",
     "lora_as_published": " (LoRA, as published)",  # the paper code's LoRA: see models/modes.py
 }
-_UNTRAINED_ROWS = {"zero_shot": "Zero-shot", "icl": "ICL", "lp": "LP"}
+#: Methods that do not train -> their rows (the plots draw them as reference lines).
+UNTRAINED_ROWS = {"zero_shot": "Zero-shot", "icl": "ICL", "lp": "LP"}
+#: Settings of the zeroth-order estimate: no other method reads them.
+_ZO_KEYS = (
+    "eps",
+    "zo_variant",
+    "estimator",
+    "n_perturbations",
+    "perturbation_schedule",
+    "perturbation_scale",
+    "layer_wise",
+    "lp_init",
+    "n_probes",
+    "hessian_smooth",
+    "lozo_rank",
+    "lozo_interval",
+    "lozo_momentum",
+)
+_TRAINING_KEYS = (
+    "mode",
+    "lr",
+    "weight_decay",
+    "batch_size",
+    "max_steps",
+    "eval_steps",
+    "objective",
+    "max_forward_passes",
+    "xgblora_steps_per_iteration",
+)
+#: Config keys a method does not read: every table and summary shows them as missing ("-"), never as the
+#: default its config carried (zero-shot's lr 1e-6 was never used).
+UNUSED_KEYS = {
+    "zero_shot": _ZO_KEYS + _TRAINING_KEYS,
+    "icl": _ZO_KEYS + _TRAINING_KEYS,
+    "lp": _ZO_KEYS + _TRAINING_KEYS,
+    "ft": _ZO_KEYS,
+}
+#: An estimator's own settings, unused by the others.
+_ESTIMATOR_KEYS = {
+    "fzoo": ("n_probes",),
+    "hizoo": ("hessian_smooth",),
+    "lozo": ("lozo_rank", "lozo_interval", "lozo_momentum"),
+}
+
+
+def unused_keys(method: Any, estimator: Any = None) -> set[str]:
+    """The config keys a trial of ``method`` (and, for MeZO, ``estimator``) does not read."""
+    if method == "mezo":
+        mine = str(estimator) if _present(estimator) else "mezo"
+        return {key for name, keys in _ESTIMATOR_KEYS.items() if name != mine for key in keys}
+    return set(UNUSED_KEYS.get(str(method), ()))
+
+
 #: Rows that use no training data: their k is dropped, so one run shows in every k section of its model.
 K_FREE_ROWS = ("Zero-shot",)
 #: The settings that make a trial's row (method and ablation): ``row_label``'s arguments, in order.
@@ -120,11 +173,20 @@ class Report:
 
     ``trials``: one row per trial (config keys, ``row`` label, ``status`` in STATUSES, ``reason``, final
     metrics, ``peak_mem_bytes`` = max over reports, ``n_reports``, ``experiment``, ``path``).
-    ``history``: one row per report (``trial_id``, ``report`` index and HISTORY_METRICS), for plots.
+    ``history``: one row per report (``trial_id``, ``report`` index, HISTORY_METRICS and ``final``: the
+    trial's last report, holding test_acc, not an evaluation), for plots.
+    ``memory_benchmark``: ``benchmarks/memory.py --json`` results to render as Table 22
+    (``read_memory_benchmark``), or None.
     """
 
     trials: pd.DataFrame
     history: pd.DataFrame
+    memory_benchmark: pd.DataFrame | None = None
+
+    @classmethod
+    def empty(cls) -> Report:
+        """A Report of no trial (its tables: only what is added to it, e.g. a memory benchmark)."""
+        return _build([])
 
 
 def row_label(
@@ -151,8 +213,8 @@ def row_label(
     """
     method = str(method) if _present(method) else "unknown"
     mode = str(mode) if _present(mode) else "full"
-    if method in _UNTRAINED_ROWS:
-        return _UNTRAINED_ROWS[method]
+    if method in UNTRAINED_ROWS:
+        return UNTRAINED_ROWS[method]
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
     if _present(xgblora_steps_per_iteration):
         suffix = " (XGBLoRA)"
@@ -225,6 +287,53 @@ def from_experiment_dirs(paths: str | os.PathLike | Iterable[str | os.PathLike])
             f"no Tune trial folders (sub-folders with params.json) under {[str(p) for p in paths]}"
         )
     return _build(records)
+
+
+#: ``benchmarks/memory.py``'s methods -> our row labels.
+BENCHMARK_MEMORY_ROWS = {
+    "zero-shot": "Zero-shot",
+    "icl": "ICL",
+    "mezo": "MeZO",
+    "mezo-prefix": "MeZO (prefix)",
+    "mezo-lora": "MeZO (LoRA)",
+    "ft-prefix": "FT (prefix)",
+    "ft": "FT",
+}
+
+
+def read_memory_benchmark(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Return the cells of ``benchmarks/memory.py --json`` output files (``memory_benchmark_cells``);
+    ValueError names a file that is not such an output."""
+    frames = []
+    for path in paths:
+        try:
+            frames.append(memory_benchmark_cells(json.loads(Path(path).read_text())))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(
+                f"{str(path)!r} is not the output of benchmarks/memory.py --json ({error!r})"
+            ) from error
+    return pd.concat(frames, ignore_index=True)
+
+
+def memory_benchmark_cells(result: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per (OPT size, method) of a ``benchmarks/memory.py`` result: model ("opt-1.3b"), row (our
+    label), peak_gib, extrapolated (a fit, not a measurement), dtype, device, seq. A method that failed
+    to run is left out."""
+    rows = [
+        {
+            "model": f"opt-{size}",
+            "row": BENCHMARK_MEMORY_ROWS.get(method, method),
+            "peak_gib": cell["peak"] / 2**30,
+            "extrapolated": bool(cell.get("extrapolated")),
+            "dtype": result["dtype"],
+            "device": result["device"],
+            "seq": result["seq"],
+        }
+        for size, methods in result["rows"].items()
+        for method, cell in methods.items()
+        if "peak" in cell
+    ]
+    return pd.DataFrame(rows, columns=["model", "row", "peak_gib", "extrapolated", "dtype", "device", "seq"])
 
 
 def from_result_grid(results: Iterable[Any]) -> Report:
@@ -345,6 +454,7 @@ def _build(records: list[_Record]) -> Report:
         if row in K_FREE_ROWS:
             config["k"] = None
         status, reason = _status(final, rec.error, len(reports), config["max_steps"])
+        config.update(dict.fromkeys(unused_keys(config["method"], config["estimator"]) & set(config)))
         peak = pd.to_numeric(reports.get("peak_mem_bytes", pd.Series(dtype=float)), errors="coerce").max()
         trial_rows.append(
             {
@@ -363,8 +473,12 @@ def _build(records: list[_Record]) -> Report:
             }
         )
         history = reports.reindex(columns=list(HISTORY_METRICS)).apply(pd.to_numeric, errors="coerce")
-        histories.append(history.assign(trial_id=rec.trial_id, report=range(len(history))))
-    trials = pd.DataFrame(trial_rows)
+        final_report = reports["test_acc"].notna() if "test_acc" in reports else False
+        histories.append(
+            history.assign(trial_id=rec.trial_id, report=range(len(history)), final=final_report)
+        )
+    columns = ["trial_id", "experiment", "status", "reason", *CONFIG_KEYS, "row", *FINAL_METRICS]
+    trials = pd.DataFrame(trial_rows, columns=[*columns, "peak_mem_bytes", "n_reports", "path", "pbt"])
     for key in ("k", "data_seed", "batch_size", "max_steps", "eval_steps", "n_perturbations", "seed"):
         trials[key] = pd.to_numeric(trials[key], errors="coerce").astype("Int64")
     numeric = [
@@ -389,5 +503,7 @@ def _build(records: list[_Record]) -> Report:
         trials[key] = trials[key].astype(object).where(trials[key].notna(), None)
     trials["model"] = trials["model"].fillna("unknown")
     trials["task"] = trials["task"].fillna("unknown")
-    history = pd.concat(histories, ignore_index=True)[["trial_id", "report", *HISTORY_METRICS]]
+    history_columns = ["trial_id", "report", *HISTORY_METRICS, "final"]
+    history = pd.concat(histories or [pd.DataFrame(columns=history_columns)], ignore_index=True)
+    history = history[history_columns].astype({m: float for m in HISTORY_METRICS} | {"final": bool})
     return Report(trials=trials.sort_values("trial_id", kind="stable", ignore_index=True), history=history)

@@ -7,11 +7,12 @@ experiment folders or an already loaded Report, and returns a string instead of 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mezo_ray.report.formats import FORMATS, to_csv, to_latex, to_markdown
+from mezo_ray.report.formats import FORMATS, to_csv, to_html, to_latex, to_markdown
 from mezo_ray.report.load import Report, from_experiment_dirs, from_result_grid
 from mezo_ray.report.select import (
     aggregate_memory,
@@ -42,24 +43,47 @@ def render(
     select: str = "dev_acc",
     include_unfinished: bool = False,
 ) -> str:
-    """Return the report tables as ``fmt`` ("markdown", "latex" or "csv") text.
+    """Return the report tables as ``fmt`` ("markdown", "latex", "csv" or "html") text.
 
-    Markdown and LaTeX end with the footer of unfinished/errored trials; CSV holds only the tidy cells.
+    Markdown and LaTeX end with the footer of unfinished/errored trials; CSV holds only the tidy cells;
+    HTML is one self-contained page, the Markdown report with the plots embedded.
     Raises ValueError for an unknown ``fmt`` or ``select``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"fmt={fmt!r} is not a report format; use one of {list(FORMATS)}")
     check_selection(select)
     report = as_report(source)
+    if fmt == "html":
+        with tempfile.TemporaryDirectory() as plots_dir:
+            paths = _write_plots(report, select, include_unfinished, Path(plots_dir))
+            return _html(report, select, include_unfinished, paths)
     tables = build_tables(report, select, include_unfinished)
     if fmt == "csv":
         return to_csv(tables, select)
     if fmt == "latex":
         return to_latex(tables, footer(report.trials), select, include_unfinished)
+    return _markdown(report, tables, select, include_unfinished)
+
+
+def _markdown(report: Report, tables: list, select: str, include_unfinished: bool) -> str:
     best = best_configurations(report.trials, select, include_unfinished)
-    return to_markdown(
-        tables, footer(report.trials), select, include_unfinished, best, search_cost(report.trials)
-    )
+    cost = search_cost(report.trials) if len(report.trials) else None  # a memory benchmark alone: no search
+    return to_markdown(tables, footer(report.trials), select, include_unfinished, best, cost)
+
+
+def _html(report: Report, select: str, include_unfinished: bool, plots: list[Path]) -> str:
+    markdown = _markdown(report, build_tables(report, select, include_unfinished), select, include_unfinished)
+    experiments = ", ".join(sorted({str(e) for e in report.trials["experiment"] if e}))
+    title = f"mezo_ray report: {experiments}" if experiments else "mezo_ray report"
+    return to_html(markdown, [(path.name, path.read_bytes()) for path in plots], title)
+
+
+def _write_plots(report: Report, select: str, include_unfinished: bool, out_dir: Path) -> list[Path]:
+    from mezo_ray.report import plots as plotting  # matplotlib only when plots are asked for
+
+    selected = select_best(report.trials, select, include_unfinished)
+    memory = aggregate_memory(report.trials, include_unfinished)
+    return plotting.write_plots(report, selected, memory, out_dir)
 
 
 def write_report(
@@ -70,36 +94,25 @@ def write_report(
     plots: bool = True,
 ) -> list[Path]:
     """Write report.md, report.tex, report.csv, trials.csv (every trial, tidy), selected.csv (the
-    configuration chosen per seed) and, with ``plots``, PNGs under ``out_dir/plots``; return the paths."""
+    configuration chosen per seed), with ``plots`` PNGs under ``out_dir/plots``, and report.html (the
+    report with those plots embedded: one file that opens offline); return the paths."""
     check_selection(select)
     report = as_report(source)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = build_tables(report, select, include_unfinished)
-    trials_footer = footer(report.trials)
     texts = {
-        "report.md": to_markdown(
-            tables,
-            trials_footer,
-            select,
-            include_unfinished,
-            best_configurations(report.trials, select, include_unfinished),
-            search_cost(report.trials),
-        ),
-        "report.tex": to_latex(tables, trials_footer, select, include_unfinished),
+        "report.md": _markdown(report, tables, select, include_unfinished),
+        "report.tex": to_latex(tables, footer(report.trials), select, include_unfinished),
         "report.csv": to_csv(tables, select),
     }
     written = []
     for name, text in texts.items():
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
-    selected = select_best(report.trials, select, include_unfinished)
     report.trials.to_csv(out / "trials.csv", index=False)
-    selected.to_csv(out / "selected.csv", index=False)
+    select_best(report.trials, select, include_unfinished).to_csv(out / "selected.csv", index=False)
     written += [out / "trials.csv", out / "selected.csv"]
-    if plots:
-        from mezo_ray.report import plots as plotting  # matplotlib only when plots are asked for
-
-        memory = aggregate_memory(report.trials, include_unfinished)
-        written += plotting.write_plots(report, selected, memory, out / "plots")
-    return written
+    pngs = _write_plots(report, select, include_unfinished, out / "plots") if plots else []
+    (out / "report.html").write_text(_html(report, select, include_unfinished, pngs), encoding="utf-8")
+    return [*written, *pngs, out / "report.html"]

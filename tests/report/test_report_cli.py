@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -51,3 +52,46 @@ def test_cli_exits_2_when_no_folder_holds_a_trial(tmp_path, capsys):
     assert "no Tune trial folders" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def _memory_benchmark(path: Path) -> Path:
+    """A ``benchmarks/memory.py --json`` output: 125m, 1.3b measured, 13b extrapolated, FT failed at 13b."""
+    gib = 2**30
+    rows = {
+        "125m": {"zero-shot": {"peak": 0.9 * gib}, "mezo": {"peak": 1.0 * gib}, "ft": {"peak": 1.6 * gib}},
+        "1.3b": {"zero-shot": {"peak": 3.2 * gib}, "mezo": {"peak": 3.3 * gib}, "ft": {"peak": 10.9 * gib}},
+        "13b": {
+            "zero-shot": {"peak": 25.4 * gib, "extrapolated": True},
+            "mezo": {"peak": 25.6 * gib, "extrapolated": True},
+            "ft": {"error": "killed"},
+        },
+    }
+    path.write_text(json.dumps({"dtype": "bfloat16", "device": "cpu", "seq": 400, "rows": rows, "fits": {}}))
+    return path
+
+
+def test_cli_renders_the_memory_benchmark_as_table_22_beside_the_paper(experiments, tmp_path, capsys):
+    """Alone or after an experiment's tables: models by size, the paper's A100s and GB beside ours,
+    extrapolated cells marked before their number, a failed cell missing."""
+    bench = str(_memory_benchmark(tmp_path / "memory.json"))
+    assert main(["--memory-benchmark", bench]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("### Table 22 (peak memory, benchmarks/memory.py: bfloat16 on cpu, 400 tokens)")
+    assert "Search cost" not in stdout and "~ extrapolated by the benchmark" in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("| opt-")]
+    assert lines == [
+        "| opt-125m | 0.9 | 1.0 | 1.6 |",
+        "| opt-1.3b | 3.2 [1× 4.0; -0.8] | 3.3 [1× 4.0; -0.7] | 10.9 [1× 27.0; -16.1] |",
+        "| opt-13b | ~25.4 [1× 26.0; -0.6] | ~25.6 [1× 26.0; -0.4] | — [4× 316.0] |",
+    ]
+    assert main([str(experiments["roberta_ft"]), "--memory-benchmark", bench]) == 0
+    both = capsys.readouterr().out
+    assert both.startswith("### Table 18") and "| opt-13b | ~25.4 [1× 26.0; -0.6]" in both
+
+
+def test_cli_refuses_a_file_that_is_not_a_memory_benchmark_by_name(tmp_path, capsys):
+    (tmp_path / "other.json").write_text('{"rows": []}')
+    assert main(["--memory-benchmark", str(tmp_path / "other.json")]) == 2
+    assert "other.json' is not the output of benchmarks/memory.py --json" in capsys.readouterr().err
+    assert main([]) == 2
+    assert "give an EXPERIMENT_DIR or --memory-benchmark" in capsys.readouterr().err

@@ -1,9 +1,11 @@
-"""CSV and LaTeX outputs parse, and bad options fail with errors that name the allowed values."""
+"""CSV, LaTeX and HTML outputs parse, and bad options fail with errors that name the allowed values."""
 
 from __future__ import annotations
 
+import base64
 import io
 import re
+from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
@@ -66,7 +68,7 @@ def test_markdown_is_the_default_and_every_table_is_well_formed(report):
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"fmt": "html"}, "fmt='html'"), ({"select": "test_acc"}, "test_acc")]
+    ("kwargs", "message"), [({"fmt": "pdf"}, "fmt='pdf'"), ({"select": "test_acc"}, "test_acc")]
 )
 def test_unknown_format_or_selection_is_rejected_by_name(report, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -77,3 +79,63 @@ def test_render_accepts_folders_as_well_as_a_report(experiments):
     folders = [experiments["tiny"], str(experiments["opt"])]
     assert render(folders) == render(from_experiment_dirs(folders))
     assert render(experiments["tiny"]) == render(from_experiment_dirs(experiments["tiny"]))
+
+
+class _Page(HTMLParser):
+    """What an HTML page holds: its tables' cell texts, image sources, and any other reference out."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: list[list[list[str]]] = []
+        self.images: list[str] = []
+        self.links: list[str] = []
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        self.links += [v for k, v in attrs.items() if k in ("href", "src") and tag != "img"]
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.tables[-1][-1].append("".join(self._cell).strip())
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def test_html_is_one_offline_page_with_the_markdown_tables_and_every_plot_embedded(report, tmp_path):
+    from mezo_ray.report import write_report
+
+    page = _Page()
+    page.feed(render(report, fmt="html"))
+    markdown_tables = [
+        [
+            [cell.strip().replace("\\|", "|").replace("`", "") for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+            for line in block
+        ]
+        for block in (b.splitlines() for b in re.findall(r"((?:^\|.*\n)+)", render(report), flags=re.M))
+    ]
+    assert page.tables == [[t[0], *t[2:]] for t in markdown_tables]  # every table, cell for cell
+    written = write_report(report, tmp_path)
+    pngs = sorted(p.read_bytes() for p in written if p.suffix == ".png")
+    assert len(pngs) >= 5
+    embedded = sorted(base64.b64decode(src.removeprefix("data:image/png;base64,")) for src in page.images)
+    assert embedded == pngs and not page.links  # the plots themselves; nothing fetched from elsewhere
+    assert (tmp_path / "report.html").read_text() == render(report, fmt="html")
+
+
+def test_html_escapes_what_the_runs_are_named(tmp_path, writer):
+    config = writer.cfg("<script>alert(1)</script>", "SST-2", "mezo", 16, 13, 1e-6)
+    writer.write_trial(tmp_path, config, writer.curve(0.8, 0.3, 0.7))
+    text = render(from_experiment_dirs(tmp_path), fmt="html")
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text

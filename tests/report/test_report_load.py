@@ -65,3 +65,25 @@ def test_trial_folders_are_found_at_any_depth_but_not_in_checkpoints(tmp_path, w
     (trial_dir / "checkpoint_000001" / "params.json").write_text(json.dumps({"task": "bogus"}))
     trials = from_experiment_dirs(tmp_path).trials
     assert trials["experiment"].tolist() == ["exp1"] and trials["task"].tolist() == ["t"]
+
+
+def test_settings_a_method_does_not_read_are_missing_not_its_config_default(tmp_path, writer):
+    """Zero-shot carries lr 1e-6 and eps 1e-3 in its config but reads neither; FT reads no eps; FZOO reads
+    its probes, not LOZO's rank: the trials table (and every table and summary built on it) says so."""
+    runs = {
+        "zero_shot": writer.cfg("roberta-large", "SST-2", "zero_shot", 16, 13, 1e-6),
+        "ft": writer.cfg("roberta-large", "SST-2", "ft", 16, 13, 1e-5),
+        "fzoo": writer.cfg(
+            "roberta-large", "SST-2", "mezo", 16, 13, 1e-6, estimator="fzoo", n_probes=4, lozo_rank=4
+        ),
+    }
+    ids = {
+        name: writer.write_trial(tmp_path, config, writer.curve(0.8, 0.3, 0.7))
+        for name, config in runs.items()
+    }
+    trials = from_experiment_dirs(tmp_path).trials.set_index("trial_id")
+    zero_shot, ft, fzoo = (trials.loc[ids[name]] for name in ("zero_shot", "ft", "fzoo"))
+    assert zero_shot[["lr", "eps", "weight_decay", "batch_size", "max_steps"]].isna().all()
+    assert zero_shot["row"] == "Zero-shot" and zero_shot["data_seed"] == 13
+    assert ft["lr"] == 1e-5 and ft["batch_size"] == 64 and ft[["eps", "n_perturbations"]].isna().all()
+    assert (fzoo["lr"], fzoo["eps"], fzoo["n_probes"]) == (1e-6, 1e-3, 4) and fzoo["lozo_rank"] is None

@@ -11,9 +11,24 @@ import pandas as pd
 import pytest
 
 from mezo_ray.report import build_tables, from_experiment_dirs, from_result_grid, render, select_best
-from mezo_ray.report.paper_numbers import PAPER_MEMORY, PAPER_SCORES
+from mezo_ray.report.layouts import published_score
+from mezo_ray.report.paper_numbers import PAPER_MEMORY
 
 T18 = "Table 18 (RoBERTa-large, k=16): roberta-large"
+T18_ROWS = (
+    "Zero-shot",
+    "LP",
+    "MeZO",
+    "MeZO (LoRA)",
+    "MeZO (prefix)",
+    "MeZO-Adam",
+    "FT",
+    "FT (LoRA)",
+    "FT (prefix)",
+)
+T4 = "Table 4 (ablation grid at 10,000 forward passes, RoBERTa-large, k=16): roberta-large"
+T5 = "Table 5 (prompt vs no prompt, 10,000 forward passes, RoBERTa-large, k=16): roberta-large"
+T6 = "Table 6 (n-SPSA, 10,000 forward passes, RoBERTa-large, k=16): roberta-large"
 RL = "roberta-large"
 
 
@@ -173,14 +188,77 @@ def test_ablations_get_rows_of_their_own_without_published_numbers(tmp_path, wri
         config = writer.cfg(RL, "SST-2", "mezo", 16, 13, 1e-6, **{**mezo, **change})
         writer.write_trial(tmp_path, config, writer.curve(1.0 - test, 0.3, test))
     sections = parse_markdown(render(from_experiment_dirs(tmp_path)))
-    budgeted = sections[f"Methods at 10,000 forward passes: {RL}, k=16"]  # its own table, no paper rows
-    assert list(budgeted) == ["MeZO [10000 fwd]"]
+    table4 = sections[T4]  # the ablation grid's row: a table of its own, Table 5's prompt numbers
+    assert table4 == {
+        "MeZO [10000 fwd]": {
+            "SST-2": "40.0 [89.6 (1.2); -49.6]",
+            "SNLI": "— [65.1 (6.2)]",
+            "TREC": "— [66.7 (6.2)]",
+        }
+    }
     for row, (_, test) in variants.items():
-        cell = (budgeted if "fwd" in row else sections[T18])[row]["SST-2"]
+        cell = (table4 if "fwd" in row else sections[T18])[row]["SST-2"]
         assert cell.startswith(f"{100 * test:.1f}") and ("[90.5 (1.2)" in cell) == (row == "MeZO"), (
             row,
             cell,
         )
+    assert "MeZO [10000 fwd]" not in sections[T18]
+
+
+def test_tables_5_and_6_hold_their_ablation_rows_and_table_4_gives_way_to_table_5(
+    tmp_path, writer, parse_markdown
+):
+    """The Table 5 and Table 6 spaces' rows go to their own tables with the paper's numbers, out of Table 18
+    and of the methods-at-a-budget table; Table 4 (one row, Table 5's first) is left out when Table 5 is
+    drawn; a Table 6 run on another task keeps that task as a column of its own."""
+    budget = {"max_forward_passes": 10000}
+    runs = [
+        ("SST-2", {"prompt": True}, 0.85),
+        ("SST-2", {"prompt": False}, 0.55),
+        ("trec", {"n_perturbations": 4}, 0.65),
+        ("SST-2", {"n_perturbations": 16, "perturbation_schedule": "linear"}, 0.88),
+        ("RTE", {"n_perturbations": 16, "perturbation_schedule": "linear"}, 0.61),
+        ("SST-2", {}, 0.9),  # plain MeZO: stays in Table 18
+    ]
+    for task, change, test in runs:
+        extra = {**(budget if change else {}), **change}
+        writer.write_trial(
+            tmp_path, writer.cfg(RL, task, "mezo", 16, 13, 1e-6, **extra), writer.curve(0.9, 0.3, test)
+        )
+    text = render(from_experiment_dirs(tmp_path))
+    sections = parse_markdown(text)
+    assert T4 not in sections and "Methods at" not in text
+    assert sections[T5] == {
+        "MeZO [10000 fwd]": {
+            "SST-2": "85.0 [89.6 (1.2); -4.6]",
+            "SNLI": "— [65.1 (6.2)]",
+            "TREC": "— [66.7 (6.2)]",
+        },
+        "MeZO [10000 fwd, no prompt]": {
+            "SST-2": "55.0 [51.9 (2.9); +3.1]",
+            "SNLI": "— [34.8 (2.1)]",
+            "TREC": "— [19.5 (9.0)]",
+        },
+    }
+    table6 = sections[T6]
+    assert list(table6) == [
+        "MeZO [n=4, 10000 fwd]",
+        "MeZO [n=4 linear, 10000 fwd]",
+        "MeZO [n=16, 10000 fwd]",
+        "MeZO [n=16 linear, 10000 fwd]",
+    ]
+    assert table6["MeZO [n=4, 10000 fwd]"] == {
+        "SST-2": "— [89.5]",
+        "SNLI": "— [68.6]",
+        "TREC": "65.0 [62.3; +2.7]",
+        "RTE": "—",
+    }
+    assert table6["MeZO [n=16 linear, 10000 fwd]"]["SST-2"] == "88.0 [88.9; -0.9]"
+    assert table6["MeZO [n=16 linear, 10000 fwd]"]["RTE"] == "61.0"
+    assert list(sections[T18]) == [*T18_ROWS]  # no ablation row joined it
+    assert sections[T18]["MeZO"]["SST-2"] == "90.0 [90.5 (1.2); -0.5]"
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert titles[:3] == [f"### {T18}", f"### {T5}", f"### {T6}"]  # the paper's order
 
 
 def test_table18_cells_from_hub_data_are_marked_and_every_paper_table_links_the_differences(
@@ -351,13 +429,19 @@ def test_result_grid_gives_the_same_tables_as_the_folders(experiments, roberta):
 
 
 def test_published_numbers_are_transcribed():
-    assert PAPER_SCORES[("roberta-large", 512)]["MeZO-Adam"]["trec"] == (95.1, 0.3, "")
-    assert PAPER_SCORES[("roberta-large", 512)]["Zero-shot"]["SST-2"] == (79.0, None, "")
-    assert PAPER_SCORES[("roberta-large", 16)]["MeZO-Adam"]["RTE"] == (59.2, 11.1, "†")
-    assert PAPER_SCORES[("opt-13b", None)]["ICL"]["ReCoRD"] == (82.5, None, "")
-    assert PAPER_SCORES[("opt-30b", None)]["MeZO (prefix)"]["SQuAD"] == (83.9, None, "")
-    assert PAPER_SCORES[("opt-66b", None)]["MeZO"]["SQuAD"].mean is None
-    assert "LP" not in PAPER_SCORES[("opt-30b", None)]
+    assert published_score(RL, 512, "MeZO-Adam", "trec") == (95.1, 0.3, "")
+    assert published_score(RL, 512, "Zero-shot", "SST-2") == (79.0, None, "")
+    assert published_score(RL, 16, "MeZO-Adam", "RTE") == (59.2, 11.1, "†")
+    assert published_score(RL, 16, "MeZO (LoRA, as published)", "SNLI") == (69.7, 6.0, "")
+    assert published_score("facebook/opt-13b", None, "ICL", "ReCoRD") == (82.5, None, "")
+    assert published_score("facebook/opt-13b", None, "FT", "DROP") == (31.3, None, "")
+    assert published_score("opt-30b", None, "MeZO (prefix)", "SQuAD") == (83.9, None, "")
+    assert published_score("opt-66b", None, "MeZO", "SQuAD").mean is None
+    assert published_score("opt-30b", None, "LP", "SST2") is None
+    assert published_score("opt-30b", None, "MeZO", "CB") is None
+    assert published_score(RL, 16, "MeZO [10000 fwd, no prompt]", "trec") == (19.5, 9.0, "")
+    assert published_score(RL, 16, "MeZO [n=16 linear, 10000 fwd]", "SNLI") == (62.8, None, "")
+    assert published_score(RL, 512, "MeZO [n=4, 10000 fwd]", "SST-2") is None
     assert PAPER_MEMORY["opt-30b"]["Full FT"] == (8, 633.0)
     assert PAPER_MEMORY["opt-66b"]["Prefix FT"] == (8, None)
 

@@ -504,3 +504,14 @@ def test_a_trial_logs_its_memory_over_time_beside_its_results(tiny_models, tmp_p
     assert min(rss) > 0 and max(rss) <= final["peak_mem_bytes"]  # samples of what the peak bounds
     _, quiet = trial(tmp_path)  # off by default
     assert not os.path.exists(os.path.join(quiet.log_dir, "memory-rank0.csv"))
+
+
+def test_train_runs_live_in_their_experiment_and_runs_of_earlier_versions_are_still_found(tmp_path):
+    from mezo_ray.train.ray_trial import train_runs_root
+
+    storage = str(tmp_path)
+    assert train_runs_root(storage, "exp", "train-a") == f"{storage}/exp"  # a new run: in its experiment
+    (tmp_path / "train-a").mkdir()  # an experiment begun before Train runs moved into it
+    assert train_runs_root(storage, "exp", "train-a") == storage
+    (tmp_path / "exp" / "train-a").mkdir(parents=True)  # both: the experiment's own wins
+    assert train_runs_root(storage, "exp", "train-a") == f"{storage}/exp"

@@ -9,14 +9,16 @@
    under stochastic rounding (``zo.noise.stochastic_round_``, what MeZO now does): the fraction of
    elements whose update rounds away (the weight does not change) and the fraction of the update kept,
    sum(sign(d) * change) / sum(|d|) (1: all of it, in expectation).
-2. Restores: ``--drift-steps`` MeZO steps at lr 0 (a closure returning a constant: only the sweeps)
-   over the first ``--drift-layers`` decoder layers, per dtype: how far the weights walked, in ulps of
-   their dtype at max(|theta|, eps) (median, 99th percentile, max, fraction moved). The exact-restore
-   scheme of issue 16 is not built: these are today's sweeps (+eps z, -2 eps z, +eps z).
+2. Restores: ``--drift-steps`` MeZO steps at lr 0 over the first ``--drift-layers`` decoder layers,
+   per dtype and per placement of the perturbation: how far the weights walked, in ulps of their dtype
+   at max(|theta|, eps) (median, 99th percentile, max, fraction moved). ``in_place``: the paper's
+   sweeps (+eps z, -2 eps z, +eps z); ``forward``: perturbed copies inside the forward
+   (``MeZO.perturb_in_forward``), where the weights cannot move.
 3. Cost: the sweeps of one bfloat16 MeZO step (no forward) with stochastic rounding over without,
    interleaved medians in one run. float32 weights take no new work.
 4. Learning: MeZO on the tiny MLM's synthetic task in float32 and in bfloat16 with and without
-   stochastic rounding, same seeds, at each ``--task-lrs``: the best dev accuracy.
+   stochastic rounding, and in bfloat16 perturbed in the forward, same seeds, at each ``--task-lrs``:
+   the best dev accuracy.
 """
 
 from __future__ import annotations
@@ -69,32 +71,49 @@ def updates(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
+class _Holder(torch.nn.Module):
+    """The drift's weights as a model whose forward reads them all (so the forward can perturb them)."""
+
+    def __init__(self, params: dict[str, torch.nn.Parameter]) -> None:
+        super().__init__()
+        for i, p in enumerate(params.values()):
+            self.register_parameter(f"w{i}", p)  # its own: read inside its forward
+
+    def forward(self) -> torch.Tensor:
+        return sum(w.float().mean() for w in self.parameters()) * 0.0  # read, not learnt from: lr is 0
+
+
 def drift(model: torch.nn.Module, layers: int, steps: int) -> dict[str, Any]:
-    """ulps the weights of the first decoder layers walk in ``steps`` lr-0 steps, per dtype."""
+    """ulps the weights of the first decoder layers walk in ``steps`` lr-0 steps, per dtype, with the
+    perturbation applied in place and in the forward."""
     out = {}
     for dtype_name, dtype in {"float32": torch.float32, **LOW}.items():
-        params = {
-            n: torch.nn.Parameter(p.detach().to(dtype).clone())
-            for n, p in model.named_parameters()
-            if any(f".layers.{i}." in n for i in range(layers))
-        }
-        start = {n: p.detach().clone() for n, p in params.items()}
-        opt = MeZO(list(params.items()), lr=0.0, eps=1e-3)
-        for _ in range(steps):
-            opt.step(lambda: 0.0)
-        walked = []  # in ulps of max(|theta|, eps), the magnitude the sweeps round at (0 has no ulp)
-        for n, p in params.items():
-            s = start[n].view(-1).double()
-            ulp = torch.finfo(dtype).eps * torch.clamp(s.abs(), min=1e-3)
-            walked.append((p.detach().view(-1).double() - s).abs() / ulp)
-        ulps = torch.cat(walked)
-        out[dtype_name] = {
-            "median": float(ulps.median()),
-            "p99": float(torch.quantile(ulps[torch.randperm(ulps.numel())[:1_000_000]], 0.99)),
-            "max": float(ulps.max()),
-            "moved": float((ulps > 0).double().mean()),
-            "elements": ulps.numel(),
-        }
+        for perturbation in ("in_place", "forward"):
+            params = {
+                n: torch.nn.Parameter(p.detach().to(dtype).clone())
+                for n, p in model.named_parameters()
+                if any(f".layers.{i}." in n for i in range(layers))
+            }
+            start = {n: p.detach().clone() for n, p in params.items()}
+            holder = _Holder(params)
+            opt = MeZO(list(params.items()), lr=0.0, eps=1e-3)
+            if perturbation == "forward":
+                opt.perturb_in_forward(holder)
+            for _ in range(steps):
+                opt.step(lambda holder=holder: holder())
+            walked = []  # in ulps of max(|theta|, eps), the magnitude the sweeps round at (0 has no ulp)
+            for n, p in params.items():
+                s = start[n].view(-1).double()
+                ulp = torch.finfo(dtype).eps * torch.clamp(s.abs(), min=1e-3)
+                walked.append((p.detach().view(-1).double() - s).abs() / ulp)
+            ulps = torch.cat(walked)
+            out[f"{dtype_name}/{perturbation}"] = {
+                "median": float(ulps.median()),
+                "p99": float(torch.quantile(ulps[torch.randperm(ulps.numel())[:1_000_000]], 0.99)),
+                "max": float(ulps.max()),
+                "moved": float((ulps > 0).double().mean()),
+                "elements": ulps.numel(),
+            }
     return out
 
 
@@ -140,6 +159,7 @@ def learning(lrs: list[float], steps: int) -> dict[str, Any]:
         "float32": {},
         "bfloat16 stochastic": {"dtype": "bfloat16"},
         "bfloat16 nearest": {"dtype": "bfloat16", "stochastic_rounding": False},
+        "bfloat16 stochastic, forward": {"dtype": "bfloat16", "perturbation": "forward"},
     }
     out: dict[str, Any] = {}
     for lr in lrs:
@@ -191,7 +211,7 @@ def main() -> None:
     )
     for name, d in results["drift"].items():
         print(
-            f"  {name:<10} median {d['median']:.1f}  p99 {d['p99']:.1f}  max {d['max']:.1f}  "
+            f"  {name:<18} median {d['median']:.1f}  p99 {d['p99']:.1f}  max {d['max']:.1f}  "
             f"moved {d['moved']:.0%}"
         )
     c = results["cost"]

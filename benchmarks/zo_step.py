@@ -7,6 +7,8 @@ Ratios (all from this run):
   step_over_two_forwards       MeZO step time / two inference forwards on the same batch
   speedup_vs_reference         the paper's step (4 sweeps, a fresh torch.normal per parameter per
                                sweep, out-of-place p.data = p.data + c*eps*z) / our step
+  forward_over_in_place        a step perturbing in the forward (``perturb_in_forward``: the weights stay
+                               put, one sweep a step) / a step of in-place sweeps, on a copy of the model
   peak_mem_over_inference      peak memory of a MeZO step / of an inference forward
                                (GPU: max_memory_allocated; CPU: peak RSS of a fresh child process each)
   ft_adam_peak_over_mezo_peak  peak of a backprop + AdamW step / MeZO peak
@@ -162,8 +164,21 @@ def timed(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def workloads(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Callable[[], None]]]:
-    """The four things we measure, each as a callable on one model and one batch."""
+def forward_step(args: argparse.Namespace) -> Callable[[], None]:
+    """A MeZO step perturbing in the forward, on a model of its own: its hooks would otherwise run in
+    the forwards of the other workloads."""
+    model = build_model(args.model_config, DTYPES[args.dtype], args.device)
+    batch = make_batch(model, args.batch, args.seq, args.device)
+    mezo = MeZO(model.named_parameters(), lr=1e-7, eps=1e-3, chunk_numel=args.chunk_numel)
+    mezo.perturb_in_forward(model)
+    return lambda: mezo.step(lambda: model(**batch).loss)
+
+
+def workloads(
+    args: argparse.Namespace, forward: bool = False
+) -> tuple[torch.nn.Module, dict[str, Callable[[], None]]]:
+    """The things we measure, each as a callable on one model and one batch (``forward``: and a second
+    model for MeZO perturbing in the forward)."""
     model = build_model(args.model_config, DTYPES[args.dtype], args.device)
     batch = make_batch(model, args.batch, args.seq, args.device)
 
@@ -187,6 +202,7 @@ def workloads(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Call
 
     return model, {
         "inference": lambda: torch.no_grad()(loss)(),
+        **({"mezo_forward": forward_step(args)} if forward else {}),
         "two_forwards": two_forwards,
         "mezo": lambda: mezo.step(loss),
         "reference": lambda: reference_step(model, loss, 1e-7, 1e-3),
@@ -198,7 +214,7 @@ def workloads(args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Call
 def peak_memory(args: argparse.Namespace, kind: str) -> int:
     """Peak bytes of one workload: GPU allocator peak, or the peak RSS of a fresh child process."""
     if args.device.startswith("cuda"):
-        _, work = workloads(args)
+        work = {"mezo_forward": forward_step(args)} if kind == "mezo_forward" else workloads(args)[1]
         work[kind]()  # first call allocates lazily created state (Adam moments)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -228,7 +244,7 @@ def child_args(args: argparse.Namespace) -> list[str]:
 
 
 def run_child(args: argparse.Namespace) -> None:
-    _, work = workloads(args)
+    work = {"mezo_forward": forward_step(args)} if args.child == "mezo_forward" else workloads(args)[1]
     for _ in range(2):
         work[args.child]()
     print(json.dumps({"peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
@@ -253,9 +269,9 @@ def main() -> None:
         run_child(args)
         return
 
-    model, work = workloads(args)
+    model, work = workloads(args, forward=True)
     numel = sum(p.numel() for p in model.parameters())
-    t = timed(work, ["two_forwards", "mezo", "reference", "sweep"], args.device, args.repeats)
+    t = timed(work, ["two_forwards", "mezo", "mezo_forward", "reference", "sweep"], args.device, args.repeats)
     t_two, t_mezo, t_ref, t_sweep = t["two_forwards"], t["mezo"], t["reference"], t["sweep"]
     del model, work
     result = {
@@ -268,15 +284,18 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "two_forwards_s": round(t_two, 4),
         "mezo_step_s": round(t_mezo, 4),
+        "mezo_forward_step_s": round(t["mezo_forward"], 4),
         "reference_step_s": round(t_ref, 4),
         "one_sweep_s": round(t_sweep, 4),
         "step_over_two_forwards": round(t_mezo / t_two, 3),
         "speedup_vs_reference": round(t_ref / t_mezo, 3),
+        "forward_over_in_place": round(t["mezo_forward"] / t_mezo, 3),
     }
     if not args.skip_memory:
-        peaks = {kind: peak_memory(args, kind) for kind in ("inference", "mezo", "ft_adam")}
+        peaks = {kind: peak_memory(args, kind) for kind in ("inference", "mezo", "mezo_forward", "ft_adam")}
         result.update({f"{kind}_peak_mib": round(v / 2**20) for kind, v in peaks.items()})
         result["peak_mem_over_inference"] = round(peaks["mezo"] / peaks["inference"], 3)
+        result["forward_peak_over_in_place_peak"] = round(peaks["mezo_forward"] / peaks["mezo"], 3)
         result["ft_adam_peak_over_mezo_peak"] = round(peaks["ft_adam"] / peaks["mezo"], 2)
     if args.json:
         print(json.dumps(result))

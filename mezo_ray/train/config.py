@@ -96,6 +96,13 @@ class TrialConfig(BaseModel):
         description="MeZO in bfloat16 / float16: round the weight updates stochastically (unset: on), so "
         "updates below half an ulp survive on average; false: round to nearest, the paper's fp16 runs",
     )
+    perturbation: Literal["in_place", "forward"] = Field(
+        "in_place",
+        description="method mezo: where theta + eps z is made: in_place (the paper's sweeps; the weights "
+        "come back to theta to rounding) or forward (inside each module's forward, the weights untouched "
+        "until the update: restores exact in every dtype, one sweep a step; costs a copy of one module's "
+        "weights while it runs)",
+    )
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
     num_prefix: int = Field(5, gt=0)
@@ -319,6 +326,18 @@ class TrialConfig(BaseModel):
             raise ValueError(f"method='icl' is a causal-family baseline; task {task.name!r} is {task.family}")
         if self.fsdp and self.num_workers < 1:
             raise ValueError("fsdp=true needs num_workers >= 1 (FSDP shards across Ray Train workers)")
+        if self.perturbation == "forward" and (
+            self.method != "mezo"
+            or self.estimator != "mezo"
+            or self.fsdp
+            or self.perturbation_scale == "grad_norm"
+        ):
+            raise ValueError(
+                "perturbation='forward' is built for MeZO's own estimate on unsharded weights: it needs "
+                "method='mezo', estimator='mezo', no fsdp and perturbation_scale other than grad_norm; got "
+                f"method={self.method!r}, estimator={self.estimator!r}, fsdp={self.fsdp}, "
+                f"perturbation_scale={self.perturbation_scale!r}"
+            )
         if self.stochastic_rounding and self.dtype == "float32":
             raise ValueError(
                 "stochastic_rounding=true rounds bfloat16 / float16 weights; dtype='float32' keeps updates "

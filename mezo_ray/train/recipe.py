@@ -90,6 +90,8 @@ def _run_trial(cfg: TrialConfig, session: Session, tracked: list[ckpt.Progress])
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
     optimizer = _build_optimizer(cfg, params, len(splits.train))
+    if cfg.perturbation == "forward":  # before a resume: the state dict records where it perturbed
+        optimizer.perturb_in_forward(loaded.model)
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 
     # 2. Resume: the weight snapshot, then a replay of the seed log since it

@@ -17,6 +17,11 @@ Optimizer state: SGD and sign keep none; momentum keeps 1x the trainable paramet
 Every step is appended to ``trajectory`` as a ``StepRecord`` (seeds, projected gradients, learning
 rates, eps); ``replay`` redoes the same sweeps from the starting weights and gives the same weights bit for
 bit, so a trial's state is (start weights, trajectory, scalars).
+
+The sweeps come back to theta only to rounding (a few ulps per step in float32, more in bfloat16).
+``perturb_in_forward(model)`` moves the perturbation into the model's forward instead
+(``forward_perturbation.py``): the weights stay at theta through the step, restores are exact by
+construction in every dtype, and a step is one sweep (the update) instead of three.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, Literal
 
 import torch
 
+from mezo_ray.zo.forward_perturbation import ForwardPerturbation
 from mezo_ray.zo.noise import (
     DEFAULT_CHUNK_NUMEL,
     Chunk,
@@ -57,11 +63,13 @@ GRAD_NORM_STREAM = 0x6E0F
 # The settings every MeZO state dict has held; those recorded since may be absent from older ones.
 _ALWAYS_SAVED: tuple[str, ...] = ("variant", "chunk_numel")
 # Settings recorded since, with what every state dict saved before them did: those runs rounded to nearest.
-_BEFORE_RECORDED: dict[str, Any] = {"stochastic_rounding": False}
+_BEFORE_RECORDED: dict[str, Any] = {"stochastic_rounding": False, "perturbation": "in_place"}
 # The paper's OPT code: no weight decay for biases and LayerNorm weights (matched case-insensitively).
 DEFAULT_NO_DECAY: tuple[str, ...] = ("bias", "layer_norm", "layernorm")
 # The seed stream of stochastic rounding's uniform draws: mix_seed(step seed, ROUNDING_STREAM).
 ROUNDING_STREAM = 0x5200
+# perturb_in_forward: the uniform draws that round a perturbed copy, mix_seed(seed, this, sign of a).
+PERTURBATION_ROUNDING_STREAM = 0x5201
 LOW_PRECISION: frozenset[torch.dtype] = frozenset({torch.bfloat16, torch.float16})
 # Parameter dtypes the fused CUDA sweep handles (it computes in float32); others take the chunked path.
 FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
@@ -302,6 +310,11 @@ class MeZO(torch.optim.Optimizer):
         self.nonfinite_steps = 0
         self.trajectory: list[StepRecord] = []
         self._interrupted: _StepRun | None = None  # a step whose closure raised (see ``step``)
+        # perturb_in_forward: the hooks, and the perturbation they apply, theta + at * z(seed), as
+        # (seed, at) with each active parameter's noise slice and scale (None: none, the forward sees theta)
+        self._forward: ForwardPerturbation | None = None
+        self._offset: tuple[int, float] | None = None
+        self._plan: dict[torch.Tensor, tuple[NoiseSlice, float]] = {}
         self._fused: Any = None  # CUDA: one-launch sweeps, built on first use
         self._slice_cache: (
             tuple[tuple[int, ...], list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]] | None
@@ -447,7 +460,13 @@ class MeZO(torch.optim.Optimizer):
         return [entry for entry in self._slices() if self._blocks[entry[1]] == block]
 
     def perturb(self, seed: int, scale: float) -> None:
-        """theta += scale * z(seed), in place: one sweep over the weights."""
+        """theta += scale * z(seed), in place: one sweep over the weights. After ``perturb_in_forward``
+        no sweep: the weights stay, and the model's forward sees theta + (the scales so far) * z."""
+        if self._forward is not None:
+            at = scale + (self._offset[1] if self._offset is not None else 0.0)
+            assert self._offset is None or self._offset[0] == seed, "a perturbation was left pending"
+            self._set_offset(None if at == 0 else (seed, at))
+            return
         active = self._active()
         slices = [s for s, _, _ in active]
         # z / c under scale='param_norm'; a plain scale otherwise (no per-sweep dict on the hot path)
@@ -461,6 +480,65 @@ class MeZO(torch.optim.Optimizer):
             s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=alpha[id(s)] if alpha else scale)
 
         for_each_chunk(slices, self.chunk_numel, perturb_chunk)
+
+    def perturb_in_forward(self, model: torch.nn.Module) -> None:
+        """Apply the perturbations inside ``model``'s forward instead of in place (see the module
+        docstring and ``forward_perturbation.py``): each module holding parameters of this optimizer
+        runs on theta + a z of them, the weights stay at theta until the update, so restores are exact
+        by construction in every dtype. A low-precision copy is rounded stochastically where the
+        updates are (``stochastic_rounding``), so on average it is theta + a z. Call it before the
+        first step; the run's state dict records it (a replay or resume needs the same).
+
+        Raises ValueError for the estimators that keep their own sweeps (FZOO, HiZOO, LOZO),
+        ``scale='grad_norm'`` (its probes sweep in place), sharded (DTensor) parameters, parameters
+        ``model`` does not hold, or after a step."""
+        if type(self).step is not MeZO.step:
+            raise ValueError(
+                f"perturb_in_forward: {type(self).__name__} keeps its own in-place sweeps; only MeZO's "
+                "estimate perturbs in the forward"
+            )
+        _check(self.scale != "grad_norm", "scale", self.scale, "'none' or 'param_norm' in the forward")
+        _check(not self.trajectory and self._forward is None, "step_count", self.step_count, "0 (call first)")
+        sharded = [name for p, name in self._names.items() if local_tensor(p) is not p]
+        _check(not sharded, "parameters", sharded[:3], "unsharded tensors to perturb in the forward")
+        held = set(model.parameters())
+        missing = [name for p, name in self._names.items() if p not in held]
+        _check(not missing, "parameters", missing[:3], "parameters of the model given")
+        self._forward = ForwardPerturbation(model, self._names, self._perturbed_copy)
+
+    @property
+    def perturbation(self) -> str:
+        """Where perturbations are applied: ``in_place`` (the sweeps) or ``forward``."""
+        return "in_place" if self._forward is None else "forward"
+
+    def _set_offset(self, offset: tuple[int, float] | None) -> None:
+        """perturb_in_forward: the perturbation the forward applies, and the parameters it touches."""
+        self._offset = offset
+        if offset is None:
+            self._plan = {}
+            return
+        at = offset[1]
+        self._plan = {p: (s, at / self._c.get(p, 1.0)) for s, p, _ in self._active()}
+
+    def _perturbed_copy(self, p: torch.Tensor) -> torch.Tensor | None:
+        """theta + a z(seed) of ``p`` in a new tensor (None when no perturbation applies to it), chunk
+        by chunk with the in-place sweep's arithmetic; stochastically rounded for a rounded dtype."""
+        plan = self._plan.get(p)
+        if plan is None or self._offset is None:
+            return None
+        s, alpha = plan
+        seed = self._offset[0]
+        copy = torch.empty_like(s.local)
+        for c in chunks(s, self.chunk_numel):
+            theta, out = s.local[c.p_lo : c.p_hi], copy[c.p_lo : c.p_hi]
+            z = draw(s, c, seed)
+            if p in self._rounded:
+                work = scratch_like(theta, 5, torch.float32).copy_(theta).add_(z, alpha=alpha)
+                bits = mix_seed(seed, PERTURBATION_ROUNDING_STREAM, int(alpha > 0))
+                stochastic_round_(out, work, draw_uniform(s, c, bits))
+            else:
+                out.copy_(theta).add_(z, alpha=alpha)
+        return copy.view_as(p)
 
     def _update(self, record: StepRecord) -> None:
         """Restore the last perturbation and apply the update rule, in one sweep."""
@@ -477,7 +555,9 @@ class MeZO(torch.optim.Optimizer):
             params[id(s)] = (p, group)
             slices.append(s)
             self._init_state(p, s)
-        fused = self._fused_sweep(slices) if plain_sgd and not self._rounded else None
+        in_place = self._forward is None
+        self._set_offset(None)  # perturb_in_forward: the weights are at theta already
+        fused = self._fused_sweep(slices) if plain_sgd and not self._rounded and in_place else None
         if fused is not None:  # theta <- (theta + eps z)(1 - lr wd) - lr g z, in one fp32 expression
             decay = []
             for s in slices:
@@ -498,7 +578,8 @@ class MeZO(torch.optim.Optimizer):
             wd = group["weight_decay"] if self._decays[p] else 0.0
             theta = s.local[c.p_lo : c.p_hi]
             z = draw(s, c, seeds[-1])
-            theta.add_(z, alpha=self.eps / self._c.get(p, 1.0))  # restore
+            if in_place:
+                theta.add_(z, alpha=self.eps / self._c.get(p, 1.0))  # restore
             factor = self._factor(p)  # 1, or c under scale='param_norm'
             work = self._working_copy(p, theta)
             if plain_sgd:  # the paper's hot path: theta <- theta - lr (g z + wd theta)
@@ -622,8 +703,12 @@ class MeZO(torch.optim.Optimizer):
         first (so a caught error, an OOM or a KeyboardInterrupt, leaves the weights usable) and keep
         what it takes to return to these exact weights on the next step (``_interrupt``)."""
         try:
+            if self._forward is not None:
+                self._forward.begin()
             loss = closure(k) if takes_index else closure()  # type: ignore[call-arg]
             value = float(loss)  # a CUDA error may only surface here, at the sync
+            if self._forward is not None:
+                self._forward.check(self._plan, self._names)
         except BaseException:
             self._interrupt(run)
             raise
@@ -684,6 +769,12 @@ class MeZO(torch.optim.Optimizer):
         restored and the next step starts afresh."""
         at, seed = run.at, run.seeds[-1]
         assert at is not None
+        if self._forward is not None:  # the weights never moved: put back what stands in for them
+            self._forward.restore()
+            self._set_offset(None)
+            run.fingerprint = self._fingerprint([s for s, _, _ in self._active()])
+            self._interrupted = run
+            return
         active = self._active()
         slices = [s for s, _, _ in active]
         index = {id(s): i for i, s in enumerate(slices)}
@@ -723,6 +814,9 @@ class MeZO(torch.optim.Optimizer):
         slices = [s for s, _, _ in active]
         if self._fingerprint(slices) != run.fingerprint:
             return None
+        if self._forward is not None:
+            self._set_offset((run.seeds[-1], run.at))
+            return run
         at_of = {id(s): run.at / self._c.get(p, 1.0) for s, p, _ in active}
 
         def back_to_seen(s: NoiseSlice, c: Chunk) -> None:
@@ -822,6 +916,7 @@ class MeZO(torch.optim.Optimizer):
             "layer_wise": self.layer_wise,  # absent from older state dicts: not checked there
             "scale": self.scale,
             "stochastic_rounding": bool(self._rounded),  # absent from older state dicts: they had none
+            "perturbation": self.perturbation,  # absent from older state dicts: in place
         }
         if self.scale != "none":
             settings["estimate"] = self.estimate

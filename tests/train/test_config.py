@@ -44,6 +44,10 @@ def test_family_is_derived_from_the_task_and_the_model():
             {"estimator": "fzoo", "zo_variant": "adam"},
             "estimator='fzoo' is its own update.*zo_variant='adam'",
         ),
+        ({"perturbation": "forward", "estimator": "lozo"}, "perturbation='forward'.*estimator='lozo'"),
+        ({"perturbation": "forward", "method": "ft"}, "perturbation='forward'.*method='ft'"),
+        ({"perturbation": "forward", "fsdp": True, "num_workers": 2}, "perturbation='forward'.*fsdp=True"),
+        ({"perturbation": "sideways"}, "perturbation"),
     ],
 )
 def test_bad_trial_configs_name_the_field_and_value(change, message):

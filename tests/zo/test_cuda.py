@@ -79,3 +79,25 @@ def test_cuda_replay_is_bit_exact_and_bf16_steps_move_the_weights():
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_cuda_perturbing_in_the_forward_leaves_the_weights_bit_identical_and_replays(dtype):
+    model = tiny_model().cuda().to(dtype)
+    x, y = (t.cuda() for t in data())
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-3)
+    opt.perturb_in_forward(model)
+    for _ in range(2000):
+        opt.step(lambda: nn.functional.cross_entropy(model(x.to(dtype)).float(), y))
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start, strict=True))
+    trained, fresh = tiny_model().cuda().to(dtype), tiny_model().cuda().to(dtype)
+    opt = MeZO(trained.named_parameters(), lr=1e-2)
+    opt.perturb_in_forward(trained)
+    for _ in range(5):
+        opt.step(lambda: nn.functional.cross_entropy(trained(x.to(dtype)).float(), y))
+    again = MeZO(fresh.named_parameters(), lr=1e-2)
+    again.perturb_in_forward(fresh)
+    replay(again, opt.trajectory)
+    assert all(torch.equal(p, q) for p, q in zip(trained.parameters(), fresh.parameters(), strict=True))
+    assert not all(torch.equal(p, s) for p, s in zip(trained.parameters(), start, strict=True))

@@ -7,7 +7,8 @@ every step. Here a module's forward pre-hook puts a perturbed copy of its own pa
 place (``param.data``) for the length of its forward and the forward hook puts the weights back, so a
 step's perturbations leave theta untouched by construction: restores are exact in every dtype, a
 retried step starts from the same weights, and only the update writes to them. The cost: one
-module's parameters copied while it runs (the largest module, usually the embedding, is the peak).
+module's parameters copied while it runs; the copies are kept for reuse (one per parameter shape:
+about the largest module and one layer), as fresh large CPU allocations cost page faults every time.
 
 A parameter the model reads outside the forward of a module holding it would be seen unperturbed,
 silently; ``check`` finds it (it was never put in place during a forward) and the optimizer raises.
@@ -24,16 +25,18 @@ import torch
 
 class ForwardPerturbation:
     """Hooks on every module of ``model`` that holds some of ``params``: while such a module runs, each
-    of its parameters for which ``perturbed(param)`` returns a tensor reads that tensor instead."""
+    of its parameters for which ``perturbed(param, out)`` writes a perturbed copy into ``out`` (and
+    returns True) reads that copy instead."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         params: Iterable[torch.Tensor],
-        perturbed: Callable[[torch.Tensor], torch.Tensor | None],
+        perturbed: Callable[[torch.Tensor, torch.Tensor], bool],
     ) -> None:
         wanted = set(params)
         self._perturbed = perturbed
+        self._spare: dict[tuple[Any, ...], list[torch.Tensor]] = {}  # copies to reuse, by shape
         self._own: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its weights, while a copy stands in
         self._entered: list[list[torch.Tensor]] = []  # per running module (innermost last): what it put in
         self.seen: set[torch.Tensor] = set()  # parameters put in place (or already in place) since begin()
@@ -50,8 +53,11 @@ class ForwardPerturbation:
             if p in self._own:  # a tied parameter already in place (a module inside another using it)
                 self.seen.add(p)
                 continue
-            copy = self._perturbed(p)
-            if copy is None:
+            key = (p.shape, p.dtype, p.device)
+            spare = self._spare.get(key)
+            copy = spare.pop() if spare else torch.empty_like(p.data)
+            if not self._perturbed(p, copy):
+                self._spare.setdefault(key, []).append(copy)
                 continue
             self._own[p] = p.data
             p.data = copy
@@ -60,6 +66,7 @@ class ForwardPerturbation:
 
     def _exit(self, params: list[torch.Tensor], module: torch.nn.Module, args: Any, output: Any) -> None:
         for p in self._entered.pop() if self._entered else ():
+            self._spare.setdefault((p.shape, p.dtype, p.device), []).append(p.data)
             p.data = self._own.pop(p)
 
     def begin(self) -> None:

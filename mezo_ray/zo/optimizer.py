@@ -520,25 +520,29 @@ class MeZO(torch.optim.Optimizer):
         at = offset[1]
         self._plan = {p: (s, at / self._c.get(p, 1.0)) for s, p, _ in self._active()}
 
-    def _perturbed_copy(self, p: torch.Tensor) -> torch.Tensor | None:
-        """theta + a z(seed) of ``p`` in a new tensor (None when no perturbation applies to it), chunk
-        by chunk with the in-place sweep's arithmetic; stochastically rounded for a rounded dtype."""
+    def _perturbed_copy(self, p: torch.Tensor, out: torch.Tensor) -> bool:
+        """Write theta + a z(seed) of ``p`` into ``out`` with the in-place sweep's arithmetic
+        (stochastically rounded for a rounded dtype), its chunks on the sweeps' thread pool; False
+        when no perturbation applies to ``p``."""
         plan = self._plan.get(p)
         if plan is None or self._offset is None:
-            return None
+            return False
         s, alpha = plan
         seed = self._offset[0]
-        copy = torch.empty_like(s.local)
-        for c in chunks(s, self.chunk_numel):
-            theta, out = s.local[c.p_lo : c.p_hi], copy[c.p_lo : c.p_hi]
+        flat = out.view(-1)
+
+        def copy_chunk(s: NoiseSlice, c: Chunk) -> None:
+            theta, into = s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi]
             z = draw(s, c, seed)
             if p in self._rounded:
                 work = scratch_like(theta, 5, torch.float32).copy_(theta).add_(z, alpha=alpha)
                 bits = mix_seed(seed, PERTURBATION_ROUNDING_STREAM, int(alpha > 0))
-                stochastic_round_(out, work, draw_uniform(s, c, bits))
+                stochastic_round_(into, work, draw_uniform(s, c, bits))
             else:
-                out.copy_(theta).add_(z, alpha=alpha)
-        return copy.view_as(p)
+                torch.add(theta, z, alpha=alpha, out=into)  # theta.add_(z, alpha): the same bits
+
+        for_each_chunk([s], self.chunk_numel, copy_chunk)
+        return True
 
     def _update(self, record: StepRecord) -> None:
         """Restore the last perturbation and apply the update rule, in one sweep."""

@@ -7,8 +7,9 @@ every step. Here a module's forward pre-hook puts a perturbed copy of its own pa
 place (``param.data``) for the length of its forward and the forward hook puts the weights back, so a
 step's perturbations leave theta untouched by construction: restores are exact in every dtype, a
 retried step starts from the same weights, and only the update writes to them. The cost: one
-module's parameters copied while it runs; the copies are kept for reuse (one per parameter shape:
-about the largest module and one layer), as fresh large CPU allocations cost page faults every time.
+module's parameters copied while it runs. On the CPU the copies are kept for reuse, one per parameter
+shape (about the largest module and one layer), as a fresh large allocation costs page faults every
+time (0.2 s of a 1.2 s roberta-base step at batch 1); CUDA's caching allocator reuses them anyway.
 
 A parameter the model reads outside the forward of a module holding it would be seen unperturbed,
 silently; ``check`` finds it (it was never put in place during a forward) and the optimizer raises.
@@ -54,10 +55,10 @@ class ForwardPerturbation:
                 self.seen.add(p)
                 continue
             key = (p.shape, p.dtype, p.device)
-            spare = self._spare.get(key)
+            spare = self._spare.get(key) if p.device.type == "cpu" else None
             copy = spare.pop() if spare else torch.empty_like(p.data)
             if not self._perturbed(p, copy):
-                self._spare.setdefault(key, []).append(copy)
+                self._keep(copy)
                 continue
             self._own[p] = p.data
             p.data = copy
@@ -66,8 +67,12 @@ class ForwardPerturbation:
 
     def _exit(self, params: list[torch.Tensor], module: torch.nn.Module, args: Any, output: Any) -> None:
         for p in self._entered.pop() if self._entered else ():
-            self._spare.setdefault((p.shape, p.dtype, p.device), []).append(p.data)
+            self._keep(p.data)
             p.data = self._own.pop(p)
+
+    def _keep(self, copy: torch.Tensor) -> None:
+        if copy.device.type == "cpu":
+            self._spare.setdefault((copy.shape, copy.dtype, copy.device), []).append(copy)
 
     def begin(self) -> None:
         """Start counting which parameters a forward puts in place."""

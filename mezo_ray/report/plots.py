@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import EngFormatter, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from mezo_ray.report import paper_numbers as paper
 from mezo_ray.report.layouts import published_score
@@ -368,6 +368,95 @@ def memory_figure(memory: pd.DataFrame) -> Figure | None:
     return fig
 
 
+def _parameters(model: str) -> float:
+    """An OPT size from its name: "opt-1.3b" -> 1.3e9, "opt-125m" -> 1.25e8."""
+    match = re.search(r"(\d+(?:\.\d+)?)([mb])$", model_key(model))
+    if match is None:
+        raise ValueError(f"no size (e.g. 1.3b, 125m) at the end of the model name {model!r}")
+    return float(match[1]) * (1e9 if match[2] == "b" else 1e6)
+
+
+def memory_scaling_figures(benchmark: pd.DataFrame | None) -> dict[str, Figure]:
+    """Table 22 at scale from ``benchmarks/memory.py`` (``load.read_memory_benchmark``): peak GiB
+    against parameters, log-log, a line per method, measured sizes filled, the benchmark's
+    extrapolations hollow on a dashed line (not measured), Table 22's GB as open diamonds in the
+    method's colour. A line plot, not bars: 8 sizes x 7 methods of bars would not read. One figure per
+    (dtype, device, tokens), keyed ``memory_benchmark[_<dtype>_<device>_<tokens>].png``."""
+    if benchmark is None or benchmark.empty:
+        return {}
+    groups = list(benchmark.groupby(["dtype", "device", "seq"], sort=True))
+    figures = {}
+    for (dtype, device, seq), cells in groups:
+        name = (
+            "memory_benchmark.png"
+            if len(groups) == 1
+            else f"memory_benchmark_{_slug(dtype, device, seq)}.png"
+        )
+        figures[name] = _memory_scaling_figure(cells, f"{dtype} on {device}, batch 1 x {seq} tokens")
+    return figures
+
+
+def _memory_scaling_figure(cells: pd.DataFrame, setting: str) -> Figure:
+    rows = sorted(cells["row"].unique(), key=row_sort_key)
+    colours = _colours(rows)
+    fig = _figure(9.0, 5.6)
+    ax = fig.subplots()
+    for row in rows:
+        line = cells[cells["row"] == row].assign(params=lambda f: f["model"].map(_parameters))
+        line = line.sort_values("params")
+        measured, guessed = line[~line["extrapolated"]], line[line["extrapolated"]]
+        ax.plot(measured["params"], measured["peak_gib"], "o-", color=colours[row], gid=f"measured:{row}")
+        if len(guessed):  # dashed from the last measured size on: a fit, not a measurement
+            tail = pd.concat([measured.tail(1), guessed])
+            ax.plot(tail["params"], tail["peak_gib"], "--", color=colours[row], lw=1, gid=f"fit:{row}")
+            ax.plot(
+                guessed["params"],
+                guessed["peak_gib"],
+                "o",
+                markerfacecolor="white",
+                color=colours[row],
+                gid=f"extrapolated:{row}",
+            )
+        column = paper.MEMORY_COLUMN_OF_ROW.get(row)
+        published = [
+            (_parameters(model), cell.gb)
+            for model, by_column in paper.PAPER_MEMORY.items()
+            if column and (cell := by_column.get(column)) is not None and cell.gb is not None
+        ]
+        if published:
+            xs, ys = zip(*published, strict=True)
+            marker = {**_PAPER_MARKER, "markeredgecolor": colours[row]}
+            ax.plot(xs, ys, linestyle="none", gid=f"paper:{row}", **marker)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    sizes = {
+        model_key(m).removeprefix("opt-"): _parameters(m) for m in [*cells["model"], *paper.PAPER_MEMORY]
+    }
+    ordered = sorted(sizes.items(), key=lambda item: item[1])
+    ax.set_xticks([p for _, p in ordered], [name for name, _ in ordered])  # OPT's own size names
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("OPT size (parameters, log scale)")
+    ax.set_ylabel("peak GiB")
+    ax.grid(alpha=0.3, which="both")
+    handles: list = [Line2D([], [], color=colours[row], marker="o", label=row) for row in rows]
+    handles += [
+        Line2D(
+            [], [], color="grey", marker="o", markerfacecolor="white", linestyle="--", label="extrapolated"
+        ),
+        Line2D(
+            [], [], linestyle="none", label=f"paper, Table 22\n({paper.MEMORY_TASK}, GB)", **_PAPER_MARKER
+        ),
+    ]
+    legend = fig.legend(
+        handles=handles, loc="outside right upper", fontsize=9, title="method", title_fontsize=9
+    )
+    _title(fig, f"Table 22 at scale, peak memory by model size: {setting}", beside=legend)
+    return fig
+
+
 # --- methods at a forward-pass budget -------------------------------------------------------------------
 
 
@@ -442,6 +531,7 @@ def write_plots(report: Report, selected: pd.DataFrame, memory: pd.DataFrame, ou
     memory_fig = memory_figure(memory)
     if memory_fig is not None:
         figures["memory.png"] = memory_fig
+    figures.update(memory_scaling_figures(report.memory_benchmark))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -8,7 +8,7 @@ Ratios (all from this run):
   speedup_vs_reference         the paper's step (4 sweeps, a fresh torch.normal per parameter per
                                sweep, out-of-place p.data = p.data + c*eps*z) / our step
   forward_over_in_place        a step perturbing in the forward (``perturb_in_forward``: the weights stay
-                               put, one sweep a step) / a step of in-place sweeps, on a copy of the model
+                               put) / a step of in-place sweeps, on a copy of the model
   peak_mem_over_inference      peak memory of a MeZO step / of an inference forward
                                (GPU: max_memory_allocated; CPU: peak RSS of a fresh child process each)
   ft_adam_peak_over_mezo_peak  peak of a backprop + AdamW step / MeZO peak

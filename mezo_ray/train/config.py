@@ -100,8 +100,8 @@ class TrialConfig(BaseModel):
         "in_place",
         description="method mezo: where theta + eps z is made: in_place (the paper's sweeps; the weights "
         "come back to theta to rounding) or forward (inside each module's forward, the weights untouched "
-        "until the update: restores exact in every dtype, one sweep a step; costs a copy of one module's "
-        "weights while it runs)",
+        "until the update: restores exact in every dtype, a replay one sweep a step; costs a copy of one "
+        "module's weights while it runs)",
     )
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)

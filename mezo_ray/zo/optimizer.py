@@ -21,7 +21,7 @@ bit, so a trial's state is (start weights, trajectory, scalars).
 The sweeps come back to theta only to rounding (a few ulps per step in float32, more in bfloat16).
 ``perturb_in_forward(model)`` moves the perturbation into the model's forward instead
 (``forward_perturbation.py``): the weights stay at theta through the step, restores are exact by
-construction in every dtype, and a step is one sweep (the update) instead of three.
+construction in every dtype, and a replay is one sweep a step (the update) instead of three.
 """
 
 from __future__ import annotations

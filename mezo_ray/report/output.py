@@ -12,6 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from mezo_ray.report.formats import FORMATS, to_csv, to_html, to_latex, to_markdown
 from mezo_ray.report.load import Report, from_experiment_dirs, from_result_grid
 from mezo_ray.report.select import (
@@ -53,11 +55,12 @@ def render(
         raise ValueError(f"fmt={fmt!r} is not a report format; use one of {list(FORMATS)}")
     check_selection(select)
     report = as_report(source)
-    if fmt == "html":
-        with tempfile.TemporaryDirectory() as plots_dir:
-            paths = _write_plots(report, select, include_unfinished, Path(plots_dir))
-            return _html(report, select, include_unfinished, paths)
     tables = build_tables(report, select, include_unfinished)
+    if fmt == "html":
+        selected = select_best(report.trials, select, include_unfinished)
+        with tempfile.TemporaryDirectory() as plots_dir:
+            paths = _write_plots(report, selected, include_unfinished, Path(plots_dir))
+            return _html(report, _markdown(report, tables, select, include_unfinished), paths)
     if fmt == "csv":
         return to_csv(tables, select)
     if fmt == "latex":
@@ -71,17 +74,17 @@ def _markdown(report: Report, tables: list, select: str, include_unfinished: boo
     return to_markdown(tables, footer(report.trials), select, include_unfinished, best, cost)
 
 
-def _html(report: Report, select: str, include_unfinished: bool, plots: list[Path]) -> str:
-    markdown = _markdown(report, build_tables(report, select, include_unfinished), select, include_unfinished)
+def _html(report: Report, markdown: str, plots: list[Path]) -> str:
     experiments = ", ".join(sorted({str(e) for e in report.trials["experiment"] if e}))
     title = f"mezo_ray report: {experiments}" if experiments else "mezo_ray report"
     return to_html(markdown, [(path.name, path.read_bytes()) for path in plots], title)
 
 
-def _write_plots(report: Report, select: str, include_unfinished: bool, out_dir: Path) -> list[Path]:
+def _write_plots(
+    report: Report, selected: pd.DataFrame, include_unfinished: bool, out_dir: Path
+) -> list[Path]:
     from mezo_ray.report import plots as plotting  # matplotlib only when plots are asked for
 
-    selected = select_best(report.trials, select, include_unfinished)
     memory = aggregate_memory(report.trials, include_unfinished)
     return plotting.write_plots(report, selected, memory, out_dir)
 
@@ -101,8 +104,9 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tables = build_tables(report, select, include_unfinished)
+    markdown = _markdown(report, tables, select, include_unfinished)
     texts = {
-        "report.md": _markdown(report, tables, select, include_unfinished),
+        "report.md": markdown,
         "report.tex": to_latex(tables, footer(report.trials), select, include_unfinished),
         "report.csv": to_csv(tables, select),
     }
@@ -111,8 +115,9 @@ def write_report(
         (out / name).write_text(text, encoding="utf-8")
         written.append(out / name)
     report.trials.to_csv(out / "trials.csv", index=False)
-    select_best(report.trials, select, include_unfinished).to_csv(out / "selected.csv", index=False)
+    selected = select_best(report.trials, select, include_unfinished)
+    selected.to_csv(out / "selected.csv", index=False)
     written += [out / "trials.csv", out / "selected.csv"]
-    pngs = _write_plots(report, select, include_unfinished, out / "plots") if plots else []
-    (out / "report.html").write_text(_html(report, select, include_unfinished, pngs), encoding="utf-8")
+    pngs = _write_plots(report, selected, include_unfinished, out / "plots") if plots else []
+    (out / "report.html").write_text(_html(report, markdown, pngs), encoding="utf-8")
     return [*written, *pngs, out / "report.html"]

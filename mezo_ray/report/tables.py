@@ -135,7 +135,7 @@ def sections(scores: pd.DataFrame) -> list[tuple[str, int | None]]:
     return sections
 
 
-def ablationsections(scores: pd.DataFrame) -> list[tuple[Layout, str, int | None]]:
+def ablation_sections(scores: pd.DataFrame) -> list[tuple[Layout, str, int | None]]:
     """The ablation layouts to draw, with their (model, k) section: those with a result in one of their
     ``requires`` rows (any row by default), less any whose rows with results a larger one drawn shows."""
     drawn = []
@@ -345,8 +345,8 @@ def build_tables(report: Report, select: str = "dev_acc", include_unfinished: bo
     """Return every table of a report: score sections (the paper's layouts in its order, then generic
     ones), the methods compared at a forward-pass budget, then peak-memory sections."""
     selected = select_best(report.trials, select, include_unfinished)
-    cells = aggregate(selected) if len(selected) else aggregate(selected.head(0))
-    ablations = ablationsections(cells) if len(cells) else []
+    cells = aggregate(selected)
+    ablations = ablation_sections(cells)
     claimed = {(model, k, row) for layout, model, k in ablations for row in layout.rows}
     section_k = [None if pd.isna(k) else int(k) for k in selected["k"]]
     in_ablation = pd.Series(

@@ -4,10 +4,18 @@ On CUDA, z for element i of a parameter is a pure function of (seed, name, i): P
 mix_seed(seed, name) and counter i // 4 gives four uniforms, two Box-Muller pairs give four normals,
 and element i takes number i % 4. Shards draw exactly their part, with no chunking.
 One launch per sweep (per dtype) applies ``theta_p <- a_p * theta_p + b_p * z_p`` to every
-parameter: +eps z, -2 eps z, and the restore fused with the SGD update. The arithmetic is done in
-float32 registers with one rounding on store, and z never reaches memory. So the sweep takes float32,
-bfloat16 and float16 parameters only: float64 ones would lose precision (the optimizer gives them the
-chunked path, whose sweeps compute in float64).
+parameter: +eps z, -2 eps z, and the restore fused with the SGD update; ``axpbz_into`` writes
+``a * theta + b * z`` of one parameter into another tensor (the copies of ``perturb_in_forward``).
+The arithmetic is done in float32 registers with one rounding on store, and z never reaches memory.
+That rounding is to nearest, or stochastic for the updates and forward copies of bfloat16 / float16
+weights: the uniform draws are Philox too, keyed by (rounding seed, name), so the same function of
+(seed, name, element) as z. So the sweep takes float32, bfloat16 and float16 parameters only:
+float64 ones would lose precision (the optimizer gives them the chunked path, whose sweeps compute
+in float64).
+
+Without a GPU the kernels run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``),
+which is how the test suite checks them; the interpreter converts float32 to bfloat16 by
+truncation, not to nearest, so only the stochastic and float16 / float32 stores match a GPU's bits.
 """
 
 from __future__ import annotations
@@ -20,27 +28,97 @@ from mezo_ray.zo.noise import NoiseSlice, mix_seed
 
 BLOCK = 4096
 
+NEAREST, STOCHASTIC_BF16, STOCHASTIC_FP16 = 0, 1, 2  # how a sweep rounds on store (ROUND)
+
 
 @triton.jit
-def _normal_block(seed, first, BLOCK: tl.constexpr):
-    """z[first : first + BLOCK] where first % 4 == 0: Philox counter j gives the four normals of
-    elements 4j .. 4j+3 (two Box-Muller pairs), so one Philox call serves four elements."""
+def _philox_block(seed, first, BLOCK: tl.constexpr):
+    """Philox counters j = first // 4 + 0 .. BLOCK // 4 - 1 (first % 4 == 0): four 32-bit words each."""
     j = first // 4 + tl.arange(0, BLOCK // 4).to(tl.int64)
     c0 = (j & 0xFFFFFFFF).to(tl.uint32)
     c1 = ((j >> 32) & 0xFFFFFFFF).to(tl.uint32)
     zero = c0 * 0
-    r0, r1, r2, r3 = tl.philox(seed, c0, c1, zero, zero)
-    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
-    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r2), tl.uint_to_uniform_float(r3))
-    # interleave(interleave(n0, n2), interleave(n1, n3)) = n0_0, n1_0, n2_0, n3_0, n0_1, ...
-    return tl.interleave(tl.interleave(n0, n2), tl.interleave(n1, n3))
+    return tl.philox(seed, c0, c1, zero, zero)
 
 
 @triton.jit
-def _fill_kernel(out_ptr, seed, start, n, BLOCK: tl.constexpr):
+def _interleave4(a, b, c, d):
+    # interleave(interleave(a, c), interleave(b, d)) = a_0, b_0, c_0, d_0, a_1, ...: element 4j + m
+    # takes word m of counter j
+    return tl.interleave(tl.interleave(a, c), tl.interleave(b, d))
+
+
+@triton.jit
+def _normal_block(seed, first, BLOCK: tl.constexpr):
+    """z[first : first + BLOCK]: counter j gives the four normals of elements 4j .. 4j+3 (two
+    Box-Muller pairs), so one Philox call serves four elements."""
+    r0, r1, r2, r3 = _philox_block(seed, first, BLOCK)
+    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
+    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r2), tl.uint_to_uniform_float(r3))
+    return _interleave4(n0, n1, n2, n3)
+
+
+@triton.jit
+def _uniform_block(seed, first, BLOCK: tl.constexpr):
+    """u[first : first + BLOCK] ~ U[0, 1): element 4j + m takes word m of counter j."""
+    r0, r1, r2, r3 = _philox_block(seed, first, BLOCK)
+    return _interleave4(
+        tl.uint_to_uniform_float(r0),
+        tl.uint_to_uniform_float(r1),
+        tl.uint_to_uniform_float(r2),
+        tl.uint_to_uniform_float(r3),
+    )
+
+
+@triton.jit
+def _fill_kernel(out_ptr, seed, start, n, UNIFORM: tl.constexpr, BLOCK: tl.constexpr):
     first = (start // BLOCK + tl.program_id(0)) * BLOCK  # blocks aligned in the parameter's index space
     local = first + tl.arange(0, BLOCK).to(tl.int64) - start
-    tl.store(out_ptr + local, _normal_block(seed, first, BLOCK), mask=(local >= 0) & (local < n))
+    values = _uniform_block(seed, first, BLOCK) if UNIFORM else _normal_block(seed, first, BLOCK)
+    tl.store(out_ptr + local, values, mask=(local >= 0) & (local < n))
+
+
+@triton.jit
+def _round(y, round_seed, first, ROUND: tl.constexpr, BLOCK: tl.constexpr):
+    """y (float32) on the stored dtype's grid: as is (the store rounds to nearest), or stochastically
+    to one of its two neighbours with the nearer one's probability its distance from the farther
+    (``noise.stochastic_round_``'s arithmetic, its uniform draws from ``round_seed``)."""
+    if ROUND == 1:  # bfloat16 is float32's top 16 bits: add 16 random low bits, drop them
+        u = _uniform_block(round_seed, first, BLOCK)
+        bits = y.to(tl.int32, bitcast=True) + (u * 65536.0).to(tl.int32)
+        y = (bits & -65536).to(tl.float32, bitcast=True)  # exact in bfloat16: the store does not round
+    elif ROUND == 2:  # float16: the nearest value and its neighbour on y's other side
+        u = _uniform_block(round_seed, first, BLOCK)
+        near = y.to(tl.float16)
+        near32 = near.to(tl.float32)
+        up = y > near32
+        # one step of the magnitude in the sign-magnitude bits; from zero, the smallest subnormal
+        step = tl.where((near32 > 0) == up, 1, -1).to(tl.int16)
+        from_zero = tl.where(up, 1, -32767).to(tl.int16)  # 0x0001, 0x8001
+        other_bits = tl.where(near32 == 0, from_zero, near.to(tl.int16, bitcast=True) + step)
+        other32 = other_bits.to(tl.float16, bitcast=True).to(tl.float32)
+        y = tl.where(u * tl.abs(other32 - near32) < tl.abs(y - near32), other32, near32)
+    return y
+
+
+@triton.jit
+def _axpbz_block(
+    src,
+    dst,
+    local,
+    mask,
+    first,
+    seed,
+    round_seed,
+    a,
+    b,
+    DTYPE: tl.constexpr,
+    ROUND: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    z = _normal_block(seed, first, BLOCK)
+    y = a * tl.load(src + local, mask=mask).to(tl.float32) + b * z
+    tl.store(dst + local, _round(y, round_seed, first, ROUND, BLOCK).to(DTYPE), mask=mask)
 
 
 @triton.jit
@@ -51,9 +129,11 @@ def _axpbz_kernel(
     numels,
     offsets,
     seeds,
+    round_seeds,
     a_ptr,
     b_ptr,
     DTYPE: tl.constexpr,
+    ROUND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -61,10 +141,20 @@ def _axpbz_kernel(
     first = tl.load(block_first + pid)
     local = first + tl.arange(0, BLOCK).to(tl.int64) - tl.load(offsets + i)
     mask = (local >= 0) & (local < tl.load(numels + i))
-    ptr = tl.load(addrs + i).to(tl.pointer_type(DTYPE)) + local
-    z = _normal_block(tl.load(seeds + i), first, BLOCK)
-    x = tl.load(ptr, mask=mask).to(tl.float32)
-    tl.store(ptr, (tl.load(a_ptr + i) * x + tl.load(b_ptr + i) * z).to(DTYPE), mask=mask)
+    ptr = tl.load(addrs + i).to(tl.pointer_type(DTYPE))
+    seed, round_seed = tl.load(seeds + i), tl.load(round_seeds + i)
+    a, b = tl.load(a_ptr + i), tl.load(b_ptr + i)
+    _axpbz_block(ptr, ptr, local, mask, first, seed, round_seed, a, b, DTYPE, ROUND, BLOCK)
+
+
+@triton.jit
+def _axpbz_into_kernel(
+    src, dst, offset, n, seed, round_seed, a, b, DTYPE: tl.constexpr, ROUND: tl.constexpr, BLOCK: tl.constexpr
+):
+    first = (offset // BLOCK + tl.program_id(0)) * BLOCK  # aligned in the whole parameter
+    local = first + tl.arange(0, BLOCK).to(tl.int64) - offset
+    mask = (local >= 0) & (local < n)
+    _axpbz_block(src, dst, local, mask, first, seed, round_seed, a, b, DTYPE, ROUND, BLOCK)
 
 
 _TL_DTYPES = {
@@ -72,27 +162,73 @@ _TL_DTYPES = {
     torch.bfloat16: tl.bfloat16,
     torch.float16: tl.float16,
 }  # no float64: the kernel computes in float32
+_STOCHASTIC = {torch.bfloat16: STOCHASTIC_BF16, torch.float16: STOCHASTIC_FP16}
+
+
+def _blocks(offset: int, n: int) -> int:
+    """Launch blocks covering elements offset .. offset + n - 1, aligned in the whole parameter."""
+    return (offset + n - 1) // BLOCK - offset // BLOCK + 1
+
+
+def _fill(out: torch.Tensor, seed: int, key: int, start: int, uniform: bool) -> None:
+    n = out.numel()
+    if n:
+        _fill_kernel[(_blocks(start, n),)](out, mix_seed(seed, key), start, n, UNIFORM=uniform, BLOCK=BLOCK)
 
 
 def fill_normal(out: torch.Tensor, seed: int, key: int, start: int) -> None:
     """out[j] = z[start + j] of the parameter with name key ``key`` (out: contiguous float32)."""
-    n = out.numel()
-    blocks = (start + n - 1) // BLOCK - start // BLOCK + 1
-    _fill_kernel[(blocks,)](out, mix_seed(seed, key), start, n, BLOCK=BLOCK)
+    _fill(out, seed, key, start, uniform=False)
+
+
+def fill_uniform(out: torch.Tensor, seed: int, key: int, start: int) -> None:
+    """out[j] = u[start + j] ~ U[0, 1), the uniform draws stochastic rounding takes with ``seed``."""
+    _fill(out, seed, key, start, uniform=True)
+
+
+def _rounding(dtype: torch.dtype, round_seed: int | None) -> int:
+    return NEAREST if round_seed is None else _STOCHASTIC.get(dtype, NEAREST)
+
+
+def axpbz_into(
+    s: NoiseSlice, out: torch.Tensor, seed: int, a: float, b: float, round_seed: int | None = None
+) -> None:
+    """out <- a * theta + b * z(seed) for the elements ``s`` holds (``out`` flat, like ``s.local``),
+    rounded as ``FusedSweep`` rounds a parameter with this ``round_seed``; theta is left as it is."""
+    n = s.local.numel()
+    if n == 0:
+        return
+    rs = 0 if round_seed is None else mix_seed(round_seed, s.key)
+    _axpbz_into_kernel[(_blocks(s.offset, n),)](
+        s.local,
+        out,
+        s.offset,
+        n,
+        mix_seed(seed, s.key),
+        rs,
+        a,
+        b,
+        DTYPE=_TL_DTYPES[s.local.dtype],
+        ROUND=_rounding(s.local.dtype, round_seed),
+        BLOCK=BLOCK,
+        num_warps=8,
+    )
 
 
 class FusedSweep:
-    """theta_p <- a_p * theta_p + b_p * z_p(seed) for a fixed list of tensors, one launch per dtype."""
+    """theta_p <- a_p * theta_p + b_p * z_p(seed) for a fixed list of tensors, one launch per dtype;
+    rounded stochastically where ``rounded[p]`` and the call gives a rounding seed, else to nearest."""
 
-    def __init__(self, slices: list[NoiseSlice]) -> None:
+    def __init__(self, slices: list[NoiseSlice], rounded: list[bool]) -> None:
         wide = sorted({str(s.local.dtype) for s in slices if s.local.dtype not in _TL_DTYPES})
         if wide:
             raise ValueError(f"the fused sweep computes in float32 and cannot take {wide} parameters")
         self.keys = [s.key for s in slices]
-        self.groups: list[tuple[list[int], torch.dtype, dict[str, torch.Tensor], int]] = []
+        self.groups: list[tuple[list[int], torch.dtype, bool, dict[str, torch.Tensor], int]] = []
         device = slices[0].local.device
-        for dtype in dict.fromkeys(s.local.dtype for s in slices):
-            members = [i for i, s in enumerate(slices) if s.local.dtype == dtype and s.local.numel()]
+        kinds = [(s.local.dtype, r) for s, r in zip(slices, rounded, strict=True)]
+        for dtype, stochastic in dict.fromkeys(kinds):
+            members = [i for i, s in enumerate(slices) if kinds[i] == (dtype, stochastic) and s.local.numel()]
             if not members:
                 continue
             block_param, block_first = [], []
@@ -112,17 +248,24 @@ class FusedSweep:
                 "numels": long([slices[i].local.numel() for i in members]),
                 "offsets": long([slices[i].offset for i in members]),
             }
-            self.groups.append((members, dtype, tables, len(block_param)))
-        self._seed_cache: tuple[int, torch.Tensor] | None = None
+            self.groups.append((members, dtype, stochastic, tables, len(block_param)))
+        self._seed_cache: dict[int, torch.Tensor] = {}
 
-    def __call__(self, seed: int, a: list[float], b: list[float]) -> None:
-        if self._seed_cache is None or self._seed_cache[0] != seed:
-            seeds = [mix_seed(seed, k) for k in self.keys]
-            self._seed_cache = (seed, torch.tensor(seeds, dtype=torch.int64))
-        all_seeds = self._seed_cache[1]
-        for members, dtype, t, n_blocks in self.groups:
+    def _seeds(self, seed: int) -> torch.Tensor:
+        """mix_seed(seed, key) per tensor, kept for the last two seeds (a step's z and its rounding)."""
+        if seed not in self._seed_cache:
+            if len(self._seed_cache) > 1:
+                self._seed_cache.pop(next(iter(self._seed_cache)))
+            self._seed_cache[seed] = torch.tensor([mix_seed(seed, k) for k in self.keys], dtype=torch.int64)
+        return self._seed_cache[seed]
+
+    def __call__(self, seed: int, a: list[float], b: list[float], round_seed: int | None = None) -> None:
+        all_seeds = self._seeds(seed)
+        for members, dtype, stochastic, t, n_blocks in self.groups:
             device = t["addrs"].device
             seeds = all_seeds[members].to(device, non_blocking=True)
+            rounding = _rounding(dtype, round_seed if stochastic else None)
+            round_seeds = self._seeds(round_seed)[members].to(device) if rounding != NEAREST else seeds
             coeffs = torch.tensor([[a[i] for i in members], [b[i] for i in members]], dtype=torch.float32)
             coeffs = coeffs.to(device, non_blocking=True)
             _axpbz_kernel[(n_blocks,)](
@@ -132,9 +275,11 @@ class FusedSweep:
                 t["numels"],
                 t["offsets"],
                 seeds,
+                round_seeds,
                 coeffs[0],
                 coeffs[1],
                 DTYPE=_TL_DTYPES[dtype],
+                ROUND=rounding,
                 BLOCK=BLOCK,
                 num_warps=8,
             )

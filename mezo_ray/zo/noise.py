@@ -146,7 +146,7 @@ _scratch = _Scratch()
 def draw(s: NoiseSlice, chunk: Chunk, seed: int, slot: int = 0) -> torch.Tensor:
     """z for the held part of ``chunk`` (float32, in this thread's scratch buffer ``slot``)."""
     device = s.local.device
-    backend = cuda_backend() if device.type == "cuda" else None
+    backend = triton_backend(device)
     if backend is not None:  # counter-based: draw exactly the held elements
         buf = _scratch.buffer(device, slot, chunk.z_hi - chunk.z_lo)
         backend.fill_normal(buf, seed, s.key, chunk.start + chunk.z_lo)
@@ -160,7 +160,13 @@ def draw(s: NoiseSlice, chunk: Chunk, seed: int, slot: int = 0) -> torch.Tensor:
 
 def draw_uniform(s: NoiseSlice, chunk: Chunk, seed: int) -> torch.Tensor:
     """u ~ U[0, 1) for the held part of ``chunk`` (float32), a pure function of (seed, name, element)
-    like z: torch's generator per chunk on every device (scratch buffer slot 7)."""
+    like z: Triton's Philox on CUDA, element by element (the draws of the fused sweeps), else torch's
+    generator per chunk (scratch buffer slot 7)."""
+    backend = triton_backend(s.local.device)
+    if backend is not None:
+        buf = _scratch.buffer(s.local.device, 7, chunk.z_hi - chunk.z_lo)
+        backend.fill_uniform(buf, seed, s.key, chunk.start + chunk.z_lo)
+        return buf
     gen = _scratch.generator(s.local.device)
     gen.manual_seed(mix_seed(seed, s.key, chunk.index))
     buf = _scratch.buffer(s.local.device, 7, chunk.length)
@@ -187,10 +193,17 @@ def stochastic_round_(out: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> to
 
 _cuda_backend: Any = None
 
+# Device types whose tensors the Triton kernels serve. The tests add "cpu" under Triton's interpreter
+# (TRITON_INTERPRET=1), which runs the CUDA path's kernels on CPU tensors.
+TRITON_DEVICE_TYPES = frozenset({"cuda"})
 
-def cuda_backend() -> Any:
-    """The Triton kernels (``cuda_noise``), or None where Triton is missing (then torch's generator)."""
+
+def triton_backend(device: torch.device) -> Any:
+    """The Triton kernels (``cuda_noise``) for tensors on ``device``, or None: not a CUDA device, or
+    Triton missing (then torch's generator)."""
     global _cuda_backend
+    if device.type not in TRITON_DEVICE_TYPES:
+        return None
     if _cuda_backend is None:
         try:
             from mezo_ray.zo import cuda_noise
@@ -204,10 +217,10 @@ def cuda_backend() -> Any:
 def backend_tag(device: torch.device) -> str:
     """Which generator draws z on ``device``. z, and so a seed log, differs between them: a run
     replays bit for bit only under the tag that recorded it."""
+    if triton_backend(device) is not None:
+        return "cuda-triton-philox"  # counter-based, per element (cuda_noise.py)
     if device.type == "cpu":
         return "cpu-mt19937"  # torch's CPU generator, one stream per chunk: depends on chunk_numel
-    if device.type == "cuda" and cuda_backend() is not None:
-        return "cuda-triton-philox"  # counter-based, per element (cuda_noise.py)
     return f"{device.type}-torch"  # torch's generator on that device, one stream per chunk
 
 

@@ -43,7 +43,6 @@ from mezo_ray.zo.noise import (
     NoiseSlice,
     backend_tag,
     chunks,
-    cuda_backend,
     draw,
     draw_uniform,
     for_each_chunk,
@@ -51,6 +50,7 @@ from mezo_ray.zo.noise import (
     mix_seed,
     noise_slice,
     stochastic_round_,
+    triton_backend,
 )
 from mezo_ray.zo.noise import scratch as scratch_like
 
@@ -471,7 +471,7 @@ class MeZO(torch.optim.Optimizer):
         slices = [s for s, _, _ in active]
         # z / c under scale='param_norm'; a plain scale otherwise (no per-sweep dict on the hot path)
         alpha = {id(s): scale / self._c.get(p, 1.0) for s, p, _ in active} if self._c else None
-        fused = self._fused_sweep(slices)
+        fused = self._fused_sweep(active)
         if fused is not None:
             fused(seed, [1.0] * len(slices), [alpha[id(s)] if alpha else scale for s in slices])
             return
@@ -530,14 +530,19 @@ class MeZO(torch.optim.Optimizer):
         s, alpha = plan
         seed = self._offset[0]
         flat = out.view(-1)
+        rounded = p in self._rounded
+        rounding = mix_seed(seed, PERTURBATION_ROUNDING_STREAM, int(alpha > 0)) if rounded else None
+        backend = triton_backend(s.local.device) if s.local.dtype in FUSED_DTYPES else None
+        if backend is not None:  # one launch: z and the uniform draws in registers
+            backend.axpbz_into(s, flat, seed, 1.0, alpha, rounding)
+            return True
 
         def copy_chunk(s: NoiseSlice, c: Chunk) -> None:
             theta, into = s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi]
             z = draw(s, c, seed)
-            if p in self._rounded:
+            if rounding is not None:
                 work = scratch_like(theta, 5, torch.float32).copy_(theta).add_(z, alpha=alpha)
-                bits = mix_seed(seed, PERTURBATION_ROUNDING_STREAM, int(alpha > 0))
-                stochastic_round_(into, work, draw_uniform(s, c, bits))
+                stochastic_round_(into, work, draw_uniform(s, c, rounding))
             else:
                 torch.add(theta, z, alpha=alpha, out=into)  # theta.add_(z, alpha): the same bits
 
@@ -561,19 +566,22 @@ class MeZO(torch.optim.Optimizer):
             self._init_state(p, s)
         in_place = self._forward is None
         self._set_offset(None)  # perturb_in_forward: the weights are at theta already
-        fused = self._fused_sweep(slices) if plain_sgd and not self._rounded and in_place else None
-        if fused is not None:  # theta <- (theta + eps z)(1 - lr wd) - lr g z, in one fp32 expression
+        fused = self._fused_sweep(self._active()) if plain_sgd else None
+        if fused is not None:
+            # theta <- (theta + eps z)(1 - lr wd) - lr g z in one float32 expression (in the forward:
+            # no eps z), stochastically rounded with the chunked sweeps' seed where they round so
             decay = []
             for s in slices:
                 p, group = params[id(s)]
                 decay.append(1 - lr_of[id(group)] * (group["weight_decay"] if self._decays[p] else 0.0))
             lrs = [lr_of[id(params[id(s)][1])] for s in slices]
+            restore = self.eps if in_place else 0.0
             coefs = [
-                self.eps / self._c.get(params[id(s)][0], 1.0) * d
+                restore / self._c.get(params[id(s)][0], 1.0) * d
                 - lr * grads[0] * self._factor(params[id(s)][0])
                 for s, d, lr in zip(slices, decay, lrs, strict=True)
             ]
-            fused(seeds[0], decay, coefs)
+            fused(seeds[0], decay, coefs, mix_seed(seeds[0], ROUNDING_STREAM))
             return
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
@@ -627,16 +635,18 @@ class MeZO(torch.optim.Optimizer):
         for c in chunks(s, self.chunk_numel):
             self._round_into(s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi], s, c, seed)
 
-    def _fused_sweep(self, slices: list[NoiseSlice]) -> Any:
-        """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (see
-        ``_fusable``) and Triton is there."""
-        if self.layer_wise or not _fusable(slices):  # the fused sweep is built for every parameter
+    def _fused_sweep(self, active: list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]) -> Any:
+        """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (float32,
+        bfloat16, float16: it computes in float32 registers, so float64 ones take the exact chunked
+        path) and Triton is there."""
+        slices = [s for s, _, _ in active]
+        if self.layer_wise or not slices:  # the fused sweep is built for every parameter
             return None
-        backend = cuda_backend()
-        if backend is None:
+        backend = triton_backend(slices[0].local.device)
+        if backend is None or any(s.local.dtype not in FUSED_DTYPES for s in slices):
             return None
         if self._fused is None:  # reset by _slices when the parameters' storage moves
-            self._fused = backend.FusedSweep(slices)
+            self._fused = backend.FusedSweep(slices, [p in self._rounded for _, p, _ in active])
         return self._fused
 
     def _factor(self, p: torch.Tensor) -> float:
@@ -1025,14 +1035,6 @@ def _squared_norm(p: torch.Tensor) -> float:
     squares = torch.sum(p.detach().to(torch.float64) ** 2)
     full = getattr(squares, "full_tensor", None)
     return float(full() if full is not None else squares)
-
-
-def _fusable(slices: Sequence[NoiseSlice]) -> bool:
-    """The fused Triton sweep computes in float32 registers: fine for fp32 / bf16 / fp16 parameters
-    on CUDA, but it would drop float64 parameters to float32 precision, so those take the exact path."""
-    return bool(slices) and all(
-        s.local.device.type == "cuda" and s.local.dtype in FUSED_DTYPES for s in slices
-    )
 
 
 def _check(ok: bool, field: str, value: Any, allowed: str) -> None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, mix_seed, replay
-from mezo_ray.zo.noise import NoiseSlice, noise_slice
-from mezo_ray.zo.optimizer import GRAD_NORM_STREAM, _fusable
+from mezo_ray.zo.optimizer import GRAD_NORM_STREAM
 from tests.zo.reference import ReferenceMeZO
 
 
@@ -574,17 +572,6 @@ def test_after_a_closure_error_changed_weights_start_the_step_afresh():
     clean_opt.step(loss_fn(clean, x, y))  # a fresh step 0 from the changed weights
     for p, q in zip(model.parameters(), clean.parameters(), strict=True):
         assert torch.equal(p, q)
-
-
-def test_float64_parameters_never_take_the_float32_fused_sweep():
-    def on_cuda(dtype: torch.dtype) -> NoiseSlice:  # a stand-in: only the device and dtype are read
-        local = SimpleNamespace(device=torch.device("cuda"), dtype=dtype)
-        return NoiseSlice(local=local, offset=0, numel=3, key=0)  # type: ignore[arg-type]
-
-    assert _fusable([on_cuda(torch.float32), on_cuda(torch.bfloat16), on_cuda(torch.float16)])
-    assert not _fusable([on_cuda(torch.float32), on_cuda(torch.float64)])
-    assert not _fusable([noise_slice(torch.zeros(3), "w")])  # CPU
-    assert not _fusable([])
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,14 @@
 # Two commands on a fresh machine: `make demo` runs the main job, `make test` runs the test suite.
 # Each creates .venv and installs what it needs at the versions in constraints.txt (the lock: the
 # releases the suite last passed with). TORCH is installed first so that pip keeps it (a bare
-# `torch` requirement would pull a multi-GB CUDA build onto a CPU-only machine).
+# `torch` requirement would pull a multi-GB CUDA build onto a CPU-only machine). TRITON likewise:
+# a CUDA build of torch brings its own, which is kept; elsewhere the tests run the CUDA path's kernels
+# under Triton's interpreter (tests/zo/test_triton.py; they skip where Triton has no wheel).
 # `make lock` refreshes the lock to today's newest releases and runs the suite on them.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TRITON ?= triton==3.9.0
 LOCK := constraints.txt
 PY := $(VENV)/bin/python
 
@@ -15,6 +18,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c $(LOCK) --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install -q "$(TRITON)" || echo "no $(TRITON) here"
 	$(PY) -m pip install -q -c $(LOCK) -e ".[test]"
 	touch $@
 
@@ -44,7 +48,7 @@ lock:
 	rm -rf .venv-lock
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip
-	.venv-lock/bin/python -m pip install -q "$(TORCH)"
+	.venv-lock/bin/python -m pip install -q "$(TORCH)" "$(TRITON)"
 	.venv-lock/bin/python -m pip install -q -e ".[test]"
 	.venv-lock/bin/python -m ruff check .
 	.venv-lock/bin/python -m pytest -q

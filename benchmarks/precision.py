@@ -2,6 +2,7 @@
 
     python benchmarks/precision.py                  # OPT-125m config, CPU (about 10 minutes)
     python benchmarks/precision.py --json
+    python benchmarks/precision.py --device cuda --model-config opt-1.3b --skip-learning   # a GPU
 
 1. Updates: a real projected gradient g (one MeZO step of the float32 model on a random batch), the
    paper's OPT lr (1e-7): for every weight the update d = -lr g z in float32, and what a bfloat16 /
@@ -15,7 +16,11 @@
    sweeps (+eps z, -2 eps z, +eps z); ``forward``: perturbed copies inside the forward
    (``MeZO.perturb_in_forward``), where the weights cannot move.
 3. Cost: the sweeps of one bfloat16 MeZO step (no forward) with stochastic rounding over without,
-   interleaved medians in one run. float32 weights take no new work.
+   interleaved medians in one run, and over the memory-bandwidth floor measured in the same run: a
+   sweep reads and writes every weight once, as ``torch._foreach_mul_(weights, 1.0)`` does, so
+   ``over_bandwidth`` = the step's sweeps / three such passes (1.0: the sweeps run at copy speed).
+   On CUDA the sweeps are the Triton kernels, and the passes' bytes / time give the achieved GB/s.
+   float32 weights take no new work.
 4. Learning: MeZO on the tiny MLM's synthetic task in float32 and in bfloat16 with and without
    stochastic rounding, and in bfloat16 perturbed in the forward, same seeds, at each ``--task-lrs``:
    the best dev accuracy.
@@ -60,7 +65,9 @@ def updates(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str,
                     new = target.to(dtype)
                 else:
                     new = stochastic_round_(
-                        torch.empty_like(theta), target, torch.rand(target.shape, generator=gen)
+                        torch.empty_like(theta),
+                        target,
+                        torch.rand(target.shape, generator=gen).to(target.device),
                     )
                 change = new.double() - theta.double()
                 unchanged += float((change == 0).sum())
@@ -117,8 +124,20 @@ def drift(model: torch.nn.Module, layers: int, steps: int) -> dict[str, Any]:
     return out
 
 
+def _seconds(fn: Any, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def cost(model: torch.nn.Module, repeats: int) -> dict[str, float]:
-    """Seconds of a bfloat16 step's sweeps (no forward) with and without stochastic rounding."""
+    """Seconds of a bfloat16 step's sweeps (no forward) with and without stochastic rounding, and of
+    one read-and-write pass over the same weights (the bandwidth floor of a sweep)."""
+    device = next(model.parameters()).device
     copies = {
         sr: [
             (n, torch.nn.Parameter(p.detach().to(torch.bfloat16).clone()))
@@ -127,15 +146,24 @@ def cost(model: torch.nn.Module, repeats: int) -> dict[str, float]:
         for sr in (False, True)
     }
     opts = {sr: MeZO(params, lr=PAPER_LR, eps=1e-3, stochastic_rounding=sr) for sr, params in copies.items()}
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for _ in range(repeats):
+    weights = [p.detach() for _, p in copies[False]]
+    times: dict[Any, list[float]] = {False: [], True: [], "pass": []}
+    for _ in range(repeats + 1):  # the first round warms up (Triton compiles its kernels)
         for sr, opt in opts.items():
             losses = iter((1.0, 0.0))  # l+ and l-: a nonzero g, so the update does work
-            start = time.perf_counter()
-            opt.step(lambda losses=losses: next(losses))
-            times[sr].append(time.perf_counter() - start)
-    nearest, stochastic = statistics.median(times[False]), statistics.median(times[True])
-    return {"nearest_s": nearest, "stochastic_s": stochastic, "ratio": stochastic / nearest}
+            times[sr].append(_seconds(lambda opt=opt, losses=losses: opt.step(lambda: next(losses)), device))
+        times["pass"].append(_seconds(lambda: torch._foreach_mul_(weights, 1.0), device))
+    nearest, stochastic, one_pass = (statistics.median(times[k][1:]) for k in (False, True, "pass"))
+    moved = 2 * sum(w.numel() * w.element_size() for w in weights)  # bytes read and written by a pass
+    return {
+        "device": str(device),
+        "nearest_s": nearest,
+        "stochastic_s": stochastic,
+        "ratio": stochastic / nearest,
+        "pass_s": one_pass,
+        "pass_gb_per_s": moved / one_pass / 1e9,
+        "over_bandwidth": stochastic / (3 * one_pass),
+    }
 
 
 def learning(lrs: list[float], steps: int) -> dict[str, Any]:
@@ -181,20 +209,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per rounding")
     parser.add_argument("--task-lrs", type=float, nargs="*", default=[1e-4, 1e-5])
     parser.add_argument("--task-steps", type=int, default=1000)
+    parser.add_argument("--device", default="cpu", help="where the model's sweeps run (cuda: Triton)")
+    parser.add_argument("--skip-learning", action="store_true", help="leave out part 4 (the tiny MLM)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = build_model(args.model_config, torch.float32, "cpu")
+    model = build_model(args.model_config, torch.float32, args.device)
     with contextlib.redirect_stdout(sys.stderr), torch.no_grad():  # the trials' logs; figures go to stdout
         results = {
             "model": args.model_config,
             "threads": torch.get_num_threads(),
-            "updates": updates(model, make_batch(model, 1, args.seq, "cpu")),
+            "updates": updates(model, make_batch(model, 1, args.seq, args.device)),
             "drift": drift(model, args.drift_layers, args.drift_steps),
             "cost": cost(model, args.repeats),
         }
-    with contextlib.redirect_stdout(sys.stderr):
-        results["learning"] = learning(args.task_lrs, args.task_steps)
+    if not args.skip_learning:
+        with contextlib.redirect_stdout(sys.stderr):
+            results["learning"] = learning(args.task_lrs, args.task_steps)
     if args.json:
         print(json.dumps(results))
         return
@@ -216,12 +247,15 @@ def main() -> None:
         )
     c = results["cost"]
     print(
-        f"\nbfloat16 step sweeps: stochastic rounding {c['stochastic_s']:.3f} s, "
-        f"nearest {c['nearest_s']:.3f} s (ratio {c['ratio']:.2f})"
+        f"\nbfloat16 step sweeps ({c['device']}): stochastic rounding {c['stochastic_s']:.4f} s, "
+        f"nearest {c['nearest_s']:.4f} s (ratio {c['ratio']:.2f}); one read-and-write pass "
+        f"{c['pass_s']:.4f} s ({c['pass_gb_per_s']:.0f} GB/s): the 3 sweeps take "
+        f"{c['over_bandwidth']:.2f}x 3 passes"
     )
-    print(f"\nTiny MLM, {args.task_steps} steps, best dev accuracy")
-    for key, acc in results["learning"].items():
-        print(f"  lr {key:<30} {acc:.3f}")
+    if "learning" in results:
+        print(f"\nTiny MLM, {args.task_steps} steps, best dev accuracy")
+        for key, acc in results["learning"].items():
+            print(f"  lr {key:<30} {acc:.3f}")
 
 
 if __name__ == "__main__":

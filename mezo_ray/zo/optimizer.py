@@ -22,6 +22,8 @@ The sweeps come back to theta only to rounding (a few ulps per step in float32, 
 ``perturb_in_forward(model)`` moves the perturbation into the model's forward instead
 (``forward_perturbation.py``): the weights stay at theta through the step, restores are exact by
 construction in every dtype, and a replay is one sweep a step (the update) instead of three.
+On CUDA the sweeps, the stochastically rounded updates and the forward copies are Triton kernels
+(``cuda_noise.py``) wherever they can be: plain SGD, float32 / bfloat16 / float16 parameters.
 """
 
 from __future__ import annotations

@@ -146,10 +146,11 @@ def test_fused_sweep_rounds_as_the_cpu_paths_stochastic_rounding(offset):
     torch.manual_seed(0)
     thetas = {dtype: torch.randn(6_000, dtype=dtype) for dtype in [*LOW, torch.float32]}
     thetas["fp16 to nearest"] = torch.randn(6_000, dtype=torch.float16)
+    thetas["fp16 around zero"] = torch.zeros(6_000, dtype=torch.float16)  # y within a subnormal of 0
     starts = [t.clone() for t in thetas.values()]
     slices = [NoiseSlice(t, offset, offset + t.numel(), key=k) for k, t in enumerate(thetas.values())]
-    rounded = [True, True, False, False]  # float32 is never rounded stochastically; the 4th opts out
-    a, b = [0.5, 1.0, 0.9, 1.0], [1e-3, 2e-4, 0.1, 1e-3]
+    rounded = [True, True, False, False, True]  # float32 is never rounded stochastically; the 4th opts out
+    a, b = [0.5, 1.0, 0.9, 1.0, 1.0], [1e-3, 2e-4, 0.1, 1e-3, 2e-8]
     cuda_noise.FusedSweep(slices, rounded)(seed=42, a=a, b=b, round_seed=99)
     for k, (theta, start) in enumerate(zip(thetas.values(), starts, strict=True)):
         n = theta.numel()

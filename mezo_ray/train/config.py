@@ -327,15 +327,12 @@ class TrialConfig(BaseModel):
         if self.fsdp and self.num_workers < 1:
             raise ValueError("fsdp=true needs num_workers >= 1 (FSDP shards across Ray Train workers)")
         if self.perturbation == "forward" and (
-            self.method != "mezo"
-            or self.estimator != "mezo"
-            or self.fsdp
-            or self.perturbation_scale == "grad_norm"
+            self.method != "mezo" or self.estimator != "mezo" or self.perturbation_scale == "grad_norm"
         ):
             raise ValueError(
-                "perturbation='forward' is built for MeZO's own estimate on unsharded weights: it needs "
-                "method='mezo', estimator='mezo', no fsdp and perturbation_scale other than grad_norm; got "
-                f"method={self.method!r}, estimator={self.estimator!r}, fsdp={self.fsdp}, "
+                "perturbation='forward' is built for MeZO's own estimate: it needs method='mezo', "
+                "estimator='mezo' and perturbation_scale other than grad_norm; got "
+                f"method={self.method!r}, estimator={self.estimator!r}, "
                 f"perturbation_scale={self.perturbation_scale!r}"
             )
         if self.stochastic_rounding and self.dtype == "float32":

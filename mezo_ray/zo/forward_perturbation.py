@@ -11,6 +11,10 @@ module's parameters copied while it runs. On the CPU the copies are kept for reu
 shape (about the largest module and one layer), as a fresh large allocation costs page faults every
 time (0.2 s of a 1.2 s roberta-base step at batch 1); CUDA's caching allocator reuses them anyway.
 
+Under FSDP2 a module holds, while its unit runs, the gathered (whole) parameter in place of its shard
+(``module._parameters[name]``): the hook then perturbs that whole tensor (every rank draws the same z
+for it, as one process would), and the update writes the shards as ever.
+
 A parameter the model reads outside the forward of a module holding it would be seen unperturbed,
 silently; ``check`` finds it (it was never put in place during a forward) and the optimizer raises.
 """
@@ -26,49 +30,54 @@ import torch
 
 class ForwardPerturbation:
     """Hooks on every module of ``model`` that holds some of ``params``: while such a module runs, each
-    of its parameters for which ``perturbed(param, out)`` writes a perturbed copy into ``out`` (and
+    of its parameters for which ``perturbed(param, held, out)`` writes a perturbed copy of ``held``
+    (``param``, or under FSDP the gathered parameter the module holds for now) into ``out`` (and
     returns True) reads that copy instead."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         params: Iterable[torch.Tensor],
-        perturbed: Callable[[torch.Tensor, torch.Tensor], bool],
+        perturbed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], bool],
     ) -> None:
         wanted = set(params)
         self._perturbed = perturbed
         self._spare: dict[tuple[Any, ...], list[torch.Tensor]] = {}  # copies to reuse, by shape
-        self._own: dict[torch.Tensor, torch.Tensor] = {}  # parameter -> its weights, while a copy stands in
+        # parameter -> (the tensor a copy stands in for, its weights), while the copy stands in
+        self._own: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}
         self._entered: list[list[torch.Tensor]] = []  # per running module (innermost last): what it put in
         self.seen: set[torch.Tensor] = set()  # parameters put in place (or already in place) since begin()
         for module in model.modules():
-            mine = [p for p in module.parameters(recurse=False) if p in wanted]
+            mine = [(name, p) for name, p in module.named_parameters(recurse=False) if p in wanted]
             if mine:
                 module.register_forward_pre_hook(partial(self._enter, mine))
                 module.register_forward_hook(partial(self._exit, mine), always_call=True)
 
-    def _enter(self, params: list[torch.Tensor], module: torch.nn.Module, args: Any) -> None:
+    def _enter(self, params: list[tuple[str, torch.Tensor]], module: torch.nn.Module, args: Any) -> None:
         put: list[torch.Tensor] = []
         self._entered.append(put)
-        for p in params:
+        for name, p in params:
             if p in self._own:  # a tied parameter already in place (a module inside another using it)
                 self.seen.add(p)
                 continue
-            key = (p.shape, p.dtype, p.device)
-            spare = self._spare.get(key) if p.device.type == "cpu" else None
-            copy = spare.pop() if spare else torch.empty_like(p.data)
-            if not self._perturbed(p, copy):
+            held = module._parameters[name]  # p, or FSDP's gathered parameter while its unit runs
+            assert held is not None
+            key = (held.shape, held.dtype, held.device)
+            spare = self._spare.get(key) if held.device.type == "cpu" else None
+            copy = spare.pop() if spare else torch.empty_like(held.data)
+            if not self._perturbed(p, held, copy):
                 self._keep(copy)
                 continue
-            self._own[p] = p.data
-            p.data = copy
+            self._own[p] = (held, held.data)
+            held.data = copy
             put.append(p)
             self.seen.add(p)
 
-    def _exit(self, params: list[torch.Tensor], module: torch.nn.Module, args: Any, output: Any) -> None:
+    def _exit(self, params: Any, module: torch.nn.Module, args: Any, output: Any) -> None:
         for p in self._entered.pop() if self._entered else ():
-            self._keep(p.data)
-            p.data = self._own.pop(p)
+            held, own = self._own.pop(p)
+            self._keep(held.data)
+            held.data = own
 
     def _keep(self, copy: torch.Tensor) -> None:
         if copy.device.type == "cpu":
@@ -91,7 +100,7 @@ class ForwardPerturbation:
 
     def restore(self) -> None:
         """Put back every weight a copy still stands in for (after a forward that raised)."""
-        for p, own in self._own.items():
-            p.data = own
+        for held, own in self._own.values():
+            held.data = own
         self._own.clear()
         self._entered.clear()

@@ -491,9 +491,12 @@ class MeZO(torch.optim.Optimizer):
         updates are (``stochastic_rounding``), so on average it is theta + a z. Call it before the
         first step; the run's state dict records it (a replay or resume needs the same).
 
+        Under FSDP2 (``fully_shard``) each module's gathered parameters are perturbed whole, each rank
+        drawing the same z (so the trajectory is one process's), and the update writes the shards.
+
         Raises ValueError for the estimators that keep their own sweeps (FZOO, HiZOO, LOZO),
-        ``scale='grad_norm'`` (its probes sweep in place), sharded (DTensor) parameters, parameters
-        ``model`` does not hold, or after a step."""
+        ``scale='grad_norm'`` (its probes sweep in place), parameters ``model`` does not hold, or
+        after a step."""
         if type(self).step is not MeZO.step:
             raise ValueError(
                 f"perturb_in_forward: {type(self).__name__} keeps its own in-place sweeps; only MeZO's "
@@ -501,8 +504,6 @@ class MeZO(torch.optim.Optimizer):
             )
         _check(self.scale != "grad_norm", "scale", self.scale, "'none' or 'param_norm' in the forward")
         _check(not self.trajectory and self._forward is None, "step_count", self.step_count, "0 (call first)")
-        sharded = [name for p, name in self._names.items() if local_tensor(p) is not p]
-        _check(not sharded, "parameters", sharded[:3], "unsharded tensors to perturb in the forward")
         held = set(model.parameters())
         missing = [name for p, name in self._names.items() if p not in held]
         _check(not missing, "parameters", missing[:3], "parameters of the model given")
@@ -522,14 +523,18 @@ class MeZO(torch.optim.Optimizer):
         at = offset[1]
         self._plan = {p: (s, at / self._c.get(p, 1.0)) for s, p, _ in self._active()}
 
-    def _perturbed_copy(self, p: torch.Tensor, out: torch.Tensor) -> bool:
-        """Write theta + a z(seed) of ``p`` into ``out`` with the in-place sweep's arithmetic
-        (stochastically rounded for a rounded dtype), its chunks on the sweeps' thread pool; False
-        when no perturbation applies to ``p``."""
+    def _perturbed_copy(self, p: torch.Tensor, held: torch.Tensor, out: torch.Tensor) -> bool:
+        """Write theta + a z(seed) of ``held`` (``p``, or under FSDP the whole parameter gathered from
+        ``p``'s shards) into ``out`` with the in-place sweep's arithmetic (stochastically rounded for a
+        rounded dtype), its chunks on the sweeps' thread pool; False when no perturbation applies."""
         plan = self._plan.get(p)
         if plan is None or self._offset is None:
             return False
         s, alpha = plan
+        whole = local_tensor(held) is held  # a DTensor not gathered by FSDP has no whole to perturb
+        _check(whole, "parameter", self._names[p], "a plain tensor, or FSDP2-gathered, in its forward")
+        if held is not p:  # FSDP2: all of it, drawn as one process holding it would draw it
+            s = NoiseSlice(held.detach().view(-1), 0, s.numel, s.key)
         seed = self._offset[0]
         flat = out.view(-1)
         rounded = p in self._rounded
@@ -562,13 +567,14 @@ class MeZO(torch.optim.Optimizer):
         bias1, bias2 = 1 - beta1**self.update_count, 1 - beta2**self.update_count
         params: dict[int, tuple[torch.Tensor, dict[str, Any]]] = {}
         slices = []
-        for s, p, group in self._active():
+        active = self._active()
+        for s, p, group in active:
             params[id(s)] = (p, group)
             slices.append(s)
             self._init_state(p, s)
         in_place = self._forward is None
         self._set_offset(None)  # perturb_in_forward: the weights are at theta already
-        fused = self._fused_sweep(self._active()) if plain_sgd else None
+        fused = self._fused_sweep(active) if plain_sgd else None
         if fused is not None:
             # theta <- (theta + eps z)(1 - lr wd) - lr g z in one float32 expression (in the forward:
             # no eps z), stochastically rounded with the chunked sweeps' seed where they round so

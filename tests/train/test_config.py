@@ -46,7 +46,6 @@ def test_family_is_derived_from_the_task_and_the_model():
         ),
         ({"perturbation": "forward", "estimator": "lozo"}, "perturbation='forward'.*estimator='lozo'"),
         ({"perturbation": "forward", "method": "ft"}, "perturbation='forward'.*method='ft'"),
-        ({"perturbation": "forward", "fsdp": True, "num_workers": 2}, "perturbation='forward'.*fsdp=True"),
         ({"perturbation": "sideways"}, "perturbation"),
     ],
 )

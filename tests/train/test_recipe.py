@@ -416,6 +416,8 @@ PARITY = {**SMOKE, "max_steps": 24, "eval_steps": 24, "lr": 1e-4, "num_workers":
 PARITY_CASES = {
     "data-parallel": {"fsdp": False},
     "fsdp": {"fsdp": True},
+    # perturbed in the forward: each rank perturbs the gathered parameters whole, as one process does
+    "fsdp-forward": {"fsdp": True, "perturbation": "forward"},
     # LOZO-M: each rank perturbs and updates its rows of U V^T; its rank-2 factors shard with the rows
     "lozo-m-fsdp": {
         "fsdp": True,

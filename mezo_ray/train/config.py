@@ -96,12 +96,14 @@ class TrialConfig(BaseModel):
         description="MeZO in bfloat16 / float16: round the weight updates stochastically (unset: on), so "
         "updates below half an ulp survive on average; false: round to nearest, the paper's fp16 runs",
     )
-    perturbation: Literal["in_place", "forward"] = Field(
-        "in_place",
+    perturbation: Literal["in_place", "forward"] | None = Field(
+        None,
         description="method mezo: where theta + eps z is made: in_place (the paper's sweeps; the weights "
         "come back to theta to rounding) or forward (inside each module's forward, the weights untouched "
         "until the update: restores exact in every dtype, a replay one sweep a step; costs a copy of one "
-        "module's weights while it runs)",
+        "module's weights while it runs). Unset: forward for MeZO's own estimate on bfloat16 / float16 "
+        "weights (where the sweeps walk the weights by ulps every step), in_place otherwise; a resumed "
+        "trial keeps where it perturbed",
     )
     lora_r: int = Field(8, gt=0)
     lora_alpha: int = Field(16, gt=0)
@@ -373,6 +375,18 @@ class TrialConfig(BaseModel):
         the length is given in steps)."""
         schedule = self._epoch_schedule(num_train)
         return self.model_copy(update=schedule) if schedule else self
+
+    def placement(self, saved: str | None = None) -> str:
+        """Where MeZO perturbs: ``perturbation`` where set; else where a resumed run perturbed
+        (``saved``, from its checkpoint); else in the forward for MeZO's own estimate on bfloat16 /
+        float16 weights, whose in-place sweeps walk by ulps every step, and in place otherwise."""
+        if self.perturbation is not None:
+            return self.perturbation
+        if saved is not None:
+            return saved
+        own_estimate = self.method == "mezo" and self.estimator == "mezo"
+        forward_ok = own_estimate and self.perturbation_scale != "grad_norm"
+        return "forward" if forward_ok and self.dtype != "float32" else "in_place"
 
     @property
     def training_seed(self) -> int:

@@ -49,7 +49,7 @@ from mezo_ray.train.config import TINY_MODELS, TrialConfig
 from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
 from mezo_ray.train.memory_log import memory_log
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed
+from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed, saved_setting
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -89,9 +89,9 @@ def _run_trial(cfg: TrialConfig, session: Session, tracked: list[ckpt.Progress])
     if cfg.fsdp:
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
-    optimizer = _build_optimizer(cfg, params, len(splits.train))
-    if cfg.perturbation == "forward":  # before a resume: the state dict records where it perturbed
-        optimizer.perturb_in_forward(loaded.model)
+    optimizer = _build_optimizer(cfg, params, len(splits.train), _saved(resumed, "stochastic_rounding"))
+    if cfg.method == "mezo" and cfg.placement(_saved(resumed, "perturbation")) == "forward":
+        optimizer.perturb_in_forward(loaded.model)  # before a resume: the state dict records it
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 
     # 2. Resume: the weight snapshot, then a replay of the seed log since it
@@ -470,16 +470,22 @@ def _cap(examples: list[Example], cfg: TrialConfig) -> list[Example]:
     return examples[: cfg.max_eval_examples] if cfg.max_eval_examples else examples
 
 
+def _saved(resumed: ckpt.Checkpoint | None, key: str) -> Any:
+    """A MeZO setting of the run being resumed, for settings the config leaves unset (None: a new
+    run, or not MeZO)."""
+    extra = (resumed.optimizer or {}).get("mezo") if resumed is not None else None
+    return None if extra is None else saved_setting(extra, key)
+
+
 def _build_optimizer(
-    cfg: TrialConfig, params: list[tuple[str, torch.nn.Parameter]], num_train: int
+    cfg: TrialConfig,
+    params: list[tuple[str, torch.nn.Parameter]],
+    num_train: int,
+    saved_rounding: bool | None = None,
 ) -> torch.optim.Optimizer:
     if cfg.method == "mezo":
-        common = {
-            "lr": cfg.lr,
-            "eps": cfg.eps,
-            "seed": cfg.training_seed,
-            "stochastic_rounding": cfg.stochastic_rounding,
-        }
+        rounding = cfg.stochastic_rounding if cfg.stochastic_rounding is not None else saved_rounding
+        common = {"lr": cfg.lr, "eps": cfg.eps, "seed": cfg.training_seed, "stochastic_rounding": rounding}
         if cfg.estimator == "fzoo":
             return FZOO(params, n_probes=cfg.n_probes, **common)
         if cfg.estimator == "hizoo":

@@ -12,6 +12,7 @@ from mezo_ray.zo.optimizer import (
     StepRecord,
     microbatch_mean,
     replay,
+    saved_setting,
 )
 
 __all__ = [
@@ -29,4 +30,5 @@ __all__ = [
     "microbatch_mean",
     "mix_seed",
     "replay",
+    "saved_setting",
 ]

@@ -1045,6 +1045,12 @@ def _squared_norm(p: torch.Tensor) -> float:
     return float(full() if full is not None else squares)
 
 
+def saved_setting(extra: Mapping[str, Any], key: str) -> Any:
+    """A trajectory setting as a state dict's ``mezo`` part has it: recorded, or for one recorded only
+    since, what every run before did (None: not known)."""
+    return extra[key] if key in extra else _BEFORE_RECORDED.get(key)
+
+
 def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ValueError(f"MeZO: {field}={value!r} is not allowed; expected {allowed}")

@@ -556,3 +556,28 @@ def test_perturbing_in_the_forward_reaches_every_trained_weight_and_resumes_exac
                 logs.append([g for r in json.load(f)["trajectory"] for g in r["projected_grads"]])
         # the loss in float32 rounds at ~6e-8: over 2 eps = 2e-3, a few of its ulps are ~1e-4 of g
         assert len(logs[0]) == 8 and logs[0] == pytest.approx(logs[1], rel=1e-2, abs=1e-3)
+
+
+def _saved_mezo(session) -> dict:
+    with open(os.path.join(session.checkpoints[-1], "state.json")) as f:
+        return json.load(f)["optimizer"]["mezo"]
+
+
+def test_low_precision_trials_perturb_in_the_forward_unless_set_and_resumes_keep_their_placement(
+    tiny_models, tmp_path
+):
+    """Unset, bfloat16 MeZO perturbs in the forward (float32 and the other estimators in place); a run
+    saved with the other placement (an earlier version's default, or a setting since dropped) resumes
+    where it perturbed, rounding as it rounded, instead of being refused."""
+    low = {"dtype": "bfloat16", "snapshot_every": None}
+    assert _saved_mezo(trial(tmp_path, **low)[1])["perturbation"] == "forward"
+    assert _saved_mezo(trial(tmp_path)[1])["perturbation"] == "in_place"
+    assert _saved_mezo(trial(tmp_path, **low, estimator="fzoo")[1])["perturbation"] == "in_place"
+    earlier = {**low, "perturbation": "in_place", "stochastic_rounding": False}
+    straight, whole = trial(tmp_path, **earlier)
+    resumed, again = trial(tmp_path, resume_from=whole.checkpoints[0], **low)
+    assert same_run(resumed) == same_run(straight)
+    assert _saved_mezo(again) == _saved_mezo(whole)
+    refused = "perturbation='in_place' but this optimizer has perturbation='forward'"
+    with pytest.raises(ValueError, match=refused):
+        trial(tmp_path, resume_from=whole.checkpoints[0], **low, perturbation="forward")

@@ -101,8 +101,8 @@ class TrialConfig(BaseModel):
         description="method mezo: where theta + eps z is made: in_place (the paper's sweeps; the weights "
         "come back to theta to rounding) or forward (inside each module's forward, the weights untouched "
         "until the update: restores exact in every dtype, a replay one sweep a step; costs a copy of one "
-        "module's weights while it runs). Unset: forward for MeZO's own estimate on bfloat16 / float16 "
-        "weights (where the sweeps walk the weights by ulps every step), in_place otherwise; a resumed "
+        "module's weights while it runs). Unset: forward for MeZO's own estimate on trained bfloat16 / "
+        "float16 weights (where the sweeps walk them by ulps every step), in_place otherwise; a resumed "
         "trial keeps where it perturbed",
     )
     lora_r: int = Field(8, gt=0)
@@ -376,17 +376,19 @@ class TrialConfig(BaseModel):
         schedule = self._epoch_schedule(num_train)
         return self.model_copy(update=schedule) if schedule else self
 
-    def placement(self, saved: str | None = None) -> str:
+    def placement(self, low_precision: bool, saved: str | None = None) -> str:
         """Where MeZO perturbs: ``perturbation`` where set; else where a resumed run perturbed
-        (``saved``, from its checkpoint); else in the forward for MeZO's own estimate on bfloat16 /
-        float16 weights, whose in-place sweeps walk by ulps every step, and in place otherwise."""
+        (``saved``, from its checkpoint); else in the forward for MeZO's own estimate when some
+        trained weights are bfloat16 / float16 (``low_precision``: in-place sweeps walk them by ulps
+        every step; LoRA and prefix parameters stay float32 unless ``arithmetic: model``), in place
+        otherwise."""
         if self.perturbation is not None:
             return self.perturbation
         if saved is not None:
             return saved
         own_estimate = self.method == "mezo" and self.estimator == "mezo"
         forward_ok = own_estimate and self.perturbation_scale != "grad_norm"
-        return "forward" if forward_ok and self.dtype != "float32" else "in_place"
+        return "forward" if forward_ok and low_precision else "in_place"
 
     @property
     def training_seed(self) -> int:

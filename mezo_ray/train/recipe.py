@@ -90,7 +90,8 @@ def _run_trial(cfg: TrialConfig, session: Session, tracked: list[ckpt.Progress])
         head.lm_head = loaded.fsdp_root.project
     params = loaded.trainable_named_parameters()
     optimizer = _build_optimizer(cfg, params, len(splits.train), _saved(resumed, "stochastic_rounding"))
-    if cfg.method == "mezo" and cfg.placement(_saved(resumed, "perturbation")) == "forward":
+    low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for _, p in params)
+    if cfg.method == "mezo" and cfg.placement(low_precision, _saved(resumed, "perturbation")) == "forward":
         optimizer.perturb_in_forward(loaded.model)  # before a resume: the state dict records it
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.method == "ft" and cfg.dtype == "float16")
 

@@ -27,6 +27,9 @@ import triton.language as tl
 from mezo_ray.zo.noise import NoiseSlice, mix_seed
 
 BLOCK = 4096
+# No FMA contraction: z and every sweep are then the same bits under every Triton release (3.9 fuses
+# by default and says that will change), and equal torch's separate multiply and add.
+LAUNCH = {"num_warps": 8, "enable_fp_fusion": False}
 
 NEAREST, STOCHASTIC_BF16, STOCHASTIC_FP16 = 0, 1, 2  # how a sweep rounds on store (ROUND)
 
@@ -173,7 +176,8 @@ def _blocks(offset: int, n: int) -> int:
 def _fill(out: torch.Tensor, seed: int, key: int, start: int, uniform: bool) -> None:
     n = out.numel()
     if n:
-        _fill_kernel[(_blocks(start, n),)](out, mix_seed(seed, key), start, n, UNIFORM=uniform, BLOCK=BLOCK)
+        seeded = mix_seed(seed, key)
+        _fill_kernel[(_blocks(start, n),)](out, seeded, start, n, UNIFORM=uniform, BLOCK=BLOCK, **LAUNCH)
 
 
 def fill_normal(out: torch.Tensor, seed: int, key: int, start: int) -> None:
@@ -211,7 +215,7 @@ def axpbz_into(
         DTYPE=_TL_DTYPES[s.local.dtype],
         ROUND=_rounding(s.local.dtype, round_seed),
         BLOCK=BLOCK,
-        num_warps=8,
+        **LAUNCH,
     )
 
 
@@ -281,5 +285,5 @@ class FusedSweep:
                 DTYPE=_TL_DTYPES[dtype],
                 ROUND=rounding,
                 BLOCK=BLOCK,
-                num_warps=8,
+                **LAUNCH,
             )

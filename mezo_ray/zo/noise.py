@@ -218,7 +218,8 @@ def backend_tag(device: torch.device) -> str:
     """Which generator draws z on ``device``. z, and so a seed log, differs between them: a run
     replays bit for bit only under the tag that recorded it."""
     if triton_backend(device) is not None:
-        return "cuda-triton-philox"  # counter-based, per element (cuda_noise.py)
+        # counter-based, per element (cuda_noise.py); v2: rounding draws Philox too, no FMA contraction
+        return "cuda-triton-philox-v2"
     if device.type == "cpu":
         return "cpu-mt19937"  # torch's CPU generator, one stream per chunk: depends on chunk_numel
     return f"{device.type}-torch"  # torch's generator on that device, one stream per chunk

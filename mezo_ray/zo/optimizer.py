@@ -650,8 +650,11 @@ class MeZO(torch.optim.Optimizer):
         slices = [s for s, _, _ in active]
         if self.layer_wise or not slices:  # the fused sweep is built for every parameter
             return None
-        backend = triton_backend(slices[0].local.device)
-        if backend is None or any(s.local.dtype not in FUSED_DTYPES for s in slices):
+        device = slices[0].local.device  # one launch serves one device
+        backend = triton_backend(device)
+        if backend is None or any(
+            s.local.dtype not in FUSED_DTYPES or s.local.device != device for s in slices
+        ):
             return None
         if self._fused is None:  # reset by _slices when the parameters' storage moves
             self._fused = backend.FusedSweep(slices, [p in self._rounded for _, p, _ in active])
@@ -912,7 +915,7 @@ class MeZO(torch.optim.Optimizer):
                 continue
             hint = (
                 "z differs between noise backends: resume or replay on the same kind of device, with "
-                "Triton present or absent as when it was saved"
+                "Triton present or absent as when it was saved (and a mezo_ray that draws as it did)"
                 if key == "noise_backend"
                 else "build the optimizer with the saved value"
             )

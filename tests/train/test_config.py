@@ -136,14 +136,14 @@ def test_gpus_per_trial_is_spread_over_each_trials_own_workers(capsys):
         parse_trial_config({**BASE, "num_workers": 2, "gpus_per_worker": 0.5})
 
 
-def test_unset_perturbation_is_in_the_forward_for_low_precision_mezo_and_a_resumed_runs_own():
-    def placement(saved=None, **change):
-        return parse_trial_config({**BASE, **change}).placement(saved)
+def test_unset_perturbation_is_in_the_forward_for_low_precision_weights_and_a_resumed_runs_own():
+    def placement(low=True, saved=None, **change):
+        return parse_trial_config({**BASE, "dtype": "bfloat16", **change}).placement(low, saved)
 
-    assert placement() == "in_place"  # float32: the paper's sweeps, a few float32 ulps of drift
-    assert placement(dtype="bfloat16") == placement(dtype="float16") == "forward"
-    assert placement(dtype="bfloat16", estimator="lozo") == "in_place"  # LOZO keeps its own sweeps
-    assert placement(dtype="bfloat16", perturbation_scale="grad_norm") == "in_place"
-    assert placement(dtype="bfloat16", perturbation="in_place") == "in_place"
-    assert placement("in_place", dtype="bfloat16") == "in_place"  # a resumed run perturbs where it did
-    assert placement("in_place", dtype="bfloat16", perturbation="forward") == "forward"  # then refused
+    assert placement() == "forward"
+    assert placement(low=False) == "in_place"  # float32 weights (or adapters): the paper's sweeps
+    assert placement(estimator="lozo") == "in_place"  # LOZO keeps its own sweeps
+    assert placement(perturbation_scale="grad_norm") == "in_place"
+    assert placement(perturbation="in_place") == "in_place"
+    assert placement(saved="in_place") == "in_place"  # a resumed run perturbs where it did
+    assert placement(saved="in_place", perturbation="forward") == "forward"  # then refused

@@ -573,6 +573,7 @@ def test_low_precision_trials_perturb_in_the_forward_unless_set_and_resumes_keep
     assert _saved_mezo(trial(tmp_path, **low)[1])["perturbation"] == "forward"
     assert _saved_mezo(trial(tmp_path)[1])["perturbation"] == "in_place"
     assert _saved_mezo(trial(tmp_path, **low, estimator="fzoo")[1])["perturbation"] == "in_place"
+    assert _saved_mezo(trial(tmp_path, **low, mode="lora")[1])["perturbation"] == "in_place"  # fp32 adapters
     earlier = {**low, "perturbation": "in_place", "stochastic_rounding": False}
     straight, whole = trial(tmp_path, **earlier)
     resumed, again = trial(tmp_path, resume_from=whole.checkpoints[0], **low)

@@ -56,7 +56,7 @@ def test_backend_tag_tells_the_generators_apart(monkeypatch):
     monkeypatch.setattr(noise, "_cuda_backend", False)  # Triton missing: torch's CUDA generator
     assert noise.backend_tag(torch.device("cuda")) == "cuda-torch"
     monkeypatch.setattr(noise, "_cuda_backend", object())  # Triton there: counter-based Philox
-    assert noise.backend_tag(torch.device("cuda")) == "cuda-triton-philox"
+    assert noise.backend_tag(torch.device("cuda")) == "cuda-triton-philox-v2"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,7 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from mezo_ray.zo import MeZO, NonFiniteLossError, StepRecord, full_noise, microbatch_mean, mix_seed, replay
+from mezo_ray.zo import (
+    MeZO,
+    NonFiniteLossError,
+    StepRecord,
+    full_noise,
+    microbatch_mean,
+    mix_seed,
+    replay,
+    saved_setting,
+)
 from mezo_ray.zo.optimizer import GRAD_NORM_STREAM
 from tests.zo.reference import ReferenceMeZO
 
@@ -752,3 +761,10 @@ def test_scaled_perturbations_match_the_papers_definition_replay_and_resume(scal
     records = [StepRecord.from_dict(json.loads(json.dumps(r.to_dict()))) for r in opt.trajectory]
     replay(make(replayed), records)
     assert all(torch.equal(p, q) for p, q in zip(replayed.parameters(), ours.parameters(), strict=True))
+
+
+def test_a_state_dict_saved_before_a_setting_was_recorded_reads_as_those_runs_did():
+    assert saved_setting({}, "perturbation") == "in_place"
+    assert saved_setting({}, "stochastic_rounding") is False
+    assert saved_setting({"perturbation": "forward"}, "perturbation") == "forward"
+    assert saved_setting({}, "estimator") is None  # not known: the caller decides

@@ -147,9 +147,16 @@ def test_update_is_unbiased_and_n_spsa_divides_its_variance():
     ],
 )
 def test_steps_match_the_reference(variant, weight_decay, k):
-    # float64: in fp32 the losses' rounding (~1e-7 / eps) would swamp the comparison
-    ours, ref = tiny_model(torch.float64), tiny_model(torch.float64)
-    x, y = data(torch.float64)
+    assert_steps_match_the_reference(variant, weight_decay, k, torch.device("cpu"), chunk_numel=40)
+
+
+def assert_steps_match_the_reference(
+    variant: str, weight_decay: float, k: int, device: torch.device, chunk_numel: int = 1 << 20
+) -> None:
+    """Three steps of ours and of ReferenceMeZO from the same float64 weights (in float32 the losses'
+    rounding, ~1e-7 / eps, would swamp the comparison) end at the same weights, which moved."""
+    ours, ref = tiny_model(torch.float64).to(device), tiny_model(torch.float64).to(device)
+    x, y = (t.to(device) for t in data(torch.float64))
     lr = 1e-3 if variant in ("adam", "sign") else 1e-2
     opt = MeZO(
         ours.named_parameters(),
@@ -158,14 +165,16 @@ def test_steps_match_the_reference(variant, weight_decay, k):
         weight_decay=weight_decay,
         variant=variant,
         n_perturbations=k,
-        chunk_numel=40,  # several chunks per weight matrix
+        chunk_numel=chunk_numel,  # 40: several chunks per weight matrix
     )
-    reference = ReferenceMeZO(ref, lr, 1e-3, weight_decay, variant, n_perturbations=k, chunk_numel=40)
+    reference = ReferenceMeZO(
+        ref, lr, 1e-3, weight_decay, variant, n_perturbations=k, chunk_numel=chunk_numel
+    )
     for _ in range(3):
         opt.step(loss_fn(ours, x, y))
         reference.step(loss_fn(ref, x, y))
     moved = 0.0
-    start = weights(tiny_model(torch.float64))
+    start = [w.to(device) for w in weights(tiny_model(torch.float64))]
     for (name, p), q, s in zip(ours.named_parameters(), ref.parameters(), start, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
         moved = max(moved, float((p.detach() - s).abs().max()))

@@ -20,7 +20,7 @@ from mezo_ray.zo import MeZO, full_noise, mix_seed, noise, replay
 from mezo_ray.zo.noise import NoiseSlice, materialise, name_key, stochastic_round_
 from mezo_ray.zo.optimizer import PERTURBATION_ROUNDING_STREAM, ROUNDING_STREAM
 from tests.zo.reference import ReferenceMeZO
-from tests.zo.test_optimizer import data, loss_fn, tiny_model
+from tests.zo.test_optimizer import assert_steps_match_the_reference, data, loss_fn, tiny_model
 
 cuda_noise = pytest.importorskip("mezo_ray.zo.cuda_noise", reason="needs Triton")
 INTERPRETED = not torch.cuda.is_available()
@@ -91,23 +91,7 @@ def test_float64_parameters_take_the_chunked_path_in_float64(device):
     ("variant", "weight_decay", "k"), [("sgd", 0.1, 1), ("adam", 0.1, 1), ("sgd", 0.0, 2)]
 )
 def test_float64_steps_match_the_reference(device, variant, weight_decay, k):
-    ours, ref = tiny_model(torch.float64).to(device), tiny_model(torch.float64).to(device)
-    x, y = (t.to(device) for t in data(torch.float64))
-    lr = 1e-3 if variant == "adam" else 1e-2
-    opt = MeZO(
-        ours.named_parameters(),
-        lr=lr,
-        eps=1e-3,
-        weight_decay=weight_decay,
-        variant=variant,
-        n_perturbations=k,
-    )
-    reference = ReferenceMeZO(ref, lr, 1e-3, weight_decay, variant, n_perturbations=k)
-    for _ in range(3):
-        opt.step(loss_fn(ours, x, y))
-        reference.step(loss_fn(ref, x, y))
-    for p, q in zip(ours.parameters(), ref.parameters(), strict=True):
-        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
+    assert_steps_match_the_reference(variant, weight_decay, k, device)  # the chunked path, Triton's z
 
 
 @pytest.mark.parametrize("perturbation", ["in_place", "forward"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import math
 import os
 import socket
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Ray folds log lines that differ only in their numbers into one "[repeated Nx across cluster]",
+    # which hides one trial's progress lines behind another's (read when ray is imported; yours wins)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     args = build_parser().parse_args(argv)
     try:
         if args.list:
@@ -317,6 +321,8 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
     for note in experiment.notes:
         print(note)
     print(f"Experiment {path}: {experiment.num_trials} trials, up to {max_concurrent} at a time")
+    # every trial is a point to evaluate, not a sample of the placeholder space that Tune compares it to
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     results = tuner.fit()
     print_results(results, experiment, path)
     return 0 if not results.errors else 1

@@ -10,6 +10,7 @@ choice for tiny models).
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Any
 
@@ -58,6 +59,10 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
             callbacks=[TuneReportCallback()],
             checkpoint_config=retention(ray.train.CheckpointConfig),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_worker_failures),
+            # the terminal: the trial's own lines once each (Train's print patch would repeat them),
+            # not Train's INFO line per checkpoint
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     ).fit()
     if (result.metrics or {}).get(FAILURE_KEY):  # the workers stopped on purpose: fail the trial, once
@@ -87,6 +92,9 @@ def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None
     from mezo_ray.train.session import RaySession
     from mezo_ray.zo import NonFiniteLossError
 
+    # Train sets the worker's root logger to INFO, where it logs every report by a logger named after
+    # its file path (out of LoggingConfig's reach); the trial's own lines are printed, not logged
+    logging.getLogger().setLevel(logging.WARNING)
     try:
         run_trial(parse_trial_config(config), RaySession("train", resume_from))
     except NonFiniteLossError:

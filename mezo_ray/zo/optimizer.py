@@ -647,6 +647,8 @@ class MeZO(torch.optim.Optimizer):
         """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (float32,
         bfloat16, float16: it computes in float32 registers, so float64 ones take the exact chunked
         path) and Triton is there."""
+        if self._fused is not None:  # built for these parameters (reset by _slices when storage moves)
+            return self._fused
         slices = [s for s, _, _ in active]
         if self.layer_wise or not slices:  # the fused sweep is built for every parameter
             return None
@@ -656,8 +658,7 @@ class MeZO(torch.optim.Optimizer):
             s.local.dtype not in FUSED_DTYPES or s.local.device != device for s in slices
         ):
             return None
-        if self._fused is None:  # reset by _slices when the parameters' storage moves
-            self._fused = backend.FusedSweep(slices, [p in self._rounded for _, p, _ in active])
+        self._fused = backend.FusedSweep(slices, [p in self._rounded for _, p, _ in active])
         return self._fused
 
     def _factor(self, p: torch.Tensor) -> float:

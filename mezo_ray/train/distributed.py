@@ -7,6 +7,7 @@ to its weights (whole, or its FSDP shards: z is sharding-invariant, see ``mezo_r
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -29,6 +30,33 @@ def all_reduce_sums(values: Sequence[float], device: torch.device) -> list[float
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=where)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def noise_fingerprint(device: torch.device) -> int:
+    """A 48-bit hash of 4099 elements of z drawn on ``device`` (a float64 all-reduce carries it
+    exactly): equal on every worker that draws the z this one draws."""
+    from mezo_ray.zo.noise import full_noise
+
+    z = full_noise(torch.zeros(4099, device=device), "mezo_ray.fingerprint", seed=12345).cpu()
+    return int.from_bytes(hashlib.blake2b(z.numpy().tobytes(), digest_size=6).digest(), "little")
+
+
+def check_noise_agrees(device: torch.device) -> None:
+    """Raise at the start of a data-parallel or FSDP run whose workers would draw different z (another
+    mezo_ray, numba or Triton on some node): each worker would perturb with its own z while all apply
+    one projected gradient, so the estimate would be wrong and the replicas would drift apart."""
+    if not is_distributed():
+        return
+    mine = noise_fingerprint(device)
+    where = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([mine, -mine], dtype=torch.float64, device=where)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    high, low = int(t[0]), -int(t[1])
+    if high != low:
+        raise RuntimeError(
+            f"the workers draw different noise: fingerprints range from {low:#x} to {high:#x} (rank "
+            f"{dist.get_rank()}: {mine:#x}); install the same mezo_ray, numba and Triton on every node"
+        )
 
 
 def rank_shard(items: Sequence[T], rank: int, world: int) -> list[T]:

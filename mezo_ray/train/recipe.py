@@ -46,7 +46,13 @@ from mezo_ray.models.tiny import ensure_tiny_models
 from mezo_ray.tasks import Example, load_pool, load_splits
 from mezo_ray.train import checkpoint as ckpt
 from mezo_ray.train.config import TINY_MODELS, TrialConfig
-from mezo_ray.train.distributed import all_reduce_sums, is_distributed, rank_shard, shard_model
+from mezo_ray.train.distributed import (
+    all_reduce_sums,
+    check_noise_agrees,
+    is_distributed,
+    rank_shard,
+    shard_model,
+)
 from mezo_ray.train.memory_log import memory_log
 from mezo_ray.train.session import FAILURE_KEY, Session
 from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed, saved_setting
@@ -80,6 +86,7 @@ def _run_trial(cfg: TrialConfig, session: Session, tracked: list[ckpt.Progress])
     if resumed and FAILURE_KEY in resumed.progress.last_metrics:  # a retry after a non-finite stop (Tune
         # retries every error, a lost node's too): the same seeds would give the same losses; fail at once
         raise NonFiniteLossError(resumed.progress.last_metrics[FAILURE_KEY])
+    check_noise_agrees(device)  # before the model: a mismatched cluster fails at once
     loaded = load_model(_model_spec(cfg, device))
     if cfg.fsdp:
         shard_model(loaded, device)

@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
+from mezo_ray.zo import cpu_noise
 from mezo_ray.zo.noise import NoiseSlice, mix_seed
 
 BLOCK = 4096
@@ -32,6 +33,14 @@ BLOCK = 4096
 LAUNCH = {"num_warps": 8, "enable_fp_fusion": False}
 
 NEAREST, STOCHASTIC_BF16, STOCHASTIC_FP16 = 0, 1, 2  # how a sweep rounds on store (ROUND)
+
+# cpu_noise's float32 constants, as Triton globals (the two files compute the same operations)
+SQRT2 = tl.constexpr(float(cpu_noise._SQRT2))
+LN2_HI, LN2_LO = tl.constexpr(float(cpu_noise._LN2_HI)), tl.constexpr(float(cpu_noise._LN2_LO))
+ANGLE_STEP = tl.constexpr(float(cpu_noise._ANGLE_STEP))
+ATANH0, ATANH1, ATANH2, ATANH3, ATANH4 = (tl.constexpr(float(c)) for c in cpu_noise._ATANH)
+SIN0, SIN1, SIN2, SIN3 = (tl.constexpr(float(c)) for c in cpu_noise._SIN)
+COS0, COS1, COS2, COS3, COS4 = (tl.constexpr(float(c)) for c in cpu_noise._COS)
 
 
 @triton.jit
@@ -52,25 +61,59 @@ def _interleave4(a, b, c, d):
 
 
 @triton.jit
+def _box_muller(wa, wb):
+    """``cpu_noise.box_muller``, operation for operation (see it): the same two normals, bit for bit.
+    Division and square root rounded correctly (``div_rn``, ``sqrt_rn``; Triton's ``/`` and
+    ``sqrt`` are approximate on a GPU)."""
+    u = ((wa >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08  # 2^-24
+    bits = u.to(tl.int32, bitcast=True)
+    e = (bits >> 23) - 127
+    m = ((bits & 0x7FFFFF) | 0x3F800000).to(tl.float32, bitcast=True)
+    big = m > SQRT2
+    m = tl.where(big, m * 0.5, m)
+    e = tl.where(big, e + 1, e)
+    f = m - 1.0
+    s = tl.math.div_rn(f, f + 2.0)
+    s2 = s * s
+    p = s2 * (ATANH0 + s2 * (ATANH1 + s2 * (ATANH2 + s2 * (ATANH3 + s2 * ATANH4))))
+    fe = e.to(tl.float32)
+    ln_u = fe * LN2_HI + (fe * LN2_LO + (s + s * p) * 2.0)
+    radius = tl.sqrt_rn(ln_u * -2.0)
+    k = (wb >> 8).to(tl.int32)
+    q = (k + (1 << 21)) >> 22
+    x = (k - (q << 22)).to(tl.float32) * ANGLE_STEP
+    x2 = x * x
+    sin_x = x + x * (x2 * (SIN0 + x2 * (SIN1 + x2 * (SIN2 + x2 * SIN3))))
+    cos_x = 1.0 + x2 * (COS0 + x2 * (COS1 + x2 * (COS2 + x2 * (COS3 + x2 * COS4))))
+    q = q & 3
+    odd = (q & 1) == 1
+    cos_a = tl.where(odd, sin_x, cos_x)
+    sin_a = tl.where(odd, cos_x, sin_x)
+    cos_a = tl.where((q == 1) | (q == 2), -cos_a, cos_a)
+    sin_a = tl.where(q >= 2, -sin_a, sin_a)
+    return radius * cos_a, radius * sin_a
+
+
+@triton.jit
 def _normal_block(seed, first, BLOCK: tl.constexpr):
     """z[first : first + BLOCK]: counter j gives the four normals of elements 4j .. 4j+3 (two
     Box-Muller pairs), so one Philox call serves four elements."""
     r0, r1, r2, r3 = _philox_block(seed, first, BLOCK)
-    n0, n1 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r0), tl.uint_to_uniform_float(r1))
-    n2, n3 = tl.pair_uniform_to_normal(tl.uint_to_uniform_float(r2), tl.uint_to_uniform_float(r3))
+    n0, n1 = _box_muller(r0, r1)
+    n2, n3 = _box_muller(r2, r3)
     return _interleave4(n0, n1, n2, n3)
 
 
 @triton.jit
+def _to_uniform(word):
+    return (word >> 8).to(tl.int32).to(tl.float32) * 5.9604644775390625e-08  # (word >> 8) / 2^24
+
+
+@triton.jit
 def _uniform_block(seed, first, BLOCK: tl.constexpr):
-    """u[first : first + BLOCK] ~ U[0, 1): element 4j + m takes word m of counter j."""
+    """u[first : first + BLOCK] in [0, 1): element 4j + m takes word m of counter j."""
     r0, r1, r2, r3 = _philox_block(seed, first, BLOCK)
-    return _interleave4(
-        tl.uint_to_uniform_float(r0),
-        tl.uint_to_uniform_float(r1),
-        tl.uint_to_uniform_float(r2),
-        tl.uint_to_uniform_float(r3),
-    )
+    return _interleave4(_to_uniform(r0), _to_uniform(r1), _to_uniform(r2), _to_uniform(r3))
 
 
 @triton.jit
@@ -82,11 +125,26 @@ def _fill_kernel(out_ptr, seed, start, n, UNIFORM: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
-def _round(y, round_seed, first, ROUND: tl.constexpr, BLOCK: tl.constexpr):
-    """y (float32) on the stored dtype's grid: as is (the store rounds to nearest), or stochastically
-    to one of its two neighbours with the nearer one's probability its distance from the farther
+def _nearest(y, DTYPE: tl.constexpr):
+    """y (float32) on DTYPE's grid, to nearest even: bfloat16 in integer operations (torch's rule;
+    Triton's interpreter converts by truncation), float16 by conversion, float32 as it is."""
+    if DTYPE == tl.bfloat16:  # noqa: SIM300 (a constexpr compare Triton resolves)
+        bits = y.to(tl.int32, bitcast=True)
+        rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+        y = tl.where(y == y, rounded, y)  # NaN stays NaN
+    elif DTYPE == tl.float16:  # noqa: SIM300
+        y = y.to(tl.float16).to(tl.float32)
+    return y
+
+
+@triton.jit
+def _round(y, round_seed, first, DTYPE: tl.constexpr, ROUND: tl.constexpr, BLOCK: tl.constexpr):
+    """y (float32) on the stored dtype's grid: to nearest, or stochastically to one of its two
+    neighbours with the nearer one's probability its distance from the farther
     (``noise.stochastic_round_``'s arithmetic, its uniform draws from ``round_seed``)."""
-    if ROUND == 1:  # bfloat16 is float32's top 16 bits: add 16 random low bits, drop them
+    if ROUND == 0:
+        y = _nearest(y, DTYPE)
+    elif ROUND == 1:  # bfloat16 is float32's top 16 bits: add 16 random low bits, drop them
         u = _uniform_block(round_seed, first, BLOCK)
         bits = y.to(tl.int32, bitcast=True) + (u * 65536.0).to(tl.int32)
         y = (bits & -65536).to(tl.float32, bitcast=True)  # exact in bfloat16: the store does not round
@@ -113,15 +171,22 @@ def _axpbz_block(
     first,
     seed,
     round_seed,
+    r,
     a,
     b,
     DTYPE: tl.constexpr,
+    RESTORE: tl.constexpr,
     ROUND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
+    """dst <- a * x + b * z, x = src, or with RESTORE src + r * z rounded to nearest on DTYPE's grid;
+    each product and sum rounded to float32 (no contraction), the result rounded as ROUND says."""
     z = _normal_block(seed, first, BLOCK)
-    y = a * tl.load(src + local, mask=mask).to(tl.float32) + b * z
-    tl.store(dst + local, _round(y, round_seed, first, ROUND, BLOCK).to(DTYPE), mask=mask)
+    x = tl.load(src + local, mask=mask).to(tl.float32)
+    if RESTORE:
+        x = _nearest(x + r * z, DTYPE)
+    y = a * x + b * z
+    tl.store(dst + local, _round(y, round_seed, first, DTYPE, ROUND, BLOCK).to(DTYPE), mask=mask)
 
 
 @triton.jit
@@ -133,9 +198,11 @@ def _axpbz_kernel(
     offsets,
     seeds,
     round_seeds,
+    r_ptr,
     a_ptr,
     b_ptr,
     DTYPE: tl.constexpr,
+    RESTORE: tl.constexpr,
     ROUND: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
@@ -146,8 +213,8 @@ def _axpbz_kernel(
     mask = (local >= 0) & (local < tl.load(numels + i))
     ptr = tl.load(addrs + i).to(tl.pointer_type(DTYPE))
     seed, round_seed = tl.load(seeds + i), tl.load(round_seeds + i)
-    a, b = tl.load(a_ptr + i), tl.load(b_ptr + i)
-    _axpbz_block(ptr, ptr, local, mask, first, seed, round_seed, a, b, DTYPE, ROUND, BLOCK)
+    r, a, b = tl.load(r_ptr + i), tl.load(a_ptr + i), tl.load(b_ptr + i)
+    _axpbz_block(ptr, ptr, local, mask, first, seed, round_seed, r, a, b, DTYPE, RESTORE, ROUND, BLOCK)
 
 
 @triton.jit
@@ -157,7 +224,7 @@ def _axpbz_into_kernel(
     first = (offset // BLOCK + tl.program_id(0)) * BLOCK  # aligned in the whole parameter
     local = first + tl.arange(0, BLOCK).to(tl.int64) - offset
     mask = (local >= 0) & (local < n)
-    _axpbz_block(src, dst, local, mask, first, seed, round_seed, a, b, DTYPE, ROUND, BLOCK)
+    _axpbz_block(src, dst, local, mask, first, seed, round_seed, 0.0, a, b, DTYPE, False, ROUND, BLOCK)
 
 
 _TL_DTYPES = {
@@ -166,6 +233,7 @@ _TL_DTYPES = {
     torch.float16: tl.float16,
 }  # no float64: the kernel computes in float32
 _STOCHASTIC = {torch.bfloat16: STOCHASTIC_BF16, torch.float16: STOCHASTIC_FP16}
+FUSED_DTYPES = tuple(_TL_DTYPES)  # float64 parameters take the chunked path (it computes in float64)
 
 
 def _blocks(offset: int, n: int) -> int:
@@ -263,14 +331,23 @@ class FusedSweep:
             self._seed_cache[seed] = torch.tensor([mix_seed(seed, k) for k in self.keys], dtype=torch.int64)
         return self._seed_cache[seed]
 
-    def __call__(self, seed: int, a: list[float], b: list[float], round_seed: int | None = None) -> None:
+    def __call__(
+        self,
+        seed: int,
+        a: list[float],
+        b: list[float],
+        round_seed: int | None = None,
+        restore: list[float] | None = None,
+    ) -> None:
         all_seeds = self._seeds(seed)
         for members, dtype, stochastic, t, n_blocks in self.groups:
             device = t["addrs"].device
             seeds = all_seeds[members].to(device, non_blocking=True)
             rounding = _rounding(dtype, round_seed if stochastic else None)
             round_seeds = self._seeds(round_seed)[members].to(device) if rounding != NEAREST else seeds
-            coeffs = torch.tensor([[a[i] for i in members], [b[i] for i in members]], dtype=torch.float32)
+            r = restore or [0.0] * len(a)
+            coeffs = [[r[i] for i in members], [a[i] for i in members], [b[i] for i in members]]
+            coeffs = torch.tensor(coeffs, dtype=torch.float32)
             coeffs = coeffs.to(device, non_blocking=True)
             _axpbz_kernel[(n_blocks,)](
                 t["block_param"],
@@ -282,7 +359,9 @@ class FusedSweep:
                 round_seeds,
                 coeffs[0],
                 coeffs[1],
+                coeffs[2],
                 DTYPE=_TL_DTYPES[dtype],
+                RESTORE=restore is not None,
                 ROUND=rounding,
                 BLOCK=BLOCK,
                 **LAUNCH,

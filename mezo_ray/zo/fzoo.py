@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, mix_seed
 from mezo_ray.zo.noise import scratch as scratch_like
 from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
 
@@ -95,9 +95,9 @@ class FZOO(MeZO):
             step = scratch_like(theta, slot=1).zero_()
             for seed, coef in zip(record.seeds, record.projected_grads, strict=True):
                 step.add_(draw(s, c, seed).sign_(), alpha=coef)
-            work = self._working_copy(p, theta)
-            work.add_(step, alpha=-lr_of[id(group)])
-            self._round_into(theta, work, s, c, record.seeds[-1])
+            work = self._working_copy(theta)
+            add_scaled_(work, step, -lr_of[id(group)])
+            self._round_into(p, theta, work, s, c, record.seeds[-1])
 
         for_each_chunk([s for s, _, _ in active], self.chunk_numel, update_chunk)
 

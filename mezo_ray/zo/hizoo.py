@@ -82,7 +82,7 @@ class HiZOO(MeZO):
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
             step = scratch_like(s.local[c.p_lo : c.p_hi], slot=1)
             torch.rsqrt(self._hessian(param_of[id(s)], c), out=step)
-            s.local[c.p_lo : c.p_hi].addcmul_(draw(s, c, seed), step, value=scale)
+            s.local[c.p_lo : c.p_hi].add_(step.mul_(draw(s, c, seed)).mul_(scale))
 
         for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, perturb_chunk)
 
@@ -103,11 +103,11 @@ class HiZOO(MeZO):
             torch.mul(hessian, z, out=estimate).mul_(z).mul_(a * curvature)  # a k H z^2
             hessian.mul_(1 - a).add_(estimate)
             torch.rsqrt(hessian, out=estimate)
-            work = self._working_copy(p, theta)
+            work = self._working_copy(theta)
             if wd:
                 work.mul_(1 - lr * wd)
-            work.addcmul_(z, estimate, value=-lr * grad)
-            self._round_into(theta, work, s, c, seed)
+            work.add_(estimate.mul_(z).mul_(-lr * grad))
+            self._round_into(p, theta, work, s, c, seed)
 
         for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, update_chunk)
 

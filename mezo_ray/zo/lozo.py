@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from mezo_ray.zo.noise import Chunk, NoiseSlice, draw, for_each_chunk, mix_seed, name_key
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, mix_seed, name_key
 from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
 
 U_STREAM, V_STREAM = 0x1A0, 0x1A1
@@ -123,7 +123,7 @@ class LOZO(MeZO):
             s.local.view(u.shape[0], v.shape[0]).addmm_(u, v.T, alpha=scale)
 
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+            add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed), scale)
 
         for_each_chunk(vectors, self.chunk_numel, perturb_chunk)
 
@@ -149,7 +149,7 @@ class LOZO(MeZO):
                 weights.mul_(1 - lr * wd)
             if not beta:
                 weights.addmm_(u, v.T, alpha=-lr * grad)
-                self._round_whole(s, weights, seed)
+                self._round_whole(p, s, weights, seed)
                 continue
             state = self.state[p]
             if first:
@@ -161,21 +161,21 @@ class LOZO(MeZO):
             else:
                 state["lowrank_momentum"].mul_(keep).add_(u, alpha=add * grad)
             weights.addmm_(state["lowrank_momentum"], v.T, alpha=-lr)
-            self._round_whole(s, weights, seed)
+            self._round_whole(p, s, weights, seed)
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
             _, p, lr, wd = vectors[id(s)]
             theta, z = s.local[c.p_lo : c.p_hi], draw(s, c, seed)
-            work = self._working_copy(p, theta)
+            work = self._working_copy(theta)
             if wd:
                 work.mul_(1 - lr * wd)
             if not beta:
-                work.add_(z, alpha=-lr * grad)
+                add_scaled_(work, z, -lr * grad)
             else:
                 buffer = self.state[p]["momentum_buffer"].view(-1)[c.p_lo : c.p_hi]
-                buffer.mul_(keep).add_(z, alpha=add * grad)
-                work.add_(buffer, alpha=-lr)
-            self._round_into(theta, work, s, c, seed)
+                add_scaled_(buffer.mul_(keep), z, add * grad)
+                add_scaled_(work, buffer, -lr)
+            self._round_into(p, theta, work, s, c, seed)
 
         for s, p, _, _ in vectors.values():
             if beta and "momentum_buffer" not in self.state[p]:

@@ -1,20 +1,32 @@
-"""Seeded Gaussian noise that is regenerated, never stored.
+"""Seeded Gaussian noise that is regenerated, never stored: the same bits on every machine.
 
-z for a parameter is a pure function of (step seed, parameter name, element index). The flattened
-parameter is cut into fixed-size chunks; chunk ``c`` is drawn by a generator seeded with
-``mix(step_seed, name, c)``. A process that holds only rows a..b of a parameter (an FSDP shard)
-draws the chunks that overlap its rows and keeps its part, so its z is bit-identical to the same
-rows of the whole parameter. Scratch memory is one chunk per worker thread.
+z for a parameter is a pure function of (step seed, parameter name, element index), and so is the
+uniform u that stochastic rounding draws:
 
-On the CPU each chunk comes from torch's generator (mt19937) seeded with
-``mix(step_seed, name, chunk)``, so the stream depends on ``chunk_numel``. On CUDA (with Triton)
-z is counter-based, element by element (see ``cuda_noise.py``); on CUDA without Triton it comes from
-torch's CUDA generator, chunk by chunk. Runs are reproducible under the same backend (``backend_tag``)
-with the same chunk size.
+- key = ``mix_seed(seed, name_key(name))``, a 63-bit integer;
+- element i is word i % 4 of Philox4x32-10 with the key's low and high 32 bits as its key and the
+  counter (i // 4 low 32 bits, i // 4 high 32 bits, 0, 0) (Salmon et al. 2011; Triton's
+  ``tl.philox``);
+- u = (word >> 8) / 2^24, in [0, 1);
+- z: words 0, 1 of a counter give the normals of elements 4j, 4j+1, words 2, 3 those of 4j+2, 4j+3,
+  by ``cpu_noise.box_muller``: a Box-Muller transform whose ln, sin and cos are range reductions and
+  short series in float32, so that every step is an integer operation or one correctly rounded IEEE
+  +, -, *, / or square root, in a fixed order, never contracted into a fused multiply-add. No
+  library ``log`` or ``cos`` (their last bit differs between implementations), no torch generator
+  (its CPU kernels give other numbers on AVX2 than on AVX-512 or scalar code).
+
+So z is the same on any CPU instruction set, any thread count, on CPU and on GPU: the CPU draws it in
+Numba kernels (``cpu_noise.py``), CUDA in Triton kernels (``cuda_noise.py``), which compute the same
+operations; any other device draws on the CPU and copies. A seed log replays anywhere: one tag,
+``NOISE_TAG``, names the generator. z is drawn element by element, so an FSDP shard holding rows a..b
+draws exactly its part. The flattened parameter is still walked in chunks of ``chunk_numel``
+elements, the units of work of the sweeps' thread pool and of their scratch memory; z does not
+depend on them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Iterator
@@ -119,16 +131,10 @@ def chunks(s: NoiseSlice, chunk_numel: int) -> Iterator[Chunk]:
 
 
 class _Scratch(threading.local):
-    """Per-thread, per-device generator and chunk-sized buffers."""
+    """Per-thread, per-device chunk-sized buffers."""
 
     def __init__(self) -> None:
-        self.generators: dict[torch.device, torch.Generator] = {}
         self.buffers: dict[tuple[torch.device, int, torch.dtype], torch.Tensor] = {}
-
-    def generator(self, device: torch.device) -> torch.Generator:
-        if device not in self.generators:
-            self.generators[device] = torch.Generator(device=device)
-        return self.generators[device]
 
     def buffer(
         self, device: torch.device, slot: int, numel: int, dtype: torch.dtype = torch.float32
@@ -141,37 +147,43 @@ class _Scratch(threading.local):
 
 
 _scratch = _Scratch()
+_CPU = torch.device("cpu")
+
+
+def _fill(s: NoiseSlice, chunk: Chunk, seed: int, slot: int, uniform: bool) -> torch.Tensor:
+    """z (or u) for the held part of ``chunk``, float32, in this thread's scratch buffer ``slot``."""
+    device, n, start = s.local.device, chunk.z_hi - chunk.z_lo, chunk.start + chunk.z_lo
+    backend = sweep_backend(device)
+    here = device if backend is not None else _CPU  # another device: drawn on the CPU, then copied
+    backend = backend or sweep_backend(_CPU)
+    buf = _scratch.buffer(here, slot, n)
+    (backend.fill_uniform if uniform else backend.fill_normal)(buf, seed, s.key, start)
+    return buf if here == device else _scratch.buffer(device, slot, n).copy_(buf)
 
 
 def draw(s: NoiseSlice, chunk: Chunk, seed: int, slot: int = 0) -> torch.Tensor:
     """z for the held part of ``chunk`` (float32, in this thread's scratch buffer ``slot``)."""
-    device = s.local.device
-    backend = triton_backend(device)
-    if backend is not None:  # counter-based: draw exactly the held elements
-        buf = _scratch.buffer(device, slot, chunk.z_hi - chunk.z_lo)
-        backend.fill_normal(buf, seed, s.key, chunk.start + chunk.z_lo)
-        return buf
-    gen = _scratch.generator(device)
-    gen.manual_seed(mix_seed(seed, s.key, chunk.index))
-    buf = _scratch.buffer(device, slot, chunk.length)
-    torch.randn(chunk.length, generator=gen, out=buf)
-    return buf[chunk.z_lo : chunk.z_hi]
+    return _fill(s, chunk, seed, slot, uniform=False)
 
 
 def draw_uniform(s: NoiseSlice, chunk: Chunk, seed: int) -> torch.Tensor:
-    """u ~ U[0, 1) for the held part of ``chunk`` (float32), a pure function of (seed, name, element)
-    like z: Triton's Philox on CUDA, element by element (the draws of the fused sweeps), else torch's
-    generator per chunk (scratch buffer slot 7)."""
-    backend = triton_backend(s.local.device)
-    if backend is not None:
-        buf = _scratch.buffer(s.local.device, 7, chunk.z_hi - chunk.z_lo)
-        backend.fill_uniform(buf, seed, s.key, chunk.start + chunk.z_lo)
-        return buf
-    gen = _scratch.generator(s.local.device)
-    gen.manual_seed(mix_seed(seed, s.key, chunk.index))
-    buf = _scratch.buffer(s.local.device, 7, chunk.length)
-    torch.rand(chunk.length, generator=gen, out=buf)
-    return buf[chunk.z_lo : chunk.z_hi]
+    """u ~ U[0, 1) for the held part of ``chunk`` (float32, scratch buffer slot 7): the uniforms
+    stochastic rounding takes with ``seed``, a pure function of (seed, name, element) like z."""
+    return _fill(s, chunk, seed, 7, uniform=True)
+
+
+def add_scaled_(out: torch.Tensor, z: torch.Tensor, alpha: float) -> torch.Tensor:
+    """out += alpha * z as two correctly rounded operations: the product in float32 (float64 for a
+    float64 ``out``), in this thread's scratch slot 6, then the sum in out's dtype; the arithmetic of
+    the fused sweeps on every device. Not ``out.add_(z, alpha=alpha)``: torch's CPU kernels contract
+    that into a fused multiply-add on AVX2 and AVX-512 but not in scalar code, so its bits depend on
+    the CPU."""
+    product = scratch(out, 6)
+    if product.dtype == z.dtype:
+        torch.mul(z, alpha, out=product)
+    else:
+        product.copy_(z).mul_(alpha)
+    return out.add_(product)
 
 
 def stochastic_round_(out: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -191,38 +203,32 @@ def stochastic_round_(out: torch.Tensor, x: torch.Tensor, u: torch.Tensor) -> to
     return out.copy_(torch.where(take_other, other, near))
 
 
-_cuda_backend: Any = None
+_backends: dict[str, Any] = {}
 
 # Device types whose tensors the Triton kernels serve. The tests add "cpu" under Triton's interpreter
 # (TRITON_INTERPRET=1), which runs the CUDA path's kernels on CPU tensors.
 TRITON_DEVICE_TYPES = frozenset({"cuda"})
 
 
-def triton_backend(device: torch.device) -> Any:
-    """The Triton kernels (``cuda_noise``) for tensors on ``device``, or None: not a CUDA device, or
-    Triton missing (then torch's generator)."""
-    global _cuda_backend
-    if device.type not in TRITON_DEVICE_TYPES:
-        return None
-    if _cuda_backend is None:
-        try:
-            from mezo_ray.zo import cuda_noise
+def sweep_backend(device: torch.device) -> Any:
+    """The kernels that draw z and sweep tensors on ``device``: ``cuda_noise`` (Triton) for CUDA, or
+    for the CPU under Triton's interpreter; ``cpu_noise`` (Numba) for the CPU; None elsewhere (or
+    CUDA without Triton), where z is drawn on the CPU and copied."""
+    kind = "triton" if device.type in TRITON_DEVICE_TYPES else device.type
+    if kind not in _backends:
+        backend = None
+        if kind == "cpu":
+            from mezo_ray.zo import cpu_noise as backend
+        elif kind == "triton":
+            with contextlib.suppress(ImportError):  # no Triton: drawn on the CPU
+                from mezo_ray.zo import cuda_noise as backend
+        _backends[kind] = backend
+    return _backends[kind]
 
-            _cuda_backend = cuda_noise
-        except ImportError:
-            _cuda_backend = False
-    return _cuda_backend or None
 
-
-def backend_tag(device: torch.device) -> str:
-    """Which generator draws z on ``device``. z, and so a seed log, differs between them: a run
-    replays bit for bit only under the tag that recorded it."""
-    if triton_backend(device) is not None:
-        # counter-based, per element (cuda_noise.py); v2: rounding draws Philox too, no FMA contraction
-        return "cuda-triton-philox-v2"
-    if device.type == "cpu":
-        return "cpu-mt19937"  # torch's CPU generator, one stream per chunk: depends on chunk_numel
-    return f"{device.type}-torch"  # torch's generator on that device, one stream per chunk
+# The generator of z and u (module docstring), on every device; a seed log records it. Earlier ones:
+# "cpu-mt19937" (torch's CPU generator per chunk), "cuda-torch", "cuda-triton-philox"(-v2).
+NOISE_TAG = "philox4x32-10-bm32-v3"
 
 
 def scratch(like: torch.Tensor, slot: int, dtype: torch.dtype | None = None) -> torch.Tensor:

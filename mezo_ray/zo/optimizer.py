@@ -41,9 +41,10 @@ import torch
 from mezo_ray.zo.forward_perturbation import ForwardPerturbation
 from mezo_ray.zo.noise import (
     DEFAULT_CHUNK_NUMEL,
+    NOISE_TAG,
     Chunk,
     NoiseSlice,
-    backend_tag,
+    add_scaled_,
     chunks,
     draw,
     draw_uniform,
@@ -52,7 +53,7 @@ from mezo_ray.zo.noise import (
     mix_seed,
     noise_slice,
     stochastic_round_,
-    triton_backend,
+    sweep_backend,
 )
 from mezo_ray.zo.noise import scratch as scratch_like
 
@@ -73,8 +74,6 @@ ROUNDING_STREAM = 0x5200
 # perturb_in_forward: the uniform draws that round a perturbed copy, mix_seed(seed, this, sign of a).
 PERTURBATION_ROUNDING_STREAM = 0x5201
 LOW_PRECISION: frozenset[torch.dtype] = frozenset({torch.bfloat16, torch.float16})
-# Parameter dtypes the fused CUDA sweep handles (it computes in float32); others take the chunked path.
-FUSED_DTYPES: frozenset[torch.dtype] = frozenset({torch.float32, torch.bfloat16, torch.float16})
 
 Closure = Callable[[], Any] | Callable[[int], Any]
 
@@ -95,14 +94,14 @@ def _sgd(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float
     """theta <- theta (1 - lr wd) - lr g (the paper)."""
     if wd:
         theta.mul_(1 - lr * wd)
-    theta.add_(g, alpha=-lr)
+    theta.add_(g.mul_(-lr))
 
 
 def _sign(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings) -> None:
     """ZO-SGD-Sign: theta <- theta (1 - lr wd) - lr sign(g)."""
     if wd:
         theta.mul_(1 - lr * wd)
-    theta.add_(g.sign_(), alpha=-lr)
+    theta.add_(g.sign_().mul_(-lr))
 
 
 def _momentum(
@@ -110,9 +109,9 @@ def _momentum(
 ) -> None:
     """torch.optim.SGD: buf <- m buf + (g + wd theta); theta <- theta - lr buf."""
     if wd:
-        g.add_(theta, alpha=wd)
+        add_scaled_(g, theta, wd)
     state["momentum_buffer"].mul_(h.momentum).add_(g)
-    theta.add_(state["momentum_buffer"], alpha=-lr)
+    add_scaled_(theta, state["momentum_buffer"], -lr)
 
 
 def _adam(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: float, h: _RuleSettings) -> None:
@@ -120,12 +119,13 @@ def _adam(theta: torch.Tensor, g: torch.Tensor, state: dict, lr: float, wd: floa
     if wd:
         theta.mul_(1 - lr * wd)
     exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-    exp_avg.mul_(h.beta1).add_(g, alpha=1 - h.beta1)
-    exp_avg_sq.mul_(h.beta2).addcmul_(g, g, value=1 - h.beta2)
+    exp_avg.mul_(h.beta1)
+    add_scaled_(exp_avg, g, 1 - h.beta1)
+    exp_avg_sq.mul_(h.beta2).add_(g.square_().mul_(1 - h.beta2))
     denom = scratch_like(theta, slot=2)
     torch.sqrt(exp_avg_sq, out=denom)
     denom.div_(math.sqrt(h.bias2)).add_(h.adam_eps)
-    theta.addcdiv_(exp_avg, denom, value=-lr / h.bias1)
+    theta.add_(torch.div(exp_avg, denom, out=denom).mul_(-lr / h.bias1))
 
 
 @dataclass(frozen=True)
@@ -479,7 +479,7 @@ class MeZO(torch.optim.Optimizer):
             return
 
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=alpha[id(s)] if alpha else scale)
+            add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed), alpha[id(s)] if alpha else scale)
 
         for_each_chunk(slices, self.chunk_numel, perturb_chunk)
 
@@ -539,8 +539,8 @@ class MeZO(torch.optim.Optimizer):
         flat = out.view(-1)
         rounded = p in self._rounded
         rounding = mix_seed(seed, PERTURBATION_ROUNDING_STREAM, int(alpha > 0)) if rounded else None
-        backend = triton_backend(s.local.device) if s.local.dtype in FUSED_DTYPES else None
-        if backend is not None:  # one launch: z and the uniform draws in registers
+        backend = sweep_backend(s.local.device)
+        if backend is not None and s.local.dtype in backend.FUSED_DTYPES:  # z drawn where it is used
             backend.axpbz_into(s, flat, seed, 1.0, alpha, rounding)
             return True
 
@@ -548,10 +548,10 @@ class MeZO(torch.optim.Optimizer):
             theta, into = s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi]
             z = draw(s, c, seed)
             if rounding is not None:
-                work = scratch_like(theta, 5, torch.float32).copy_(theta).add_(z, alpha=alpha)
+                work = add_scaled_(scratch_like(theta, 5, torch.float32).copy_(theta), z, alpha)
                 stochastic_round_(into, work, draw_uniform(s, c, rounding))
             else:
-                torch.add(theta, z, alpha=alpha, out=into)  # theta.add_(z, alpha): the same bits
+                add_scaled_(into.copy_(theta), z, alpha)
 
         for_each_chunk([s], self.chunk_numel, copy_chunk)
         return True
@@ -576,20 +576,16 @@ class MeZO(torch.optim.Optimizer):
         self._set_offset(None)  # perturb_in_forward: the weights are at theta already
         fused = self._fused_sweep(active) if plain_sgd else None
         if fused is not None:
-            # theta <- (theta + eps z)(1 - lr wd) - lr g z in one float32 expression (in the forward:
-            # no eps z), stochastically rounded with the chunked sweeps' seed where they round so
-            decay = []
+            # theta <- (1 - lr wd) x - lr g z, x = theta + eps z rounded to theta's dtype (in the
+            # forward: x = theta), rounded as the chunked sweep rounds, from the same seed: its arithmetic
+            decay, coefs = [], []
             for s in slices:
                 p, group = params[id(s)]
-                decay.append(1 - lr_of[id(group)] * (group["weight_decay"] if self._decays[p] else 0.0))
-            lrs = [lr_of[id(params[id(s)][1])] for s in slices]
-            restore = self.eps if in_place else 0.0
-            coefs = [
-                restore / self._c.get(params[id(s)][0], 1.0) * d
-                - lr * grads[0] * self._factor(params[id(s)][0])
-                for s, d, lr in zip(slices, decay, lrs, strict=True)
-            ]
-            fused(seeds[0], decay, coefs, mix_seed(seeds[0], ROUNDING_STREAM))
+                lr = lr_of[id(group)]
+                decay.append(1 - lr * (group["weight_decay"] if self._decays[p] else 0.0))
+                coefs.append(-lr * grads[0] * self._factor(p))
+            restore = [self.eps / self._c.get(params[id(s)][0], 1.0) for s in slices] if in_place else None
+            fused(seeds[0], decay, coefs, mix_seed(seeds[0], ROUNDING_STREAM), restore)
             return
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
@@ -599,49 +595,55 @@ class MeZO(torch.optim.Optimizer):
             theta = s.local[c.p_lo : c.p_hi]
             z = draw(s, c, seeds[-1])
             if in_place:
-                theta.add_(z, alpha=self.eps / self._c.get(p, 1.0))  # restore
+                add_scaled_(theta, z, self.eps / self._c.get(p, 1.0))  # restore
             factor = self._factor(p)  # 1, or c under scale='param_norm'
-            work = self._working_copy(p, theta)
+            work = self._working_copy(theta)
             if plain_sgd:  # the paper's hot path: theta <- theta - lr (g z + wd theta)
                 if wd:
                     work.mul_(1 - lr * wd)
-                work.add_(z, alpha=-lr * grads[0] * factor)
+                add_scaled_(work, z, -lr * grads[0] * factor)
             else:
                 g_hat = scratch_like(theta, slot=1)  # mean_k(g_k z_k), one chunk of scratch
                 g_hat.copy_(z).mul_(grads[-1] / k_total * factor)
                 for k in range(k_total - 1):
-                    g_hat.add_(draw(s, c, seeds[k]), alpha=grads[k] / k_total * factor)
+                    add_scaled_(g_hat, draw(s, c, seeds[k]), grads[k] / k_total * factor)
                 state = {key: t.view(-1)[c.p_lo : c.p_hi] for key, t in self.state[p].items()}
                 rule.apply(work, g_hat, state, lr, wd, settings)
-            self._round_into(theta, work, s, c, seeds[-1])
+            self._round_into(p, theta, work, s, c, seeds[-1])
 
         rule = UPDATE_RULES[self.variant]
         settings = _RuleSettings(self.momentum, beta1, beta2, bias1, bias2, self.adam_eps)
         for_each_chunk(slices, self.chunk_numel, update_chunk)
 
-    def _working_copy(self, p: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Where an update is computed: ``theta`` itself, or for a stochastically rounded parameter a
-        float32 copy of it (scratch slot 5) that ``_round_into`` writes back."""
-        if p not in self._rounded:
+    def _working_copy(self, theta: torch.Tensor) -> torch.Tensor:
+        """Where an update is computed: ``theta`` itself (float32, float64), or for a bfloat16 /
+        float16 one a float32 copy of it (scratch slot 5) that ``_round_into`` writes back, rounded
+        once, as the fused sweeps compute."""
+        if theta.dtype not in LOW_PRECISION:
             return theta
         return scratch_like(theta, 5, torch.float32).copy_(theta)
 
     def _round_into(
-        self, theta: torch.Tensor, work: torch.Tensor, s: NoiseSlice, c: Chunk, seed: int
+        self, p: torch.Tensor, theta: torch.Tensor, work: torch.Tensor, s: NoiseSlice, c: Chunk, seed: int
     ) -> None:
-        """Store an update computed in ``work`` into ``theta``: stochastically rounded, its random bits
-        drawn from the step's seed and each element's index (replays and FSDP shards round alike)."""
-        if work is not theta:
+        """Store an update computed in ``work`` into ``theta``: stochastically rounded where ``p`` is,
+        its random bits drawn from the step's seed and each element's index (replays and FSDP shards
+        round alike), else to nearest."""
+        if work is theta:
+            return
+        if p in self._rounded:
             stochastic_round_(theta, work, draw_uniform(s, c, mix_seed(seed, ROUNDING_STREAM)))
+        else:
+            theta.copy_(work)
 
-    def _round_whole(self, s: NoiseSlice, work: torch.Tensor, seed: int) -> None:
+    def _round_whole(self, p: torch.Tensor, s: NoiseSlice, work: torch.Tensor, seed: int) -> None:
         """``_round_into`` for an update computed for all of ``s``'s elements at once (chunk by chunk,
         so the random bits are those of the chunked sweeps)."""
         if work.data_ptr() == s.local.data_ptr():
             return
         flat = work.view(-1)
         for c in chunks(s, self.chunk_numel):
-            self._round_into(s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi], s, c, seed)
+            self._round_into(p, s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi], s, c, seed)
 
     def _fused_sweep(self, active: list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]) -> Any:
         """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (float32,
@@ -653,9 +655,9 @@ class MeZO(torch.optim.Optimizer):
         if self.layer_wise or not slices:  # the fused sweep is built for every parameter
             return None
         device = slices[0].local.device  # one launch serves one device
-        backend = triton_backend(device)
+        backend = sweep_backend(device)
         if backend is None or any(
-            s.local.dtype not in FUSED_DTYPES or s.local.device != device for s in slices
+            s.local.dtype not in backend.FUSED_DTYPES or s.local.device != device for s in slices
         ):
             return None
         self._fused = backend.FusedSweep(slices, [p in self._rounded for _, p, _ in active])
@@ -704,7 +706,7 @@ class MeZO(torch.optim.Optimizer):
 
         def sweep(seed: int, scale: float) -> None:
             def add(s: NoiseSlice, c: Chunk) -> None:
-                s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed), alpha=scale)
+                add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed), scale)
 
             for_each_chunk(slices, self.chunk_numel, add)
 
@@ -811,9 +813,11 @@ class MeZO(torch.optim.Optimizer):
         def back_to_theta(s: NoiseSlice, c: Chunk) -> None:
             seen = s.local[c.p_lo : c.p_hi]
             z = draw(s, c, seed)
-            theta = scratch_like(seen, 3, seen.dtype).copy_(seen).add_(z, alpha=-at_of[id(s)])
+            theta = add_scaled_(scratch_like(seen, 3, seen.dtype).copy_(seen), z, -at_of[id(s)])
             if not out_of_memory:
-                again = scratch_like(seen, 4, seen.dtype).copy_(theta).add_(z, alpha=at_of[id(s)])  # resuming
+                again = add_scaled_(
+                    scratch_like(seen, 4, seen.dtype).copy_(theta), z, at_of[id(s)]
+                )  # resuming
                 try:
                     differ = torch.nonzero(again != seen).view(-1)
                     patches.append((index[id(s)], c.p_lo, differ.int(), seen[differ]))
@@ -846,7 +850,7 @@ class MeZO(torch.optim.Optimizer):
         at_of = {id(s): run.at / self._c.get(p, 1.0) for s, p, _ in active}
 
         def back_to_seen(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, run.seeds[-1]), alpha=at_of[id(s)])
+            add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, run.seeds[-1]), at_of[id(s)])
 
         for_each_chunk(slices, self.chunk_numel, back_to_seen)
         for i, lo, where, values in run.patches:
@@ -915,8 +919,8 @@ class MeZO(torch.optim.Optimizer):
             if saved == ours:
                 continue
             hint = (
-                "z differs between noise backends: resume or replay on the same kind of device, with "
-                "Triton present or absent as when it was saved (and a mezo_ray that draws as it did)"
+                "it was written by an older generator of z (a mezo_ray before the v3 generator, whose z "
+                "depended on the device and the CPU): replay or resume it with the mezo_ray that wrote it"
                 if key == "noise_backend"
                 else "build the optimizer with the saved value"
             )
@@ -927,8 +931,7 @@ class MeZO(torch.optim.Optimizer):
     @property
     def noise_backend(self) -> str:
         """The generator(s) that draw z for these parameters (``noise.backend_tag``), '+'-joined."""
-        tags = sorted({backend_tag(local_tensor(p).device) for g in self.param_groups for p in g["params"]})
-        return "+".join(tags) or "none"
+        return NOISE_TAG
 
     def _trajectory_settings(self) -> dict[str, Any]:
         """What, besides the counters and the groups' lr and weight decay, decides the trajectory."""

@@ -60,8 +60,8 @@ def test_a_module_sees_theta_plus_and_minus_eps_z_the_plus_side_as_the_in_place_
     model.fc1.register_forward_pre_hook(lambda module, args: seen.append(module.weight.detach().clone()))
     opt.step(loss_fn(model, x, y))
     z = full_noise(theta[0], "fc1.weight", mix_seed(5, 0, 0))
-    assert torch.equal(seen[0], theta[0].clone().add_(z, alpha=1e-3))  # the in-place sweep's arithmetic
-    assert torch.equal(seen[1], theta[0].clone().add_(z, alpha=-1e-3))  # theta - eps z, not via theta + eps z
+    assert torch.equal(seen[0], theta[0] + z * 1e-3)  # the in-place sweep's arithmetic
+    assert torch.equal(seen[1], theta[0] + z * -1e-3)  # theta - eps z, not via theta + eps z
     assert torch.equal(model.fc1.weight, theta[0])
 
 
@@ -180,7 +180,9 @@ def test_the_estimate_is_unbiased_in_every_dtype(dtype):
 
 def test_a_tied_weight_is_perturbed_alike_in_each_module_that_reads_it():
     """An embedding tied to the output layer (as OPT's and RoBERTa's are): both modules see the same
-    theta + eps z, so the forward-mode loss at theta + eps z is the in-place one bit for bit."""
+    theta + eps z and the same theta - eps z, each computed from theta, so the loss at theta + eps z is
+    the in-place sweep's bit for bit. (Not the loss at theta - eps z: in place gets there as
+    (theta + eps z) - 2 eps z, which rounds differently in some elements.)"""
 
     class Tied(nn.Module):
         def __init__(self):
@@ -193,15 +195,23 @@ def test_a_tied_weight_is_perturbed_alike_in_each_module_that_reads_it():
             return nn.functional.cross_entropy(self.out(torch.tanh(self.emb(ids))), ids)
 
     ids = torch.arange(11)
-    losses = {}
+    losses, seen = {}, []
     for mode in ("forward", "in_place"):
         model = Tied()
+        theta = model.emb.weight.detach().clone()
         opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-2, seed=2)
         if mode == "forward":
             opt.perturb_in_forward(model)
-        opt.step(lambda model=model: model(ids))
-        losses[mode] = opt.trajectory[-1].projected_grads
-    assert losses["forward"] == losses["in_place"]
+        for module in (model.emb, model.out):  # after perturb_in_forward's hooks: what each runs on
+            module.register_forward_pre_hook(lambda m, args: seen.append(m.weight.detach().clone()))
+        losses[mode] = []
+        opt.step(lambda model=model, mode=mode: losses[mode].append(float(model(ids))) or losses[mode][-1])
+        if mode == "forward":
+            z = full_noise(theta, "emb.weight", mix_seed(2, 0, 0))
+            assert [torch.equal(w, theta + z * 1e-2) for w in seen[:2]] == [True, True]
+            assert [torch.equal(w, theta + z * -1e-2) for w in seen[2:]] == [True, True]
+            assert torch.equal(model.emb.weight, theta)
+    assert losses["forward"][0] == losses["in_place"][0]
 
 
 def test_a_parameter_read_outside_the_forward_of_its_module_is_refused_by_name():

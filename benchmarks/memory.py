@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 import torch
+from machine import describe, header
 from zo_step import ARCHITECTURES, DTYPES, build_model, make_batch
 
 from mezo_ray.report.paper_numbers import PAPER_MEMORY
@@ -155,8 +156,10 @@ def main() -> None:
         return
     results = run(args)
     if args.json:
+        results = {"machine": describe(), **results}
         print(json.dumps(results))
         return
+    print(header())
     import dataclasses
 
     import pandas as pd

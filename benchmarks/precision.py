@@ -38,6 +38,7 @@ import time
 from typing import Any
 
 import torch
+from machine import describe, header
 from zo_step import build_model, make_batch
 
 from mezo_ray.zo import MeZO
@@ -227,8 +228,10 @@ def main() -> None:
         with contextlib.redirect_stdout(sys.stderr):
             results["learning"] = learning(args.task_lrs, args.task_steps)
     if args.json:
+        results = {"machine": describe(), **results}
         print(json.dumps(results))
         return
+    print(header())
     u = results["updates"]
     print(
         f"{args.model_config}, random weights; projected gradient {u['projected_grad']:.3g}, lr {PAPER_LR:g}"

@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import describe, header
+
 TASK = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64, "batch_size": 16}
 WITHIN = 0.01  # 1 point of accuracy
 
@@ -299,8 +301,10 @@ def main() -> None:
     with contextlib.redirect_stdout(sys.stderr):  # the trials' logs; the figures go to stdout
         results = run(args)
     if args.json:
+        results = {"machine": describe(), **results}
         print(json.dumps(results, default=str))
         return
+    print(header())
     grid = results["grid_median"]
     print(
         f"grid: {len(grid_points(args))} points x {args.steps} steps, {grid['forward_passes']:,.0f} forward "

@@ -31,6 +31,8 @@ import tempfile
 import time
 from typing import Any
 
+from machine import describe, header
+
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.recipe import run_trial
 from mezo_ray.train.session import LocalSession
@@ -177,8 +179,10 @@ def main() -> None:
     args = parser.parse_args()
     results = run(args)
     if args.json:
+        results = {"machine": describe(), **results}
         print(json.dumps(results, default=str))
         return
+    print(header())
     for task_name, rows in results.items():
         targets = ", ".join(f"{t:.3f}" for t in rows["MeZO"]["targets"])
         print(f"\n{task_name}: budget {args.budget} forward passes, median over {args.seeds} seeds")

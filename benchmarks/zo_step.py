@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 import torch
+from machine import describe, header
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from mezo_ray.zo import DEFAULT_CHUNK_NUMEL, MeZO
@@ -207,6 +208,8 @@ def workloads(
         "mezo": lambda: mezo.step(loss),
         "reference": lambda: reference_step(model, loss, 1e-7, 1e-3),
         "sweep": lambda: mezo.perturb(0, 0.0),  # one pass over the weights: draw z, add it
+        # the bandwidth floor of a sweep: read and write every weight once, nothing drawn
+        "bandwidth_pass": torch.no_grad()(lambda: torch._foreach_mul_(list(model.parameters()), 1.0)),
         "ft_adam": ft_adam,
     }
 
@@ -268,10 +271,19 @@ def main() -> None:
     if args.child:
         run_child(args)
         return
+    if args.device == "cpu" and args.dtype == "bfloat16" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        print(
+            "note: this CPU has no native bfloat16 (no AVX-512 BF16 / AMX): torch emulates bfloat16 matmuls "
+            "at several times float32's cost, so the forwards dominate and the default size takes tens of "
+            "minutes. Measure a smaller batch (--batch 4 --seq 64), or the sweeps alone with "
+            "benchmarks/precision.py --skip-learning.",
+            file=sys.stderr,
+        )
 
     model, work = workloads(args, forward=True)
     numel = sum(p.numel() for p in model.parameters())
-    t = timed(work, ["two_forwards", "mezo", "mezo_forward", "reference", "sweep"], args.device, args.repeats)
+    names = ["two_forwards", "mezo", "mezo_forward", "reference", "sweep", "bandwidth_pass"]
+    t = timed(work, names, args.device, args.repeats)
     t_two, t_mezo, t_ref, t_sweep = t["two_forwards"], t["mezo"], t["reference"], t["sweep"]
     del model, work
     result = {
@@ -280,13 +292,15 @@ def main() -> None:
         "batch": args.batch,
         "seq": args.seq,
         "device": args.device,
+        **describe(),
         "dtype": args.dtype,
-        "threads": torch.get_num_threads(),
         "two_forwards_s": round(t_two, 4),
         "mezo_step_s": round(t_mezo, 4),
         "mezo_forward_step_s": round(t["mezo_forward"], 4),
         "reference_step_s": round(t_ref, 4),
         "one_sweep_s": round(t_sweep, 4),
+        "bandwidth_pass_s": round(t["bandwidth_pass"], 4),
+        "sweep_over_bandwidth": round(t_sweep / t["bandwidth_pass"], 2),
         "step_over_two_forwards": round(t_mezo / t_two, 3),
         "speedup_vs_reference": round(t_ref / t_mezo, 3),
         "forward_over_in_place": round(t["mezo_forward"] / t_mezo, 3),
@@ -300,6 +314,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
+    print(header())
     width = max(map(len, result))
     for key, value in result.items():
         print(f"{key:<{width}}  {value}")

@@ -14,9 +14,13 @@ The kernels release the GIL, so ``noise.for_each_chunk``'s threads run them in p
 
 from __future__ import annotations
 
+import ctypes
+
 import numba
 import numpy as np
 import torch
+from numba import types
+from numba.extending import overload
 
 from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, Chunk, NoiseSlice, for_each_chunk, mix_seed
 
@@ -87,18 +91,20 @@ def box_muller(wa, wb):  # type: ignore[no-untyped-def]
     fe = _F(e)
     ln_u = fe * _LN2_HI + (fe * _LN2_LO + (s + s * p) * _F(2.0))
     radius = np.sqrt(ln_u * _F(-2.0))
-    k = np.int32(wb >> np.uint32(8))
-    q = (k + np.int32(1 << 21)) >> np.int32(22)  # the nearest quarter turn ...
-    x = _F(k - (q << np.int32(22))) * _ANGLE_STEP  # ... and the rest, |x| <= pi / 4
+    # the angle's quarter turns in float32, where every value is an integer below 2^24 and so exact
+    # (the same numbers as integer arithmetic, which Numba would widen to int64 lanes)
+    k = _F(np.int32(wb >> np.uint32(8)))
+    q = np.floor((k + _F(2.0**21)) * _F(2.0**-22))  # the nearest quarter turn ...
+    x = (k - q * _F(2.0**22)) * _ANGLE_STEP  # ... and the rest, |x| <= pi / 4
     x2 = x * x
     sin_x = x + x * (x2 * (_SIN[0] + x2 * (_SIN[1] + x2 * (_SIN[2] + x2 * _SIN[3]))))
     cos_x = _F(1.0) + x2 * (_COS[0] + x2 * (_COS[1] + x2 * (_COS[2] + x2 * (_COS[3] + x2 * _COS[4]))))
-    q = q & np.int32(3)  # (cos, sin) of q pi/2 + x: turn (cos x, sin x) by q quarter turns
-    odd = (q & np.int32(1)) == np.int32(1)
+    q = q - _F(4.0) * np.floor(q * _F(0.25))  # q mod 4: turn (cos x, sin x) by q quarter turns
+    odd = (q == _F(1.0)) | (q == _F(3.0))
     cos_a = sin_x if odd else cos_x
     sin_a = cos_x if odd else sin_x
-    cos_a = -cos_a if (q == np.int32(1)) | (q == np.int32(2)) else cos_a
-    sin_a = -sin_a if q >= np.int32(2) else sin_a
+    cos_a = -cos_a if (q == _F(1.0)) | (q == _F(2.0)) else cos_a
+    sin_a = -sin_a if q >= _F(2.0) else sin_a
     return radius * cos_a, radius * sin_a
 
 
@@ -139,46 +145,50 @@ def _block_span(start, n, j_first, b):  # type: ignore[no-untyped-def]
 
 
 @_kernel
-def normals_into(out, seed, start):  # type: ignore[no-untyped-def]
-    """out[i] = z[start + i] for the stream keyed ``seed`` (out: float32)."""
+def _uniforms(words, count, out):  # type: ignore[no-untyped-def]
+    """out[4t + m] = (word m of counter t >> 8) / 2^24, in [0, 1)."""
+    for t in range(count):
+        for m in range(4):
+            out[4 * t + m] = _F(np.int32(words[m, t] >> np.uint32(8))) * _TWO_POW_M24
+
+
+@_kernel
+def _draw_into(out, seed, start, uniform):  # type: ignore[no-untyped-def]
     n = out.shape[0]
     if n == 0:
         return
     words = np.empty((4, BLOCK), np.uint32)
-    z = np.empty(4 * BLOCK, np.float32)
+    drawn = np.empty(4 * BLOCK, np.float32)
     j_first, n_blocks = _blocks(start, n)
     for b in range(n_blocks):
         j0, count, lo, hi, off = _block_span(start, n, j_first, b)
         _philox(seed, j0, count, words)
-        _normals(words, count, z)
-        out[lo:hi] = z[off : off + hi - lo]
+        if uniform:
+            _uniforms(words, count, drawn)
+        else:
+            _normals(words, count, drawn)
+        out[lo:hi] = drawn[off : off + hi - lo]
+
+
+@_kernel
+def normals_into(out, seed, start):  # type: ignore[no-untyped-def]
+    """out[i] = z[start + i] for the stream keyed ``seed`` (out: float32)."""
+    _draw_into(out, seed, start, False)
 
 
 @_kernel
 def uniforms_into(out, seed, start):  # type: ignore[no-untyped-def]
     """out[i] = u[start + i] = (word >> 8) / 2^24 in [0, 1) for the stream keyed ``seed``."""
-    n = out.shape[0]
-    if n == 0:
-        return
-    words = np.empty((4, BLOCK), np.uint32)
-    bits = np.empty(4 * BLOCK, np.uint32)
-    j_first, n_blocks = _blocks(start, n)
-    for b in range(n_blocks):
-        j0, count, lo, hi, off = _block_span(start, n, j_first, b)
-        _philox(seed, j0, count, words)
-        _uniform_bits(words, count, bits)
-        for i in range(hi - lo):
-            out[lo + i] = _F(np.int32(bits[off + i] >> np.uint32(8))) * _TWO_POW_M24
+    _draw_into(out, seed, start, True)
 
 
 @_inline
 def _bf16_nearest(x):  # type: ignore[no-untyped-def]
     """float32 -> bfloat16 bits, to nearest even (torch's rule; NaN -> 0x7FC0)."""
     bits = np.float32(x).view(np.uint32)
-    if (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
-        return np.uint16(0x7FC0)
+    nan = (bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
     bias = ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)
-    return np.uint16((bits + bias) >> np.uint32(16))
+    return np.uint16(0x7FC0) if nan else np.uint16((bits + bias) >> np.uint32(16))  # a select, no branch
 
 
 @_inline
@@ -194,42 +204,51 @@ def _bf16_value(bits):  # type: ignore[no-untyped-def]
     return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
 
+def _widen(x):  # type: ignore[no-untyped-def]
+    """An element as float32: itself, or bfloat16 bits widened (exact)."""
+
+
+def _on_grid(y, x):  # type: ignore[no-untyped-def]
+    """y (float32) rounded to nearest on the grid of x's dtype, as float32."""
+
+
+def _store(y, x, word, stochastic):  # type: ignore[no-untyped-def]
+    """y (float32) as an element of x's dtype: as is, or bfloat16 bits to nearest or stochastically."""
+
+
+@overload(_widen, jit_options=_JIT)
+def _widen_typed(x):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float):
+        return lambda x: x
+    return lambda x: _bf16_value(x)
+
+
+@overload(_on_grid, jit_options=_JIT)
+def _on_grid_typed(y, x):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float):
+        return lambda y, x: y
+    return lambda y, x: _bf16_value(_bf16_nearest(y))
+
+
+@overload(_store, jit_options=_JIT)
+def _store_typed(y, x, word, stochastic):  # type: ignore[no-untyped-def]
+    if isinstance(x, types.Float):
+        return lambda y, x, word, stochastic: y
+    return lambda y, x, word, stochastic: _bf16_stochastic(y, word) if stochastic else _bf16_nearest(y)
+
+
 @_kernel
-def sweep_float32(src, dst, seed, start, r, a, b):  # type: ignore[no-untyped-def]
-    """dst <- a * (src + r * z) + b * z, each product and sum rounded to float32 on its own (r = 0:
-    a * src + b * z, the restore skipped). dst may be src."""
+def sweep(src, dst, seed, start, r, a, b, round_seed, stochastic):  # type: ignore[no-untyped-def]
+    """dst <- a * x + b * z, x = src or (r != 0) src + r * z rounded to src's dtype to nearest; in
+    float32, each product and sum rounded on its own; the result stored in src's dtype (float32, or
+    bfloat16 as uint16 bits: to nearest or, if ``stochastic``, with the uniforms of the stream keyed
+    ``round_seed``). dst may be src."""
     n = src.shape[0]
     if n == 0:
         return
     words = np.empty((4, BLOCK), np.uint32)
     z = np.empty(4 * BLOCK, np.float32)
-    j_first, n_blocks = _blocks(start, n)
-    restore = r != 0
-    for blk in range(n_blocks):
-        j0, count, lo, hi, off = _block_span(start, n, j_first, blk)
-        _philox(seed, j0, count, words)
-        _normals(words, count, z)
-        if restore:
-            for i in range(hi - lo):
-                zi = z[off + i]
-                dst[lo + i] = a * (src[lo + i] + r * zi) + b * zi
-        else:
-            for i in range(hi - lo):
-                zi = z[off + i]
-                dst[lo + i] = a * src[lo + i] + b * zi
-
-
-@_kernel
-def sweep_bfloat16(src, dst, seed, start, r, a, b, round_seed, stochastic):  # type: ignore[no-untyped-def]
-    """``sweep_float32`` on bfloat16 bits (uint16 arrays): computed in float32, the restore
-    src + r * z rounded to bfloat16 to nearest, the result to nearest or, if ``stochastic``, with the
-    uniforms of the stream keyed ``round_seed``."""
-    n = src.shape[0]
-    if n == 0:
-        return
-    words = np.empty((4, BLOCK), np.uint32)
-    z = np.empty(4 * BLOCK, np.float32)
-    ubits = np.empty(4 * BLOCK, np.uint32)
+    ubits = np.zeros(4 * BLOCK, np.uint32)
     j_first, n_blocks = _blocks(start, n)
     restore = r != 0
     for blk in range(n_blocks):
@@ -241,33 +260,40 @@ def sweep_bfloat16(src, dst, seed, start, r, a, b, round_seed, stochastic):  # t
             _uniform_bits(words, count, ubits)
         for i in range(hi - lo):
             zi = z[off + i]
-            x = _bf16_value(src[lo + i])
+            x = _widen(src[lo + i])
             if restore:
-                x = _bf16_value(_bf16_nearest(x + r * zi))
-            y = a * x + b * zi
-            dst[lo + i] = _bf16_stochastic(y, ubits[off + i]) if stochastic else _bf16_nearest(y)
-
+                x = _on_grid(x + r * zi, src[lo + i])
+            dst[lo + i] = _store(a * x + b * zi, src[lo + i], ubits[off + i], stochastic)
 
 # ---------------------------------------------------------------------------------------------------
 # The torch side: the interface ``cuda_noise`` offers, on CPU tensors.
 FUSED_DTYPES = (torch.float32, torch.bfloat16)  # float16 / float64 parameters take the chunked path
+# A forward copy is one module's parameter, drawn while the forward waits: in pieces small enough
+# that both threads share a 768 x 768 matrix (z does not depend on how the elements are split)
+COPY_PIECE = 1 << 16
+
+
+_CTYPES = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double, torch.bfloat16: ctypes.c_uint16}
 
 
 def _array(t: torch.Tensor) -> np.ndarray:
-    """A numpy view of a flat CPU tensor: float32, or bfloat16 as its uint16 bits."""
-    if t.dtype == torch.bfloat16:
-        return t.view(torch.int16).numpy().view(np.uint16)
-    return t.numpy()
+    """A numpy view of a flat contiguous CPU tensor's memory: float32, float64, or bfloat16 as its
+    uint16 bits.
+    From the address, not ``Tensor.numpy()``, which marks the storage as shared and so not resizable
+    (FSDP2 frees a gathered parameter by resizing its storage to 0). Keep ``t`` alive while in use."""
+    if t.numel() == 0:
+        return np.ctypeslib.as_array((_CTYPES[t.dtype] * 1)())[:0]
+    return np.ctypeslib.as_array((_CTYPES[t.dtype] * t.numel()).from_address(t.data_ptr()))
 
 
 def fill_normal(out: torch.Tensor, seed: int, key: int, start: int) -> None:
     """out[j] = z[start + j] of the parameter with name key ``key`` (out: contiguous float32)."""
-    normals_into(out.numpy(), mix_seed(seed, key), start)
+    normals_into(_array(out), mix_seed(seed, key), start)
 
 
 def fill_uniform(out: torch.Tensor, seed: int, key: int, start: int) -> None:
     """out[j] = u[start + j] in [0, 1), the uniform draws stochastic rounding takes with ``seed``."""
-    uniforms_into(out.numpy(), mix_seed(seed, key), start)
+    uniforms_into(_array(out), mix_seed(seed, key), start)
 
 
 def _sweep(
@@ -280,13 +306,10 @@ def _sweep(
     b: float,
     round_seed: int | None,
 ) -> None:
-    """dst <- a * x + b * z (``sweep_float32``, ``sweep_bfloat16``), float32 coefficients."""
-    r32, a32, b32 = np.float32(r), np.float32(a), np.float32(b)
-    if src.dtype == np.float32:
-        sweep_float32(src, dst, seed, start, r32, a32, b32)
-    else:
-        stochastic = round_seed is not None
-        sweep_bfloat16(src, dst, seed, start, r32, a32, b32, round_seed if stochastic else 0, stochastic)
+    """dst <- a * x + b * z (``sweep``), the coefficients as float32."""
+    stochastic = round_seed is not None and src.dtype == np.uint16
+    f = np.float32
+    sweep(src, dst, seed, start, f(r), f(a), f(b), round_seed if stochastic else 0, stochastic)
 
 
 def axpbz_into(
@@ -302,7 +325,7 @@ def axpbz_into(
         lo, hi = c.p_lo, c.p_hi
         _sweep(src[lo:hi], dst[lo:hi], seeded, c.start + c.z_lo, 0.0, a, b, rounded)
 
-    for_each_chunk([s], DEFAULT_CHUNK_NUMEL, run)
+    for_each_chunk([s], COPY_PIECE, run)
 
 
 class FusedSweep:
@@ -340,3 +363,23 @@ class FusedSweep:
             _sweep(part, part, seeds[i], c.start + c.z_lo, r, a[i], b[i], round_seeds[i])
 
         for_each_chunk(self.slices, DEFAULT_CHUNK_NUMEL, run)
+
+
+@_kernel
+def _sum_of_products(a, b):  # type: ignore[no-untyped-def]
+    """sum_i a[i] * b[i] in float64, in a fixed order: eight running sums over i % 8, then added in
+    order (without fastmath LLVM keeps this order on every CPU)."""
+    acc = np.zeros(8, np.float64)
+    n = a.shape[0]
+    for i in range(n):
+        acc[i & 7] += np.float64(a[i]) * np.float64(b[i])
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+
+
+def sum_of_products(a: torch.Tensor, b: torch.Tensor) -> float:
+    """sum(a * b) over two flat CPU tensors of one shape, in float64 and a fixed order: the same bits
+    on every CPU, where ``torch.sum``'s order follows the vector width (AVX-512 against AVX2).
+    bfloat16 / float16 are widened to float32 first (exact)."""
+    a, b = (t.detach().float() if t.dtype in (torch.bfloat16, torch.float16) else t.detach() for t in (a, b))
+    a, b = a.contiguous().view(-1), b.contiguous().view(-1)
+    return float(_sum_of_products(_array(a), _array(b)))

@@ -1,21 +1,22 @@
 """CUDA noise and sweeps in Triton: z is drawn inside the kernel that uses it.
 
-On CUDA, z for element i of a parameter is a pure function of (seed, name, i): Philox with key
-mix_seed(seed, name) and counter i // 4 gives four uniforms, two Box-Muller pairs give four normals,
-and element i takes number i % 4. Shards draw exactly their part, with no chunking.
-One launch per sweep (per dtype) applies ``theta_p <- a_p * theta_p + b_p * z_p`` to every
-parameter: +eps z, -2 eps z, and the restore fused with the SGD update; ``axpbz_into`` writes
-``a * theta + b * z`` of one parameter into another tensor (the copies of ``perturb_in_forward``).
-The arithmetic is done in float32 registers with one rounding on store, and z never reaches memory.
-That rounding is to nearest, or stochastic for the updates and forward copies of bfloat16 / float16
-weights: the uniform draws are Philox too, keyed by (rounding seed, name), so the same function of
-(seed, name, element) as z. So the sweep takes float32, bfloat16 and float16 parameters only:
-float64 ones would lose precision (the optimizer gives them the chunked path, whose sweeps compute
-in float64).
+z and u are ``noise.py``'s generator, element by element: Philox4x32-10 keyed by mix_seed(seed, name),
+counter i // 4, and ``_box_muller``, the operations of ``cpu_noise.box_muller`` in the same order, so
+a GPU draws the CPU's bits (division and square root correctly rounded: ``div_rn``, ``sqrt_rn``).
+Shards draw exactly their part, with no chunking. One launch per sweep (per dtype) applies
+``theta_p <- a_p * x_p + b_p * z_p`` to every parameter, x_p = theta_p or, restoring, theta_p +
+r_p z_p rounded to nearest in the parameter's dtype: +eps z, -2 eps z, and the restore followed by
+the SGD update; ``axpbz_into`` writes ``a * theta + b * z`` of one parameter into another tensor
+(the copies of ``perturb_in_forward``). The arithmetic is done in float32 registers, each product
+and sum rounded on its own (launched without FMA contraction), z never reaches memory, and the result
+is rounded to nearest (bfloat16 in integer operations, torch's rule) or stochastically for the updates
+and forward copies of bfloat16 / float16 weights, from uniform draws keyed by (rounding seed, name):
+``cpu_noise``'s kernels compute the same. So the sweep takes float32, bfloat16 and float16
+parameters only: float64 ones would lose precision (the optimizer gives them the chunked path, whose
+sweeps compute in float64).
 
 Without a GPU the kernels run on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``),
-which is how the test suite checks them; the interpreter converts float32 to bfloat16 by
-truncation, not to nearest, so only the stochastic and float16 / float32 stores match a GPU's bits.
+which is how the test suite checks them against the CPU kernels, bit for bit.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def _interleave4(a, b, c, d):
 
 @triton.jit
 def _box_muller(wa, wb):
-    """``cpu_noise.box_muller``, operation for operation (see it): the same two normals, bit for bit.
+    """``cpu_noise.box_muller``'s float operations in its order (see it): the same two normals, bit
+    for bit (the quarter turns here in integers, there in float32, where they are exact integers).
     Division and square root rounded correctly (``div_rn``, ``sqrt_rn``; Triton's ``/`` and
     ``sqrt`` are approximate on a GPU)."""
     u = ((wa >> 8).to(tl.int32) + 1).to(tl.float32) * 5.9604644775390625e-08  # 2^-24

@@ -78,7 +78,7 @@ class FZOO(MeZO):
         """theta += scale * u(seed), u = sign(z(seed)): one sweep."""
 
         def probe_chunk(s: NoiseSlice, c: Chunk) -> None:
-            s.local[c.p_lo : c.p_hi].add_(draw(s, c, seed).sign_(), alpha=scale)
+            add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed).sign_(), scale)
 
         for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, probe_chunk)
 
@@ -94,7 +94,7 @@ class FZOO(MeZO):
             theta = s.local[c.p_lo : c.p_hi]
             step = scratch_like(theta, slot=1).zero_()
             for seed, coef in zip(record.seeds, record.projected_grads, strict=True):
-                step.add_(draw(s, c, seed).sign_(), alpha=coef)
+                add_scaled_(step, draw(s, c, seed).sign_(), coef)
             work = self._working_copy(theta)
             add_scaled_(work, step, -lr_of[id(group)])
             self._round_into(p, theta, work, s, c, record.seeds[-1])

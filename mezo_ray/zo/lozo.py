@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, mix_seed, name_key
+from mezo_ray.zo.cpu_noise import sum_of_products
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, full_noise, mix_seed
 from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
 
 U_STREAM, V_STREAM = 0x1A0, 0x1A1
@@ -34,9 +35,41 @@ U_STREAM, V_STREAM = 0x1A0, 0x1A1
 
 def lowrank_factor(name: str, rows: int, rank: int, seed: int, stream: int) -> torch.Tensor:
     """One Gaussian factor (rows x rank, float32, CPU) for parameter ``name``: U (stream U_STREAM,
-    the step's seed) or V (V_STREAM, the seed of its interval)."""
-    gen = torch.Generator().manual_seed(mix_seed(seed, stream, name_key(name)))
-    return torch.randn(rows, rank, generator=gen)
+    the step's seed) or V (V_STREAM, the seed of its interval); drawn by the noise generator, so the
+    same bits on every machine."""
+    return full_noise(torch.empty(rows, rank), name, mix_seed(seed, stream))
+
+
+def add_lowrank_(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: float) -> None:
+    """w += scale * u v^T (w: m x n, u: m x r, v: n x r) in a fixed order of operations, block of rows
+    by block: the outer products u_k v_k^T added up over k in order, then scaled, then added to w.
+    Not a GEMM: BLAS sums the r products in an order that depends on the build and the CPU."""
+    rows = max(1, (1 << 16) // max(1, w.shape[1]))
+    for lo in range(0, w.shape[0], rows):
+        block = slice(lo, lo + rows)
+        total = u[block, 0:1] * v[:, 0]
+        for k in range(1, u.shape[1]):
+            total.add_(u[block, k : k + 1] * v[:, k])
+        w[block].add_(total.mul_(scale))
+
+
+def _times_small(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """n @ m for a small square m (r x r), its r products added in order (see ``add_lowrank_``)."""
+    out = n[:, 0:1] * m[0]
+    for k in range(1, m.shape[0]):
+        out.add_(n[:, k : k + 1] * m[k])
+    return out
+
+
+def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a^T b (n x r each): on the CPU each entry a fixed-order float64 sum (``sum_of_products``)."""
+    if a.device.type != "cpu":
+        return a.T @ b
+    entries = [
+        [sum_of_products(a[:, i].contiguous(), b[:, j].contiguous()) for j in range(b.shape[1])]
+        for i in range(a.shape[1])
+    ]
+    return torch.tensor(entries, dtype=a.dtype)
 
 
 class LOZO(MeZO):
@@ -113,14 +146,14 @@ class LOZO(MeZO):
         return u, self._factor(name, cols, mix_seed(self.seed, interval), V_STREAM, s.local)
 
     def _perturb(self, seed: int, scale: float) -> None:
-        """theta += scale * Z(seed): U V^T on matrices (one GEMM each), z on vectors."""
+        """theta += scale * Z(seed): U V^T on matrices (``add_lowrank_``), z on vectors."""
         vectors = []
         for s, p, _ in self._active():
             if p.dim() < 2:
                 vectors.append(s)
                 continue
             u, v = self._u_v(s, p, seed, self.step_count // self.interval)
-            s.local.view(u.shape[0], v.shape[0]).addmm_(u, v.T, alpha=scale)
+            add_lowrank_(s.local.view(u.shape[0], v.shape[0]), u, v, scale)
 
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
             add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed), scale)
@@ -148,7 +181,7 @@ class LOZO(MeZO):
             if wd:
                 weights.mul_(1 - lr * wd)
             if not beta:
-                weights.addmm_(u, v.T, alpha=-lr * grad)
+                add_lowrank_(weights, u, v, -lr * grad)
                 self._round_whole(p, s, weights, seed)
                 continue
             state = self.state[p]
@@ -156,11 +189,11 @@ class LOZO(MeZO):
                 state["lowrank_momentum"] = u * grad
             elif self._basis != interval:  # a new V: N V_old^T V / n carries N over
                 v_old = self._u_v(s, p, seed, self._basis)[1].to(weights.dtype)
-                moved = state["lowrank_momentum"] @ (v_old.T @ v) / v.shape[0]
-                state["lowrank_momentum"] = moved.mul_(keep).add_(u, alpha=add * grad)
+                moved = _times_small(state["lowrank_momentum"], _gram(v_old, v)).div_(v.shape[0])
+                state["lowrank_momentum"] = add_scaled_(moved.mul_(keep), u, add * grad)
             else:
-                state["lowrank_momentum"].mul_(keep).add_(u, alpha=add * grad)
-            weights.addmm_(state["lowrank_momentum"], v.T, alpha=-lr)
+                add_scaled_(state["lowrank_momentum"].mul_(keep), u, add * grad)
+            add_lowrank_(weights, state["lowrank_momentum"], v, -lr)
             self._round_whole(p, s, weights, seed)
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:

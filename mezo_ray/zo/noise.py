@@ -178,7 +178,7 @@ def add_scaled_(out: torch.Tensor, z: torch.Tensor, alpha: float) -> torch.Tenso
     the fused sweeps on every device. Not ``out.add_(z, alpha=alpha)``: torch's CPU kernels contract
     that into a fused multiply-add on AVX2 and AVX-512 but not in scalar code, so its bits depend on
     the CPU."""
-    product = scratch(out, 6)
+    product = scratch(out, 6).view(out.shape)
     if product.dtype == z.dtype:
         torch.mul(z, alpha, out=product)
     else:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import torch
 
+from mezo_ray.zo.cpu_noise import sum_of_products
 from mezo_ray.zo.forward_perturbation import ForwardPerturbation
 from mezo_ray.zo.noise import (
     DEFAULT_CHUNK_NUMEL,
@@ -930,7 +931,7 @@ class MeZO(torch.optim.Optimizer):
 
     @property
     def noise_backend(self) -> str:
-        """The generator(s) that draw z for these parameters (``noise.backend_tag``), '+'-joined."""
+        """The generator of z (``noise.NOISE_TAG``): the same on every device since v3."""
         return NOISE_TAG
 
     def _trajectory_settings(self) -> dict[str, Any]:
@@ -1046,7 +1047,17 @@ def _norm_group(name: str) -> str | None:
 
 
 def _squared_norm(p: torch.Tensor) -> float:
-    """The sum of squares of a whole parameter, in float64 (a sharded DTensor's all shards)."""
+    """The sum of squares of a whole parameter, in float64 (a sharded DTensor's all shards): on the
+    CPU in a fixed order (the same bits on every CPU), elsewhere by ``torch.sum``."""
+    local = local_tensor(p)
+    sharded = local is not p and all(type(x).__name__ == "Shard" for x in p.placements)  # FSDP2
+    if local.device.type == "cpu" and (local is p or sharded):
+        squares = sum_of_products(local, local)
+        if local is p:
+            return squares
+        total = torch.tensor([squares], dtype=torch.float64)  # the shards' sums, added by the collective
+        torch.distributed.all_reduce(total, group=p.device_mesh.get_group())
+        return float(total)
     squares = torch.sum(p.detach().to(torch.float64) ** 2)
     full = getattr(squares, "full_tensor", None)
     return float(full() if full is not None else squares)

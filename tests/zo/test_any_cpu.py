@@ -23,21 +23,27 @@ SCRIPT = textwrap.dedent(
     import hashlib, json, math, sys
     import torch
     from torch import nn
-    from mezo_ray.zo import MeZO, StepRecord, replay
+    from mezo_ray.zo import FZOO, HiZOO, LOZO, MeZO, StepRecord, replay
 
-    CONFIGS = {  # name: (dtype, MeZO settings, perturb in the forward)
-        "float32": (torch.float32, {}, False),
-        "float32-decay-param-norm": (torch.float32, {"weight_decay": 0.1, "scale": "param_norm"}, False),
-        "bfloat16-forward-stochastic": (torch.bfloat16, {}, True),
-        "bfloat16-in-place-nearest": (torch.bfloat16, {"stochastic_rounding": False}, False),
-        "float16-adam-k2": (torch.float16, {"variant": "adam", "n_perturbations": 2}, False),
-        "float64-momentum": (torch.float64, {"variant": "momentum"}, False),
+    CONFIGS = {  # name: (dtype, estimator, settings, perturb in the forward)
+        "float32": (torch.float32, MeZO, {}, False),
+        "float32-param-norm": (torch.float32, MeZO, {"weight_decay": 0.1, "scale": "param_norm"}, False),
+        "bfloat16-forward-stochastic": (torch.bfloat16, MeZO, {}, True),
+        "bfloat16-in-place-nearest": (torch.bfloat16, MeZO, {"stochastic_rounding": False}, False),
+        "float16-adam-k2": (torch.float16, MeZO, {"variant": "adam", "n_perturbations": 2}, False),
+        "float64-momentum": (torch.float64, MeZO, {"variant": "momentum"}, False),
+        "float32-fzoo": (torch.float32, FZOO, {"n_probes": 3}, False),
+        "float32-hizoo": (torch.float32, HiZOO, {}, False),
+        "float32-lozo": (torch.float32, LOZO, {"rank": 3, "interval": 2}, False),
+        "float32-lozo-m": (torch.float32, LOZO, {"rank": 3, "interval": 2, "beta": 0.9}, False),
     }
 
     def model(dtype):
-        # weights from integer arithmetic (torch's own randn differs between kernel sets)
+        # weights from integer arithmetic (torch's own randn differs between kernel sets); names
+        # layers.<i>.* put each layer in its own group of scale='param_norm'
         torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(33, 70), nn.Linear(70, 5))
+        net = nn.Sequential()
+        net.layers = nn.Sequential(nn.Linear(33, 70), nn.Linear(70, 5))
         with torch.no_grad():
             for i, p in enumerate(net.parameters()):
                 k = torch.arange(p.numel(), dtype=torch.float64) * (2654435761 + i)
@@ -50,7 +56,7 @@ SCRIPT = textwrap.dedent(
         def add(module, args):
             for p in module.parameters():
                 seen.extend(((p.detach().double() - 0.25) ** 2).view(-1).tolist())
-        hooks = [layer.register_forward_pre_hook(add) for layer in net]
+        hooks = [layer.register_forward_pre_hook(add) for layer in net.layers]
         net(torch.zeros(1, 33, dtype=next(net.parameters()).dtype))
         for hook in hooks:
             hook.remove()
@@ -64,9 +70,9 @@ SCRIPT = textwrap.dedent(
 
     out = {"capability": torch.backends.cpu.get_cpu_capability()}
     if sys.argv[1] == "steps":
-        for name, (dtype, settings, forward) in CONFIGS.items():
+        for name, (dtype, estimator, settings, forward) in CONFIGS.items():
             net = model(dtype)
-            opt = MeZO(net.named_parameters(), lr=1e-3, eps=1e-2, seed=5, **settings)
+            opt = estimator(net.named_parameters(), lr=1e-3, eps=1e-2, seed=5, **settings)
             if forward:
                 opt.perturb_in_forward(net)
             for _ in range(4):
@@ -117,7 +123,7 @@ def run(capability: str, mode: str, stdin: str | None = None) -> dict:
 def test_steps_give_the_same_weights_under_every_cpu_kernel_set():
     runs = {capability: run(capability, "steps") for capability in _capabilities()}
     first = next(iter(runs.values()))
-    assert len(first) == 6
+    assert len(first) == 10
     for capability, digests in runs.items():
         assert digests == first, capability
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -160,3 +162,28 @@ def test_dtensor_shards_match_the_whole_parameter(world):
     opt = MeZO([("w", whole)], lr=0.1, eps=1e-3, chunk_numel=4)
     opt.step(lambda: float((whole**2).sum()))
     torch.testing.assert_close(torch.cat([p["theta"] for p in parts]), whole.detach(), rtol=0, atol=1e-6)
+
+
+def test_the_compiled_kernels_contain_no_fused_multiply_add(tmp_path):
+    """Numba compiles for this CPU; without fastmath LLVM must not contract a * b + c (an FMA rounds
+    once, so the bits would depend on whether the CPU has one). In a fresh process with an empty
+    cache: Numba cannot show the code of cached kernels."""
+    script = """
+import numpy as np
+from mezo_ray.zo import cpu_noise
+out, bits, f = np.zeros(64, np.float32), np.zeros(64, np.uint16), np.float32(1e-3)
+cpu_noise.normals_into(out, 1, 0)
+cpu_noise.sweep(out, out, 1, 0, f, f, f, 0, False)
+cpu_noise.sweep(bits, bits, 1, 0, f, f, f, 2, True)
+for kernel in (cpu_noise.normals_into, cpu_noise.sweep):
+    for signature in kernel.signatures:
+        asm = kernel.inspect_asm(signature).lower()
+        print(kernel.__name__, "mul" in asm, any(op in asm for op in ("fmadd", "fmsub", "fnmadd", "fmla")))
+"""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [
+        word
+        for name in ("normals_into", "sweep", "sweep")
+        for word in (name, "True", "False")
+    ]

@@ -780,3 +780,34 @@ def test_a_state_dict_saved_before_a_setting_was_recorded_reads_as_those_runs_di
     assert saved_setting({}, "stochastic_rounding") is False
     assert saved_setting({"perturbation": "forward"}, "perturbation") == "forward"
     assert saved_setting({}, "estimator") is None  # not known: the caller decides
+
+
+@pytest.mark.parametrize(
+    ("dtype", "settings"),
+    [
+        (torch.float32, {"weight_decay": 0.1}),
+        (torch.bfloat16, {"weight_decay": 0.1}),  # stochastically rounded updates
+        (torch.bfloat16, {"stochastic_rounding": False}),  # to nearest
+    ],
+)
+@pytest.mark.parametrize("forward", [False, True])
+def test_the_cpu_fused_sweeps_are_the_chunked_sweeps_arithmetic(monkeypatch, dtype, settings, forward):
+    """The Numba kernels (z drawn in the loop, the restore and update in one pass) and the chunked
+    torch path (z drawn into scratch, then multiply, add, round) write the same bits."""
+    from mezo_ray.zo import cpu_noise
+
+    x, y = data(dtype)
+    ends = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(cpu_noise, "FUSED_DTYPES", ())  # every sweep and copy takes the chunks
+        model = tiny_model(dtype)
+        opt = MeZO(model.named_parameters(), lr=1e-2, eps=1e-2, seed=3, **settings)
+        if forward:
+            opt.perturb_in_forward(model)
+        for _ in range(3):
+            opt.step(loss_fn(model, x, y))
+        assert (opt._fused is not None) == fused
+        ends.append(weights(model))
+    assert all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(ends[0], weights(tiny_model(dtype)), strict=True))

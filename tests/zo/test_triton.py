@@ -1,11 +1,11 @@
 """The CUDA path's Triton noise and sweeps: on a GPU, or without one on CPU tensors under Triton's
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1 where there is no GPU), fewer steps there.
 
-The kernels are checked against independent oracles: ``noise.stochastic_round_`` (the CPU path's
-rounding, tested on its own) applied to torch's arithmetic on the kernels' z and uniform draws, and
-``ReferenceMeZO`` (materialised z, torch.optim). The interpreter converts float32 to bfloat16 by
-truncation where a GPU rounds to nearest, so round-to-nearest bfloat16 stores are not compared here.
-The kernels launch without FMA contraction, so on a GPU too they are torch's arithmetic bit for bit.
+The kernels are checked against independent oracles: the CPU kernels (``cpu_noise``: the same z and
+u, the same fused update, bit for bit), ``noise.stochastic_round_`` applied to torch's arithmetic on
+the kernels' z and uniform draws, and ``ReferenceMeZO`` (materialised z, torch.optim). The kernels
+launch without FMA contraction and round bfloat16 in integer operations, so on a GPU too they are the
+CPU's arithmetic bit for bit.
 """
 
 from __future__ import annotations

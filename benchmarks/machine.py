@@ -1,0 +1,43 @@
+"""What a benchmark's figures were measured on: every benchmark prints it with them (CPU model and
+torch's CPU kernel set decide the CPU timings; the GPU, when one is used)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as Linux reports it."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def describe() -> dict[str, Any]:
+    """CPU model, cores, torch's CPU capability (``ATEN_CPU_CAPABILITY``), threads, torch, GPU."""
+    return {
+        "cpu": cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+
+
+def header() -> str:
+    """One line for a benchmark's text output."""
+    m = describe()
+    gpu = f", GPU {m['gpu']}" if m["gpu"] else ""
+    return (
+        f"# {m['cpu']} ({m['cpu_cores']} cores), torch {m['torch']} CPU kernels {m['cpu_capability']}, "
+        f"{m['torch_threads']} threads{gpu}"
+    )

@@ -22,6 +22,7 @@ import math
 import os
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -507,8 +508,35 @@ def scheduler(kind: str, experiment: Experiment) -> Any:
 
 def storage_location(path: str) -> str:
     """Where Tune writes: a bucket URI (``s3://``, ``gs://``: every node of a cluster sees it) as
-    given, a local or NFS path made absolute."""
-    return path if "://" in path else os.path.abspath(os.path.expanduser(path))
+    given, a local or NFS path made absolute, created if missing and refused if it cannot be written."""
+    if "://" in path:
+        return path
+    local = os.path.abspath(os.path.expanduser(path))
+    try:
+        os.makedirs(local, exist_ok=True)
+        with tempfile.TemporaryFile(dir=local):
+            pass
+    except OSError as err:
+        raise ValueError(
+            f"--storage-path {path}: cannot write there ({err.strerror or err}); give a folder you can "
+            "write to, or a bucket URI (s3://..., gs://...)"
+        ) from None
+    return local
+
+
+def results(path: str, metric: str = "best_dev_acc", mode: str = "max") -> Any:
+    """Ray's ``ResultGrid`` of an experiment folder, finished or interrupted, where it was written or
+    copied to: each trial's config, last metrics, ``metrics_dataframe`` (one row per report), path and
+    checkpoint; ``get_best_result()`` ranks by ``metric`` (the shipped spaces' ``best_dev_acc``).
+    Read from the folder (Tune's ``ExperimentAnalysis``): no trainable and no Ray cluster needed.
+    Tune's experiment state is partly pickled, so, as with ``--resume``, read only folders you trust.
+    """
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    folder = os.path.abspath(os.path.expanduser(path))
+    if not glob.glob(os.path.join(folder, "experiment_state-*.json")):
+        raise ValueError(f"{path}: not a Tune experiment folder (it has no experiment_state-*.json)")
+    return ResultGrid(ExperimentAnalysis(folder, default_metric=metric, default_mode=mode))
 
 
 def experiment_name(args: argparse.Namespace, space: SearchSpace, storage: str) -> str:

@@ -72,6 +72,7 @@ CASES = [
     ([*SMOKE, "--set", "learning_rate=1e-3"], "unknown keys ['learning_rate']"),
     ([*SMOKE, "--set", "lr"], "expected key=value"),
     ([*SMOKE, "--resume", "--storage-path", "s3://bucket/runs"], "s3://bucket/runs: pass --name"),
+    ([*SMOKE, "--storage-path", "/proc/forbidden"], "--storage-path /proc/forbidden: cannot write there"),
     ([*SMOKE, "--only", "k=17"], "--only {'k': [17]}: no trial of space 'smoke' matches"),
     ([*SMOKE, "--only", "shots=16"], "--only: unknown keys ['shots']"),
     ([*SMOKE, "--set", "batch_size=0"], "batch_size=0"),

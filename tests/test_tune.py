@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -36,6 +37,7 @@ def results(experiment: str) -> dict[str, list[dict]]:
     return out
 
 
+README = Path(__file__).parent.parent / "README.md"
 TRIAL = {
     "model": "tiny-mlm",
     "task": "synthetic-sst2",
@@ -192,6 +194,32 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
     for row in ("Zero-shot", "MeZO"):  # every expected cell holds a number, none is missing
         assert re.search(rf"\| {row} \| \d+\.\d \|", table), table
     assert "Best trials" in out and "synthetic-sst2" in out
+    readme_example(tmp_path, trials, table)
+
+
+def readme_example(tmp_path, trials, table):
+    """The README's "Results in Python" example, on a copy of the experiment folder."""
+    import shutil
+
+    from mezo_ray.report import from_result_grid
+    from mezo_ray.tune import results as result_grid
+
+    copy = shutil.copytree(tmp_path / "smoke", tmp_path / "elsewhere" / "smoke")
+    shutil.rmtree(tmp_path / "smoke")  # nothing may still point at the original
+    block = re.search(r"### Results in Python.*?```python\n(.*?)```", README.read_text(), re.S).group(1)
+    block = re.sub(r'results\("[^"]*"\)', f"results({str(copy)!r})", block)
+    exec(compile(block, "README.md", "exec"), {})  # the documented example runs as written
+    grid = result_grid(copy)
+    best = grid.get_best_result()  # by best_dev_acc, as the shipped spaces rank trials
+    assert len(grid) == 3 and not grid.errors
+    assert best.metrics["best_dev_acc"] == max(r[-1]["best_dev_acc"] for r in trials.values())
+    history = best.metrics_dataframe
+    reports = next(r for r in trials.values() if r[-1]["trial_id"] == best.metrics["trial_id"])
+    assert len(history) == len(reports) and "dev_acc" in history.columns
+    assert str(copy) in str(best.path)
+    assert render(from_result_grid(grid)) == table
+    with pytest.raises(ValueError, match="not a Tune experiment folder"):
+        result_grid(str(tmp_path))
 
 
 def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local, tiny_models, tmp_path):

@@ -136,7 +136,8 @@ class MLMTask(Task):
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        return self.label_words
+        """The label words, or the labels where a task lists them without words (``prompt: false``)."""
+        return self.label_words or self.label_names
 
     def label_word_ids(self, tokenizer: Any) -> list[int]:
         """Vocabulary id of " " + word for each label word, in logit order; each must be ONE token."""

@@ -70,6 +70,22 @@ def test_string_labels_and_column_names_come_from_the_task_file(tmp_path):
     assert {ex.fields["text"]: ex.label for ex in splits.train} == {"good film": 1, "bad film": 0}
 
 
+def test_labels_as_a_plain_list_load_local_data_for_a_no_prompt_mlm_task(tmp_path):
+    """The README's ``labels: [negative, positive]`` form (no label words: ``prompt: false``) samples
+    k per class and names its classes by the labels (it crashed in k-shot sampling)."""
+    rows = [("good film", "positive"), ("bad film", "negative")] * 4
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"{t},{s}\n" for t, s in rows))
+    (tmp_path / "test.csv").write_text("text,label\ngood film,positive\n")
+    spec = {**SST2_MLM, "input_fields": ["text"], "labels": ["negative", "positive"], "template": None}
+    spec["data"] = {"train_file": str(tmp_path / "train.csv"), "test_file": str(tmp_path / "test.csv")}
+    task = parse_task_spec(spec).build()
+    assert task.class_names == ("negative", "positive")
+    splits = load_splits(task, DataSpec(k=2, seed=13))
+    assert [len(s) for s in splits] == [4, 4, 1]
+    with pytest.warns(UserWarning, match=r"classes \['negative', 'positive'\] have fewer than 2k=8"):
+        load_splits(task, DataSpec(k=4, seed=13))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

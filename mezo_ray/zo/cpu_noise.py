@@ -265,6 +265,7 @@ def sweep(src, dst, seed, start, r, a, b, round_seed, stochastic):  # type: igno
                 x = _on_grid(x + r * zi, src[lo + i])
             dst[lo + i] = _store(a * x + b * zi, src[lo + i], ubits[off + i], stochastic)
 
+
 # ---------------------------------------------------------------------------------------------------
 # The torch side: the interface ``cuda_noise`` offers, on CPU tensors.
 FUSED_DTYPES = (torch.float32, torch.bfloat16)  # float16 / float64 parameters take the chunked path

@@ -183,7 +183,5 @@ for kernel in (cpu_noise.normals_into, cpu_noise.sweep):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == [
-        word
-        for name in ("normals_into", "sweep", "sweep")
-        for word in (name, "True", "False")
+        word for name in ("normals_into", "sweep", "sweep") for word in (name, "True", "False")
     ]

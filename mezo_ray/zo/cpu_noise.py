@@ -324,7 +324,7 @@ def axpbz_into(
 
     def run(s: NoiseSlice, c: Chunk) -> None:
         lo, hi = c.p_lo, c.p_hi
-        _sweep(src[lo:hi], dst[lo:hi], seeded, c.start + c.z_lo, 0.0, a, b, rounded)
+        _sweep(src[lo:hi], dst[lo:hi], seeded, c.first, 0.0, a, b, rounded)
 
     for_each_chunk([s], COPY_PIECE, run)
 
@@ -361,7 +361,7 @@ class FusedSweep:
             i, theta = self.arrays[id(s)]
             part = theta[c.p_lo : c.p_hi]
             r = restore[i] if restore is not None else 0.0
-            _sweep(part, part, seeds[i], c.start + c.z_lo, r, a[i], b[i], round_seeds[i])
+            _sweep(part, part, seeds[i], c.first, r, a[i], b[i], round_seeds[i])
 
         for_each_chunk(self.slices, DEFAULT_CHUNK_NUMEL, run)
 

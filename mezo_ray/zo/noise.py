@@ -106,28 +106,22 @@ def _dtensor_local_and_offset(param: torch.Tensor, name: str) -> tuple[torch.Ten
 
 @dataclass(frozen=True)
 class Chunk:
-    """The part of one noise chunk that a slice holds."""
+    """A unit of a sweep's work: the held elements local[p_lo:p_hi], the first of which is element
+    ``first`` of the whole parameter (z is drawn by that index, so chunks only split the work)."""
 
-    index: int  # chunk index within the whole parameter
-    start: int  # index of the chunk's first element in the whole parameter
-    length: int  # length of the whole chunk (the last one may be short)
-    z_lo: int  # held part of the chunk: z[z_lo:z_hi]
-    z_hi: int
-    p_lo: int  # ... which sits at local[p_lo:p_hi]
+    first: int
+    p_lo: int
     p_hi: int
 
 
 def chunks(s: NoiseSlice, chunk_numel: int) -> Iterator[Chunk]:
-    """Yield the chunks that overlap the elements held by ``s``."""
+    """Yield the chunks, aligned in the whole parameter, that overlap the elements held by ``s``."""
     n = s.local.numel()
     if n == 0:
         return
-    first, last = s.offset // chunk_numel, (s.offset + n - 1) // chunk_numel
-    for c in range(first, last + 1):
-        start = c * chunk_numel
-        length = min(chunk_numel, s.numel - start)
-        lo, hi = max(s.offset, start), min(s.offset + n, start + length)
-        yield Chunk(c, start, length, lo - start, hi - start, lo - s.offset, hi - s.offset)
+    for c in range(s.offset // chunk_numel, (s.offset + n - 1) // chunk_numel + 1):
+        lo, hi = max(s.offset, c * chunk_numel), min(s.offset + n, (c + 1) * chunk_numel)
+        yield Chunk(lo, lo - s.offset, hi - s.offset)
 
 
 class _Scratch(threading.local):
@@ -152,7 +146,7 @@ _CPU = torch.device("cpu")
 
 def _fill(s: NoiseSlice, chunk: Chunk, seed: int, slot: int, uniform: bool) -> torch.Tensor:
     """z (or u) for the held part of ``chunk``, float32, in this thread's scratch buffer ``slot``."""
-    device, n, start = s.local.device, chunk.z_hi - chunk.z_lo, chunk.start + chunk.z_lo
+    device, n, start = s.local.device, chunk.p_hi - chunk.p_lo, chunk.first
     backend = sweep_backend(device)
     here = device if backend is not None else _CPU  # another device: drawn on the CPU, then copied
     backend = backend or sweep_backend(_CPU)
@@ -266,11 +260,9 @@ _pool_size = 0
 def for_each_chunk(
     slices: list[NoiseSlice], chunk_numel: int, fn: Callable[[NoiseSlice, Chunk], None]
 ) -> None:
-    """Run ``fn`` on every (slice, chunk); CPU chunks run on a thread pool (torch releases the GIL).
-
-    The Gaussian generator on the CPU is single-threaded, so drawing chunks in parallel threads is
-    what keeps a step's sweeps small next to its forward passes. Chunks write disjoint elements, so
-    the result does not depend on scheduling.
+    """Run ``fn`` on every (slice, chunk); CPU chunks run on a thread pool (torch and the Numba
+    kernels release the GIL), so drawing z takes every core. Chunks write disjoint elements, so the
+    result does not depend on scheduling.
     """
     global _pool, _pool_size
     work = [(s, c) for s in slices for c in chunks(s, chunk_numel)]

@@ -213,7 +213,8 @@ class MeZO(torch.optim.Optimizer):
         n_perturbations: K, the number of perturbations averaged per step (n-SPSA).
         perturbation_schedule: ``constant`` K, or ``linear``: K_t = max(1, int(t / max_steps * K)).
         seed: base seed; the seed of perturbation k at step t is ``mix_seed(seed, t, k)``.
-        chunk_numel: noise chunk size; part of the definition of z (keep it fixed within a run).
+        chunk_numel: elements per unit of the sweeps' work (and of their scratch memory); z does not
+            depend on it, but a state dict records it and a resume checks it, as before.
         on_nonfinite: ``skip`` (restore, count, go on) or ``raise`` (restore, raise NonFiniteLossError).
         layer_wise: perturb and update one block per step, block ``step mod num_blocks``, where a
             parameter's block is the first ``.<i>.`` in its name (the paper code's
@@ -647,9 +648,9 @@ class MeZO(torch.optim.Optimizer):
             self._round_into(p, s.local[c.p_lo : c.p_hi], flat[c.p_lo : c.p_hi], s, c, seed)
 
     def _fused_sweep(self, active: list[tuple[NoiseSlice, torch.Tensor, dict[str, Any]]]) -> Any:
-        """The one-launch CUDA sweep when every parameter is a CUDA tensor it can compute (float32,
-        bfloat16, float16: it computes in float32 registers, so float64 ones take the exact chunked
-        path) and Triton is there."""
+        """The device's fused sweep (``cuda_noise`` on CUDA with Triton: float32, bfloat16, float16;
+        ``cpu_noise`` on the CPU: float32, bfloat16) when every parameter is on one device in a dtype
+        it takes; else None, and the chunked path (float64 ones keep float64 arithmetic there)."""
         if self._fused is not None:  # built for these parameters (reset by _slices when storage moves)
             return self._fused
         slices = [s for s, _, _ in active]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Submit the paper reproductions as Ray jobs to a running cluster (dashboard on 127.0.0.1:8265, or a
 # tunnel to it: `ray dashboard experiments/cluster.yaml`). Each job is one Tune experiment; watch it
-# in the dashboard's Jobs and Train tabs, or with `ray job logs --follow <id>`.
+# in the dashboard's job page (its driver log), or with `ray job logs --follow <id>`.
 set -euo pipefail
 ADDRESS=${RAY_DASHBOARD:-http://127.0.0.1:8265}
 PY=${PY:-$(pwd)/.venv/bin/python}   # the venv's python: a bare `python` may be the system one

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="finish the experiment --name (default: latest)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: local, or the job's)")
     p.add_argument("--skip-preflight", action="store_true", help="do not check models and data before Ray")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Tune's full tables (every trial's configuration and results) and the trial processes' output",
+    )
     return p
 
 
@@ -284,7 +289,7 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
     remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
         check_resources(experiment, args.max_concurrent, local_resources())
-    connect(args.address)
+    connect(args.address, args.verbose)
     check_storage_visible(storage)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     max_concurrent = check_resources(experiment, args.max_concurrent, ray.cluster_resources(), nodes)
@@ -317,6 +322,8 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
                 # in-process trials' checkpoints
                 checkpoint_config=retention(tune.CheckpointConfig, pbt=args.scheduler == "pbt"),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                verbose=2 if args.verbose else 0,
+                callbacks=[] if args.verbose else [search_terminal(experiment, args.scheduler)],
             ),
         )
     for note in experiment.notes:
@@ -327,6 +334,20 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
     results = tuner.fit()
     print_results(results, experiment, path)
     return 0 if not results.errors else 1
+
+
+def search_terminal(experiment: Experiment, scheduler: str) -> Any:
+    """The search's terminal: each trial named by what sets it apart from the others of its method."""
+    from ray.tune.search.sample import Domain
+
+    from mezo_ray.terminal import SearchTerminal, shown_keys
+
+    space = experiment.space
+    tuned = [k for k, v in (experiment.param_space or {}).items() if isinstance(v, Domain)]
+    if scheduler == "pbt":
+        tuned += list(space.pbt or {})
+    trials = experiment.trials or [cfg.model_dump(mode="json") for cfg in experiment.configs]
+    return SearchTerminal(shown_keys(trials, tuned), space.metric, space.mode)
 
 
 def reuse_trial_processes(experiment: Experiment, scheduler: str) -> bool:
@@ -394,16 +415,25 @@ def check_storage_visible(storage: str, timeout_s: float = 60) -> None:
         )
 
 
-def connect(address: str | None) -> None:
-    """Join the given cluster, the one a ``ray job`` runs in, or start a local one."""
+def connect(address: str | None, verbose: bool = False) -> None:
+    """Join the given cluster, the one a ``ray job`` runs in, or start a local one. Unless ``verbose``,
+    the trial processes' output stays in their logs (the search prints their progress itself) and
+    Ray's start-up notes give way to one line."""
     import ray
 
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-    else:
-        ray.init()  # local: dashboard (if installed) on 127.0.0.1 only
+    quiet = {} if verbose else {"log_to_driver": False, "logging_level": logging.ERROR}
+    remote = bool(address or os.environ.get("RAY_ADDRESS"))
+    if not remote:  # a Train-worker trial starts five processes at once (trial, controller, worker, two
+        # queues); past 4x its start-up concurrency (the CPU count) the raylet warns of runaway fan-out
+        os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
+    # local: dashboard (if installed) on 127.0.0.1 only
+    context = ray.init(address=address, **quiet) if remote else ray.init(**quiet)
+    if not verbose:
+        where = f"Ray at {context.address_info['gcs_address']}" if remote else "A local Ray"
+        dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
+        print(f"{where}{dashboard}")
 
 
 def local_resources() -> dict[str, float]:
@@ -563,9 +593,9 @@ def print_results(results: Any, experiment: Experiment, path: str) -> None:
 
         report = as_report(results)
         print_best_trials(report.trials, space.metric, space.mode)
-        print("\n" + render(report))
+        print("\n" + render(report).rstrip())
         spent, grid = search_cost(report.trials)["forward_passes"], experiment.grid_forward_passes
-        if grid:
+        if grid and spent != grid:  # a search that ran the whole grid spent all of it
             print(f"The space's full grid: {grid:,} forward passes; this search spent {spent / grid:.0%}.")
     except ValueError as err:
         print(f"(no report table: {err})")

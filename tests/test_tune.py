@@ -194,6 +194,11 @@ def test_smoke_space_end_to_end_with_report(ray_local, tiny_models, tmp_path, ca
     for row in ("Zero-shot", "MeZO"):  # every expected cell holds a number, none is missing
         assert re.search(rf"\| {row} \| \d+\.\d \|", table), table
     assert "Best trials" in out and "synthetic-sst2" in out
+    # the terminal: a line per trial naming what sets it apart, its progress lines, no config tables
+    started = sorted(line.split(": ", 1)[1] for line in out.splitlines() if " started: " in line)
+    assert started == ["mezo lr=0.001", "mezo lr=0.01", "zero_shot"]
+    assert "[mezo lr=0.01] step 3/6 dev_acc" in out and "[zero_shot] dev_acc" in out
+    assert "started with configuration" not in out and "task_spec" not in out
     readme_example(tmp_path, trials, table)
 
 

@@ -11,11 +11,10 @@ With other settings they are built once and cached under ``$MEZO_RAY_CACHE`` (de
 build goes to a temporary folder that is renamed into place, so two processes building at once both
 end with one complete copy.
 
-The pretraining is deliberately short. The corpus ties label words to sentiment only weakly, so
-the causal model lands above chance zero-shot on ``synthetic-sst2-causal`` (about 0.61) and MeZO
-improves it within a CPU minute. The masked LM does not pick that link up in this budget (zero-shot
-at chance; it needs about 6000 steps, several CPU minutes): it exercises the RoBERTa code path, but
-it is no accuracy demo until the corpus link is stronger. No dropout: it slows tiny pretraining
+The corpus ties label words to sentiment with a skew toward " great" (see ``mezo_ray.tasks.synthetic``),
+so the causal model ranks reviews by sentiment but answers " great" too often: zero-shot about 0.65 on
+``synthetic-sst2-causal``, and MeZO corrects it to about 0.87 within a few hundred steps (the demo).
+No dropout: it slows tiny pretraining
 several-fold, and MeZO runs in eval() anyway.
 """
 
@@ -43,7 +42,7 @@ from transformers import (
 
 from mezo_ray.tasks.synthetic import synthetic_pretraining_corpus
 
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's ids 0..3; <mask> = 4
 CORPUS_SENTENCES = 20_000
 CORPUS_SEED = 0

@@ -6,10 +6,12 @@ with the sentence's label with probability 0.9, and 5% of labels are flipped: a 
 learns it well (about 85-90% accuracy), but not perfectly.
 
 `synthetic_pretraining_corpus` is plain text for pretraining tiny models offline. Label words follow reviews
-("... It was great .") but track sentiment only weakly: each such review has ONE sentiment word, and only a
-third of the sentiment words ("linked" ones) predict the label word, 75% of the time; otherwise the label
-word is a coin flip. A tiny LM pretrained on it is above chance zero-shot but far from perfect (it can only
-know the linked words), leaving fine-tuning something to learn.
+("... It was great .") and track their sentiment, but skewed: "great" follows 90% of positive reviews and
+also 35% of negative ones, "terrible" 35% of negative ones (the rest end in a neutral adjective). A tiny LM
+pretrained on it ranks reviews by sentiment but says "great" too often, so its zero-shot accuracy is only
+about 0.65: the miscalibrated label words of real LMs (Zhao et al. 2021, "Calibrate before use") in small.
+Prompt-based fine-tuning has a low-dimensional fix to find, as in the paper's tasks, and MeZO finds it
+within a few hundred steps (about 0.87 after 600).
 
 The vocabulary is a few hundred words (`synthetic_vocabulary()`), so a word-level tokenizer covers it.
 Text is GLUE-tokenized: lower case except "It", punctuation separated by spaces.
@@ -55,7 +57,8 @@ NEUTRAL_ADJECTIVES = _words(
 )
 PREPOSITIONS = _words("with about in on at for from by near after before")
 LABEL_WORDS = ("terrible", "great")  # SST-2's, in label order (0 negative, 1 positive)
-LINKED = frozenset(POSITIVE[: len(POSITIVE) // 3] + NEGATIVE[: len(NEGATIVE) // 3])
+# P(label word | review sentiment) in the pretraining corpus; the rest of the mass is a neutral adjective.
+LABEL_WORD_ODDS = {True: {"great": 0.90, "terrible": 0.02}, False: {"great": 0.35, "terrible": 0.35}}
 
 _SENTIMENT_CLAUSES = (
     "the {noun} is {adverb} {sentiment}",
@@ -115,12 +118,14 @@ def synthetic_sst2_examples(num: int, seed: int) -> list[Example]:
     return examples
 
 
-def _label_word_after(rng: random.Random, sentiment_word: str) -> str:
-    """The label word after a pretraining review: weakly tied to a linked sentiment word, else random."""
-    if sentiment_word not in LINKED:
-        return rng.choice(LABEL_WORDS)
-    agrees = rng.random() < 0.75
-    return LABEL_WORDS[int((sentiment_word in POSITIVE) == agrees)]
+def _word_after_review(rng: random.Random, positive: bool) -> str:
+    """The word after "It was" that ends a pretraining review: a skewed label word, else a neutral one."""
+    roll = rng.random()
+    for word, odds in LABEL_WORD_ODDS[positive].items():
+        if roll < odds:
+            return word
+        roll -= odds
+    return rng.choice(NEUTRAL_ADJECTIVES)
 
 
 def _generic_sentence(rng: random.Random) -> str:
@@ -135,15 +140,15 @@ def _generic_sentence(rng: random.Random) -> str:
 
 
 def synthetic_pretraining_corpus(num_sentences: int, seed: int) -> list[str]:
-    """`num_sentences` lines of plain text where label words co-occur only weakly with sentiment."""
+    """`num_sentences` lines of plain text where label words follow sentiment, skewed toward "great"."""
     rng = random.Random(seed)
     lines = []
     for _ in range(num_sentences):
         roll = rng.random()
         if roll < 0.5:
-            # One sentiment word per review: several would let a model learn the unlinked ones through them.
-            review, (sentiment_word,) = _review(rng, rng.random() < 0.5, num_sentiment=1)
-            lines.append(f"{review} It was {_label_word_after(rng, sentiment_word)} .")
+            positive = rng.random() < 0.5
+            review, _ = _review(rng, positive, num_sentiment=rng.choice((1, 2, 3)))
+            lines.append(f"{review} It was {_word_after_review(rng, positive)} .")
         elif roll < 0.6:
             lines.append(f"{_generic_sentence(rng)} It was {rng.choice(NEUTRAL_ADJECTIVES)} .")
         else:

@@ -44,7 +44,11 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     name = f"train-{context.get_trial_id()}"
     runs = train_runs_root(storage_path, context.get_experiment_name(), name)
     result = TorchTrainer(
-        partial(train_worker, resume_from=salvage_train_run(runs, name)),
+        partial(
+            train_worker,
+            resume_from=salvage_train_run(runs, name),
+            trial=(context.get_experiment_name(), context.get_trial_name()),  # the workers' gauges' labels
+        ),
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -83,11 +87,15 @@ def train_runs_root(storage_path: str, experiment: str, name: str) -> str:
     return storage_path if old and not new else f"{storage_path.rstrip('/')}/{experiment}"
 
 
-def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None:
+def train_worker(
+    config: dict[str, Any], resume_from: str | None = None, trial: tuple[str, str] | None = None
+) -> None:
     """The function every Ray Train worker runs; ``resume_from``: the checkpoint to start from when
-    Train has none (a run salvaged after a kill). Non-finite losses end it normally (the recipe has
-    reported why): raised, Train would restart the workers from the last checkpoint into the same
-    losses, ``max_worker_failures`` times; the trial process raises instead."""
+    Train has none (a run salvaged after a kill); ``trial``: the Tune experiment and trial name, which
+    the workers cannot read themselves, for rank 0's gauges (``mezo_ray.train.dashboard``). Non-finite
+    losses end it normally (the recipe has reported why): raised, Train would restart the workers from
+    the last checkpoint into the same losses, ``max_worker_failures`` times; the trial process raises
+    instead."""
     from mezo_ray.train.recipe import run_trial
     from mezo_ray.train.session import RaySession
     from mezo_ray.zo import NonFiniteLossError
@@ -96,7 +104,7 @@ def train_worker(config: dict[str, Any], resume_from: str | None = None) -> None
     # its file path (out of LoggingConfig's reach); the trial's own lines are printed, not logged
     logging.getLogger().setLevel(logging.WARNING)
     try:
-        run_trial(parse_trial_config(config), RaySession("train", resume_from))
+        run_trial(parse_trial_config(config), RaySession("train", resume_from, trial))
     except NonFiniteLossError:
         return
 

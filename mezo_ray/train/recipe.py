@@ -54,6 +54,7 @@ from mezo_ray.train.distributed import (
     shard_model,
 )
 from mezo_ray.train.memory_log import memory_log
+from mezo_ray.train.progress import method_name, progress_line
 from mezo_ray.train.session import FAILURE_KEY, Session
 from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed, saved_setting
 
@@ -186,12 +187,8 @@ def _evaluate_and_report(
     }
     progress.train_loss_sum, progress.train_loss_count = 0.0, 0
     if rank == 0:  # the trial's log: Tune shows it in the terminal and keeps it per trial
-        print(
-            f"[{cfg.task} {cfg.method} lr={cfg.lr:g}] step {step}/{cfg.max_steps} "
-            f"dev_acc {dev_acc:.4f} (best {progress.max_dev_acc:.4f}) dev_loss {dev_loss:.4f} "
-            f"{steps_per_s:.2f} steps/s",
-            flush=True,
-        )
+        label = f"{cfg.task} {method_name(cfg.method, cfg.estimator)} lr={cfg.lr:g}"
+        print(progress_line(label, progress.last_metrics, cfg.max_steps), flush=True)
     ckpt.write(session, cfg, progress, optimizer, params, best_weights)
     return best_weights
 
@@ -449,7 +446,7 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
     return ModelSpec(
         name_or_path=path,
         family=cfg.family if cfg.prompt else "seq_cls",
-        num_labels=None if cfg.prompt else len(cfg.resolved_task().label_words),
+        num_labels=None if cfg.prompt else len(cfg.resolved_task().class_names),
         dtype="float32" if cfg.method == "ft" else cfg.dtype,  # FT: fp32 weights, autocast (as --fp16)
         mode=PUBLISHED_LORA[cfg.method] if cfg.mode == "lora_as_published" else cfg.mode,
         lora_r=cfg.lora_r,

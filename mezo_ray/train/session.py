@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Literal, Protocol
 
 from mezo_ray.train.checkpoint import STATE_FILE
+from mezo_ray.train.dashboard import TrialGauges
 
 #: The key of a failed trial's last report: why it stopped (a restart would fail the same way).
 FAILURE_KEY = "failure"
@@ -45,7 +46,14 @@ class RaySession:
     """Reports through ``ray.train`` (inside a ``TorchTrainer`` worker, where ``report`` is a barrier
     across the workers) or ``ray.tune`` (a Tune trial running the recipe in its own process)."""
 
-    def __init__(self, api: Literal["train", "tune"], resume_from: str | None = None) -> None:
+    def __init__(
+        self,
+        api: Literal["train", "tune"],
+        resume_from: str | None = None,
+        trial: tuple[str, str] | None = None,
+    ) -> None:
+        """``trial``: (experiment, trial name) of the Tune trial, for the dashboard's gauges; a Train
+        worker cannot read them (its context names only the Train run, which stands in without them)."""
         self._api = importlib.import_module(f"ray.{api}")
         self._resume_from = resume_from  # used when Ray has no checkpoint (see ``salvage_train_run``)
         self.rank, self.world_size = 0, 1
@@ -55,13 +63,20 @@ class RaySession:
             storage = context.get_storage()  # the Train run's folder, where it is a local one
             local = storage.storage_filesystem.type_name == "local"
             self.log_dir = storage.experiment_fs_path if local else None
+            trial = trial or (context.get_experiment_name(), context.get_experiment_name())
         else:
             self.log_dir = context.get_trial_dir()
+            trial = trial or (context.get_experiment_name(), context.get_trial_name())
+        # rank 0 reports for the trial (Tune keeps its reports): one series per trial, not per worker
+        self._gauges = TrialGauges(*trial) if self.rank == 0 else None
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
-        """Report, with the Ray node this process runs on (``node_id``: hosts can run several nodes)."""
+        """Report, with the Ray node this process runs on (``node_id``: hosts can run several nodes),
+        and set the trial's gauges (``mezo_ray.train.dashboard``)."""
         import ray
 
+        if self._gauges is not None:
+            self._gauges.set(metrics)
         checkpoint = self._api.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         self._api.report(
             {**metrics, "node_id": ray.get_runtime_context().get_node_id()}, checkpoint=checkpoint

@@ -2,10 +2,12 @@
 
 import inspect
 import math
+import statistics
 from collections import Counter
 
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from mezo_ray.tasks import (
     DataSpec,
@@ -79,8 +81,9 @@ def test_labels_are_learnable_but_noisy():
     assert 0.8 < accuracy < 0.97  # well above chance; 5% label noise keeps it below perfect
 
 
-def test_corpus_ties_label_words_to_sentiment_only_weakly():
-    """A count model of "It was <label word>" in the corpus (a zero-shot proxy) is above chance, below LR."""
+def test_corpus_label_words_rank_sentiment_but_favour_great():
+    """A count model of "It was <label word>" in the corpus (a zero-shot proxy): its log-odds rank test
+    reviews by sentiment well (AUC), but read at 0 they answer "great" too often (accuracy well below)."""
     counts = {word: Counter() for word in ("terrible", "great")}  # label word -> document frequencies
     totals = Counter()  # label word -> number of lines ending "It was <label word> ."
     for line in synthetic_pretraining_corpus(20_000, seed=1):
@@ -89,14 +92,23 @@ def test_corpus_ties_label_words_to_sentiment_only_weakly():
             counts[words[-2]].update(set(words[:-4]))
             totals[words[-2]] += 1
 
-    def predict(sentence: str) -> int:
-        score = {  # naive Bayes over word presence
+    def log_odds(sentence: str) -> float:  # naive Bayes over word presence: great over terrible
+        score = {
             word: math.log(totals[word])
             + sum(math.log((counts[word][w] + 1) / (totals[word] + 2)) for w in set(sentence.split()))
             for word in counts
         }
-        return int(score["great"] > score["terrible"])
+        return score["great"] - score["terrible"]
 
     test = load_pool(get_task("synthetic-sst2")).test
-    zero_shot = sum(predict(ex.fields["sentence"]) == ex.label for ex in test) / len(test)
-    assert 0.58 < zero_shot < 0.8
+    scores = [log_odds(ex.fields["sentence"]) for ex in test]
+    labels = [ex.label for ex in test]
+
+    def accuracy(threshold: float) -> float:
+        return sum((s > threshold) == bool(y) for s, y in zip(scores, labels, strict=True)) / len(test)
+
+    zero_shot, calibrated = accuracy(0.0), accuracy(statistics.median(scores))
+    said_great = sum(s > 0 for s in scores) / len(test)
+    assert roc_auc_score(labels, scores) > 0.85  # the sentiment is in there,
+    assert said_great > 0.6  # read off at 0 it answers "great" too often (half the reviews are positive),
+    assert calibrated > zero_shot + 0.05  # and a shifted threshold gains (the fix MeZO can find)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ray.tune.experimental.output import AirVerbosity, ProgressReporter
+from ray.tune import Callback
 
 from mezo_ray.report.load import unused_keys
 from mezo_ray.train.progress import method_name, progress_line
@@ -53,25 +53,20 @@ def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-class SearchTerminal(ProgressReporter):
-    """Tune's terminal reporter, shortened (see the module's docstring). Registered as the first
-    progress reporter among the run's callbacks, it is the one Tune asks for the header and the 30 s
-    heartbeat; Tune's own, at verbosity 0, then prints only errors."""
+class SearchTerminal(Callback):
+    """The search's lines (see the module's docstring), from the trial events Tune gives every callback.
+    Tune's own reporter runs beside it at verbosity 0: the experiment's header, and errors."""
 
-    _heartbeat_threshold = AirVerbosity.DEFAULT
-    _start_end_verbosity = AirVerbosity.DEFAULT
-    _intermediate_result_verbosity = AirVerbosity.DEFAULT
-    _addressing_tmpl = "Trial {}"
+    HEARTBEAT_S = 30.0  # Tune's interval
     QUIET_S = 300.0  # the longest the status table stays away while the running trials have not reported
 
     def __init__(self, shown: Mapping[str, Sequence[str]], metric: str, mode: str) -> None:
-        super().__init__(verbosity=AirVerbosity.DEFAULT)
         self._shown, self._metric, self._mode = shown, metric, mode
-        self._last_table = time.time()
         self._columns = list(dict.fromkeys(key for keys in shown.values() for key in keys))
+        self.setup()
 
-    def experiment_started(self, experiment_name: str, experiment_path: str, **info: Any) -> None:
-        pass  # the search's own header has said it
+    def setup(self, **info: Any) -> None:
+        self._start = self._last_heartbeat = self._last_table = time.time()  # a resumed search: anew
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"{_short(trial)} started: {trial_label(trial.config, self._shown)}", flush=True)
@@ -79,26 +74,21 @@ class SearchTerminal(ProgressReporter):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "dev_acc" not in result:
             return
-        if result.get("step") == trial.config.get("max_steps") and not result.get("done"):
+        if result.get("step") == trial.config.get("max_steps") and "test_acc" not in result:
             return  # the last evaluation: the final report's line, next, says it with the test score
         label = trial_label(trial.config, self._shown)
         print(progress_line(label, result, trial.config.get("max_steps")), flush=True)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        pass  # its final progress line has said it
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.time() - self._last_heartbeat >= self.HEARTBEAT_S:
+            self._last_heartbeat = time.time()
+            self.print_status(trials)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        pass  # Tune's own reporter prints errors at every verbosity
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        pass
-
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        pass
-
-    def _print_heartbeat(self, trials: list, *sys_info: str, force: bool = False) -> None:
+    def print_status(self, trials: list) -> None:
+        """``Trial status: 2 TERMINATED | 2 RUNNING (01:00)`` and a table of the running trials and the
+        best so far, with the tuned settings as columns."""
         running = [t for t in trials if t.status == "RUNNING"]
-        if force or not running:  # the end (the search's summary follows), or nothing started yet
+        if not running:  # nothing started yet, or the end (the search's summary follows)
             return
         reported = any("step" in (t.last_result or {}) for t in running)
         if not reported and time.time() - self._last_table < self.QUIET_S:
@@ -107,14 +97,13 @@ class SearchTerminal(ProgressReporter):
         counts: dict[str, int] = {}
         for trial in trials:
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self._start_time))
+        elapsed = time.strftime("%M:%S", time.gmtime(time.time() - self._start))
         status = " | ".join(f"{n} {state}" for state, n in counts.items())
         print(f"Trial status: {status} ({elapsed})")
         best = self._best(trials)
         rows = [self._row(t) for t in running + ([best] if best and best not in running else [])]
-        if rows:
-            headers = ["trial", "status", "method", *self._columns, "step", self._metric]
-            print(_table([headers, *rows]), flush=True)
+        headers = ["trial", "status", "method", *self._columns, "step", self._metric]
+        print(_table([headers, *rows]), flush=True)
 
     def _row(self, trial: Any) -> list[str]:
         result = trial.last_result or {}

@@ -64,7 +64,7 @@ def test_the_status_table_shows_running_trials_and_the_best_with_the_tuned_colum
     trials = _demo_trials()
     shown = shown_keys(trials)
     terminal = SearchTerminal(shown, metric="best_dev_acc", mode="max")
-    terminal.setup(start_time=0.0)
+    terminal.setup()
 
     def trial(i, status, result):
         return SimpleNamespace(trial_id=f"986eb_0000{i}", status=status, config=trials[i], last_result=result)
@@ -76,7 +76,7 @@ def test_the_status_table_shows_running_trials_and_the_best_with_the_tuned_colum
         trial(3, "RUNNING", {}),
         trial(4, "PENDING", {}),
     ]
-    terminal._print_heartbeat(population)
+    terminal.print_status(population)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("Trial status: 2 TERMINATED | 2 RUNNING | 1 PENDING (")
     assert lines[1].split() == ["trial", "status", "method", "data_seed", "lr", "step", "best_dev_acc"]
@@ -90,17 +90,19 @@ def test_the_status_table_shows_running_trials_and_the_best_with_the_tuned_colum
 def test_quiet_until_there_is_progress_and_the_last_evaluation_is_said_once(capsys):
     trials = _demo_trials()
     terminal = SearchTerminal(shown_keys(trials), metric="best_dev_acc", mode="max")
-    terminal.setup(start_time=0.0)
+    terminal.setup()
     starting = SimpleNamespace(trial_id="986eb_00002", status="RUNNING", config=trials[2], last_result={})
-    terminal._print_heartbeat([starting])  # a table of "-" only
+    terminal.print_status([starting])  # a table of "-" only
     assert capsys.readouterr().out == ""
     terminal._last_table -= SearchTerminal.QUIET_S  # but now and then it says the search is alive
-    terminal._print_heartbeat([starting])
+    terminal.print_status([starting])
     assert capsys.readouterr().out.startswith("Trial status: 1 RUNNING")
     last = {"step": 600, "dev_acc": 0.9, "best_dev_acc": 0.9, "dev_loss": 0.3, "steps_per_s": 7.0}
     terminal.on_trial_result(0, [], starting, last)  # the final report's line says it, with the test score
     assert capsys.readouterr().out == ""
-    terminal.on_trial_result(0, [], starting, {**last, "done": True, "test_acc": 0.91, "selected_step": 400})
+    terminal.on_trial_result(0, [], starting, {**last, "done": True})  # Tune's done: not the final report
+    assert capsys.readouterr().out == ""
+    terminal.on_trial_result(0, [], starting, {**last, "test_acc": 0.91, "selected_step": 400})
     assert capsys.readouterr().out == (
         "[mezo data_seed=0 lr=0.0005] step 600/600 best dev_acc 0.9000; "
         "test_acc 0.9100 of the weights at step 400\n"

@@ -13,12 +13,14 @@ def method_name(method: str, estimator: str | None) -> str:
 
 def progress_line(label: str, metrics: Mapping[str, Any], max_steps: int | None) -> str:
     """``[label] step 150/600 dev_acc 0.8950 (best 0.8950) dev_loss 0.3328 16.38 steps/s``; a trial's
-    final report (``done``) adds its test score and the step whose weights were selected."""
-    if metrics.get("done") and not metrics.get("step"):  # a baseline: no training
+    final report (the one with ``test_acc``) adds its test score and the step whose weights were
+    selected. (Not Tune's ``done``: Tune sets it on whatever result a trial ended with.)"""
+    final = "test_acc" in metrics
+    if final and not metrics.get("step"):  # a baseline: no training
         return f"[{label}] dev_acc {metrics['dev_acc']:.4f} test_acc {metrics['test_acc']:.4f}"
     best = metrics["best_dev_acc"]
     line = f"[{label}] step {metrics['step']}/{max_steps} "
-    if metrics.get("done"):  # its dev_acc is the selected weights'
+    if final:  # its dev_acc is the selected weights'
         return line + (
             f"best dev_acc {best:.4f}; test_acc {metrics['test_acc']:.4f} of the weights at step "
             f"{metrics['selected_step']}"

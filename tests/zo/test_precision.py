@@ -116,3 +116,39 @@ def test_a_bfloat16_run_saved_before_stochastic_rounding_resumes_only_rounding_t
         state
     )
     MeZO(tiny_model().named_parameters(), lr=1e-3).load_state_dict(state)  # float32: nothing is rounded
+
+
+def fp16_update_is_rounded_on_its_own(device: torch.device) -> None:
+    """The paper's fp16 step (`large_models/trainer.py`: the restore sweep rounded to fp16, then the
+    update as its own fp16 operation) at eps 1e-3 and lr 1e-7: an update under half an ulp is dropped.
+    Our z is float32 (the paper draws it in fp16), so the oracle is the paper's two roundings applied
+    to our own restored weights and z; rounding restore and update once would keep some of those
+    updates (the leftover of the +-eps z sweeps dithers them), and the test tells the two apart."""
+    gen = torch.Generator().manual_seed(0)
+    start = (torch.randn(D, generator=gen) * 0.05).half()
+    seed, g, lr, eps = mix_seed(3, 0), 40.0, 1e-7, 1e-3  # lr g |z| ~ 4e-6; half an ulp at 0.05: 1.5e-5
+
+    def replayed(lr: float) -> torch.Tensor:
+        w = nn.Parameter(start.clone().to(device))
+        replay(
+            MeZO([w], lr=lr, eps=eps, stochastic_rounding=False),
+            [StepRecord(0, (seed,), (g,), (lr,), eps=eps)],
+        )
+        return w.detach().cpu()
+
+    restored, updated = replayed(0.0), replayed(lr)  # lr 0: the sweeps alone
+    z = full_noise(torch.zeros(D), "param.0", seed)
+    papers = (restored.float() + (-lr * g) * z).half()  # the update, rounded on its own
+    assert torch.equal(updated, papers)
+    kept = float((updated != restored).float().mean())
+    assert 0.005 < kept < 0.5, kept  # the small weights take it; most updates are dropped
+    sweeps = MeZO([w := nn.Parameter(start.clone().to(device))], lr=lr, eps=eps, stochastic_rounding=False)
+    with torch.no_grad():
+        sweeps.perturb(seed, eps)
+        sweeps.perturb(seed, -2 * eps)
+    once = (w.detach().cpu().float() + (eps - lr * g) * z).half()  # restore and update, rounded once
+    assert float((once != papers).float().mean()) > 0.01  # what this test would catch
+
+
+def test_an_fp16_update_under_half_an_ulp_is_dropped_as_the_papers_two_roundings_drop_it():
+    fp16_update_is_rounded_on_its_own(torch.device("cpu"))

@@ -22,6 +22,7 @@ from mezo_ray.zo.noise import NoiseSlice, materialise, name_key, stochastic_roun
 from mezo_ray.zo.optimizer import PERTURBATION_ROUNDING_STREAM, ROUNDING_STREAM
 from tests.zo.reference import ReferenceMeZO
 from tests.zo.test_optimizer import assert_steps_match_the_reference, data, loss_fn, tiny_model, weights
+from tests.zo.test_precision import fp16_update_is_rounded_on_its_own
 
 cuda_noise = pytest.importorskip("mezo_ray.zo.cuda_noise", reason="needs Triton")
 INTERPRETED = not torch.cuda.is_available()
@@ -298,3 +299,8 @@ def test_the_forward_runs_on_stochastically_rounded_copies_of_the_rounding_strea
         expected = stochastic_round_(torch.empty_like(theta), theta.float() + sign * 1e-3 * z, u)
         assert torch.equal(seen, expected), sign
     assert torch.equal(model.w, theta)
+
+
+def test_an_fp16_update_under_half_an_ulp_is_dropped_as_on_the_cpu(device):
+    """The fused Triton sweep restores, rounds, then updates: the paper's two fp16 roundings."""
+    fp16_update_is_rounded_on_its_own(device)

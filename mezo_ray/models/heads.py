@@ -310,7 +310,10 @@ class CausalLMHead(_Head):
         ]
         ids, attention_mask = _pad(seqs, tok.pad_token_id, "left", self._device())
         new = self.loaded.generate(ids, attention_mask, self.max_new_tokens, self.stop_ids, tok.pad_token_id)
-        return [self.answer(text) for text in tok.batch_decode(new, skip_special_tokens=True)]
+        # cleaned as the paper's transformers (4.28; every release before 4.45) decoded: " 's" -> "'s"
+        # (5.x ignores clean_up_tokenization_spaces for BPE tokenizers, so its clean-up is called here)
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        return [self.answer(tok.clean_up_tokenization(text)) for text in texts]
 
     def answer(self, generated: str) -> str:
         """The answer in the decoded generated text, by ``answer_end``."""

@@ -167,6 +167,19 @@ def test_a_generated_answer_ends_at_its_first_newline_or_as_the_papers_code_read
     assert head.evaluate([ex])["metric"] == pytest.approx(2 / 3)
 
 
+def test_a_generated_answer_is_decoded_with_the_papers_tokenization_clean_up(micro, monkeypatch):
+    """The paper's transformers (4.28) decoded with ``clean_up_tokenization_spaces`` (on by default
+    before 4.45; off in 5.x): " 's", " n't", " ," and " ." lose their space, which SQuAD / DROP F1
+    sees (the normalizer keeps "'s" and "n't" attached)."""
+    loaded = load(micro, "causal")
+    head = make_head(get_task("SQuAD"), loaded)
+    generated = loaded.tokenizer.encode(" the plot 's end , and it does n't .\n", add_special_tokens=False)
+    monkeypatch.setattr(loaded, "generate", lambda *args, **kwargs: torch.tensor([generated]))
+    ex = _squad("how was the movie ?", "the plot's end, and it doesn't.")
+    assert head.predict([ex]) == ["the plot's end, and it doesn't."]
+    assert head.evaluate([ex])["metric"] == 1.0
+
+
 def test_overlong_context_is_cut_from_the_left_keeping_bos(micro):
     loaded = load(micro, "causal")
     task = task_for("causal")

@@ -428,8 +428,7 @@ def connect(address: str | None, verbose: bool = False) -> None:
     if not remote:  # a Train-worker trial starts five processes at once (trial, controller, worker, two
         # queues); past 4x its start-up concurrency (the CPU count) the raylet warns of runaway fan-out
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
-    # local: dashboard (if installed) on 127.0.0.1 only
-    context = ray.init(address=address, **quiet) if remote else ray.init(**quiet)
+    context = ray.init(address=address, **quiet)  # local: dashboard (if installed) on 127.0.0.1 only
     if not verbose:
         where = f"Ray at {context.address_info['gcs_address']}" if remote else "A local Ray"
         dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""

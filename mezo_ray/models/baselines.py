@@ -8,8 +8,9 @@
 - Linear probing (protocol §1.3 / §2.3): features at the mask (input of the MLM decoder) or the
   final hidden state that predicts the (single-token) option, ``LogisticRegressionCV`` (multinomial
   lbfgs, random_state 0, max_iter 5000, tol 1e-4; intercept for RoBERTa, none for OPT). The probe is
-  returned as its own classifier; the model's weights are not touched, unless ``init_head_from_probe``
-  writes it into the label words' decoder rows (LP-MeZO).
+  returned as its own classifier; ``init_head_from_probe`` writes it into the label words' rows of the
+  output projection, as both of the paper's codes did before testing (and before LP-MeZO's training).
+  OPT ties those rows to its input embeddings, so there the words' input embeddings change too.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class LinearProbe:
 
     head: MaskedLMHead | CausalLMHead
     classifier: LogisticRegressionCV
+    label_word_ids: tuple[int, ...]  # class i's token: its row of the output projection
     batch_size: int = 16
 
     def predict(self, examples: Sequence[Any]) -> list[int]:
@@ -76,22 +78,25 @@ class LinearProbe:
 
 @torch.no_grad()
 def init_head_from_probe(probe: LinearProbe) -> None:
-    """Write a masked-LM probe into the decoder rows (and biases) of the label words, so the prompt
-    head's label-word logits are the probe's (LP-MeZO, the paper's Table 19: ``--from_linearhead``).
-    A binary probe's single direction w becomes -w/2 and w/2, as the paper's code writes it."""
-    head = probe.head
-    if not isinstance(head, MaskedLMHead):
-        raise ValueError("initialising the head from a linear probe is for the mlm family (paper Table 19)")
-    decoder = head.loaded.hf_model.get_output_embeddings()
-    rows = head.label_word_ids.to(decoder.weight.device)
-    coef = torch.as_tensor(probe.classifier.coef_, dtype=decoder.weight.dtype, device=decoder.weight.device)
-    bias = torch.as_tensor(
-        probe.classifier.intercept_, dtype=decoder.weight.dtype, device=decoder.weight.device
-    )
+    """Write a probe into the output projection's rows of the label words (and their biases, masked
+    LM), so the prompt head's label-word logits are the probe's decision function. A binary probe's
+    single direction w becomes -w/2 and w/2, as the paper's code writes it.
+
+    Masked LM: LP-MeZO's start (Table 19, ``--from_linearhead``); the decoder is untied, as the paper's
+    RoBERTa model had it. Causal LM: the paper's OPT linear probe (``large_models/trainer.py``), whose
+    ``lm_head`` is tied to ``embed_tokens`` (no ``--untie_emb``): the label words' input embeddings
+    become the probe too, which changes the context wherever a label word appears in it.
+    """
+    decoder = probe.head.loaded.hf_model.get_output_embeddings()
+    rows = torch.tensor(probe.label_word_ids, dtype=torch.long, device=decoder.weight.device)
+    as_weight = {"dtype": decoder.weight.dtype, "device": decoder.weight.device}
+    coef = torch.as_tensor(probe.classifier.coef_, **as_weight)
+    bias = torch.as_tensor(probe.classifier.intercept_, **as_weight)
     if coef.shape[0] == 1 and len(rows) == 2:
         coef, bias = torch.cat([-coef / 2, coef / 2]), torch.cat([-bias / 2, bias / 2])
     decoder.weight[rows] = coef
-    decoder.bias[rows] = bias
+    if probe.classifier.fit_intercept:
+        decoder.bias[rows] = bias
 
 
 def linear_probe(
@@ -135,4 +140,8 @@ def linear_probe(
     if "use_legacy_attributes" in params:
         kwargs["use_legacy_attributes"] = False
     classifier = LogisticRegressionCV(**kwargs).fit(features, labels)
-    return LinearProbe(head=head, classifier=classifier, batch_size=batch_size)
+    if isinstance(head, MaskedLMHead):
+        label_word_ids = tuple(head.label_word_ids.tolist())
+    else:
+        label_word_ids = head.option_token_ids(train_examples)
+    return LinearProbe(head, classifier, label_word_ids, batch_size)

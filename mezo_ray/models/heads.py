@@ -209,6 +209,22 @@ class CausalLMHead(_Head):
             out.append(hidden[:, -2].float().cpu())  # last context token (left padding: same column)
         return torch.cat(out).numpy()
 
+    def option_token_ids(self, examples: Sequence[Any]) -> tuple[int, ...]:
+        """Returns the token each candidate adds to its context, the same in every example: the label
+        words' rows of ``lm_head`` (where the paper's OPT linear probe wrote its classes)."""
+        seen = set()
+        for i, ex in enumerate(examples):
+            rows = [self._encode(self._context(ex, None, i), o) for o in self.task.candidates(ex)]
+            if any(option_len != 1 for _, option_len in rows):
+                raise ValueError(f"task {self.task.name!r}: candidates of more than one token have no row")
+            seen.add(tuple(seq[-1] for seq, _ in rows))
+        if len(seen) != 1:
+            raise ValueError(
+                f"task {self.task.name!r}: its candidates are other tokens in other contexts {sorted(seen)}; "
+                "a probe written into lm_head needs one token per class"
+            )
+        return seen.pop()
+
     def loss_terms(
         self, examples: Sequence[Any], contexts: Sequence[str] | None = None
     ) -> tuple[torch.Tensor, int]:
@@ -289,8 +305,14 @@ class CausalLMHead(_Head):
         option_len = len(full) - len(self.loaded.encode(context))
         if option_len < 1:
             raise ValueError(f"task {self.task.name!r}: option {option!r} adds no tokens to its context")
-        full = self._truncate(full, self.loaded.max_length)
+        full = self._truncate(full, self._longest_row())
         return full, min(option_len, len(full) - 1)
+
+    def _longest_row(self) -> int:
+        """Tokens a row may have: a generation task's rows, those with the gold answer too, leave room
+        for the answer generated (the paper's ``encode_prompt`` with ``max_new_tokens``: 1998 for OPT)."""
+        room = self.max_new_tokens if self.task.kind == "generation" else 0
+        return self.loaded.max_length - room
 
     def _truncate(self, ids: list[int], max_length: int) -> list[int]:
         if len(ids) <= max_length:

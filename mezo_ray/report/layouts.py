@@ -4,7 +4,8 @@ A new table is one entry in ``LAYOUTS``: the models and k it covers, its columns
 task name), its rows (our row labels, ``mezo_ray.report.load.row_label``), and the paper's cells as the
 markdown text of mezo_protocol.md §3 (copied cell for cell, so a reviewer can diff them against the source).
 A row label of that text may start with a model key ("opt-30b MeZO") or a k ("k=16 MeZO") when the table
-holds several; ``paper_rows`` maps our label to the paper's where they differ ("ICL" -> "ICL (32 demos)").
+holds several; ``paper_rows`` maps our label to the paper's where they differ ("ICL" -> "ICL (32 demos)"),
+or to None where the paper has no number for a row that shares its label (Table 18's real LoRA).
 
 A *main* layout (Tables 18, 1, 20) holds a (model, k) section: all its rows are shown, missing results stay
 visible as missing, and the section's other methods follow as extra rows. An *ablation* layout (Tables 4,
@@ -48,6 +49,8 @@ OPT_TASKS = {
     "DROP": "DROP",
 }
 BUDGET = "10000 fwd"  # the ablations' "10,000 forward passes" (mezo_protocol.md §1.3)
+#: Table 6's n-SPSA rows: n perturbations a step, constant or linearly rising (App. A.2).
+N_SPSA_ROWS = tuple(f"MeZO [n={n}{schedule}, {BUDGET}]" for n in (4, 16) for schedule in ("", " linear"))
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class Layout:
     columns: Mapping[str, str]  # paper header -> config task name
     rows: tuple[str, ...]  # our row labels, in the paper's order
     published: str = ""  # the paper's cells, markdown, verbatim
-    paper_rows: Mapping[str, str] = field(default_factory=dict)  # our label -> the paper's, where they differ
+    paper_rows: Mapping[str, str | None] = field(default_factory=dict)  # our label -> the paper's, or None
     ablation: bool = False
     requires: tuple[str, ...] = ()  # ablation: drawn only when one of these rows has a result (default: any)
     lmbff_data: bool = False  # the paper ran it on LM-BFF's k-shot pack: cells from hub data get marked
@@ -96,6 +99,8 @@ class Layout:
     def published_cells(self, model: str, k: int | None, row: str) -> dict[str, Published]:
         """{task: Published} of one of our rows in the (model, k) section."""
         paper_row = self.paper_rows.get(row, row)
+        if paper_row is None:
+            return {}
         key = model_key(model)
         return {
             task: cell
@@ -119,15 +124,23 @@ LAYOUTS: tuple[Layout, ...] = (
             "Zero-shot",
             "LP",
             "MeZO",
+            "MeZO (LoRA, as published)",
             "MeZO (LoRA)",
             "MeZO (prefix)",
             "MeZO-Adam",
             "FT",
+            "FT (LoRA, as published)",
             "FT (LoRA)",
             "FT (prefix)",
         ),
-        # the paper's LoRA rows came from its code's LoRA (models/modes.py): our "as published" rows
-        paper_rows={"MeZO (LoRA, as published)": "MeZO (LoRA)", "FT (LoRA, as published)": "FT (LoRA)"},
+        # the paper's LoRA numbers came from its code's LoRA (FIDELITY row 6, models/modes.py): our
+        # "as published" rows; real LoRA is a row of its own, which the paper has no number for
+        paper_rows={
+            "MeZO (LoRA, as published)": "MeZO (LoRA)",
+            "FT (LoRA, as published)": "FT (LoRA)",
+            "MeZO (LoRA)": None,
+            "FT (LoRA)": None,
+        },
         published="""
 | | SST-2 | SST-5 | SNLI | MNLI | RTE | TREC |
 | Zero-shot | 79.0 | 35.5 | 50.2 | 48.8 | 51.4 | 32.0 |
@@ -229,20 +242,27 @@ LAYOUTS: tuple[Layout, ...] = (
         models=("roberta-large",),
         ks=(16,),
         columns=ABLATION_TASKS,
-        rows=tuple(f"MeZO [n={n}{schedule}, {BUDGET}]" for n in (4, 16) for schedule in ("", " linear")),
+        rows=(f"MeZO [{BUDGET}]", *N_SPSA_ROWS),
         paper_rows={
-            f"MeZO [n={n}{schedule}, {BUDGET}]": f"n={n} {name}"
-            for n in (4, 16)
-            for schedule, name in (("", "constant"), (" linear", "linear"))
+            f"MeZO [{BUDGET}]": "n=1 constant",
+            **{
+                f"MeZO [n={n}{schedule}, {BUDGET}]": f"n={n} {name}"
+                for n in (4, 16)
+                for schedule, name in (("", "constant"), (" linear", "linear"))
+            },
         },
+        # the paper's Table 6 (App. A.2), n = 1 being Table 4's runs (Table 5's prompt row)
         published="""
 | | SST-2 | SNLI | TREC |
-| n=4 constant | 89.5 | 68.6 | 62.3 |
-| n=4 linear | 89.6 | 65.3 | 66.1 |
-| n=16 constant | 90.4 | 67.0 | 62.8 |
-| n=16 linear | 88.9 | 62.8 | 64.2 |
+| n=1 constant | 89.6 (1.2) | 65.1 (6.2) | 66.7 (6.2) |
+| n=4 constant | 89.5 (1.1) | 68.6 (3.2) | 62.3 (5.6) |
+| n=4 linear | 89.6 (1.4) | 65.3 (6.4) | 66.1 (5.5) |
+| n=16 constant | 90.4 (0.7) | 67.0 (3.4) | 62.8 (6.3) |
+| n=16 linear | 88.9 (1.2) | 62.8 (5.9) | 64.2 (5.3) |
 """,
         ablation=True,
+        requires=N_SPSA_ROWS,
+        notes=("n = 1: Table 4's grid (`roberta_table4_ablation`), as in the paper",),
     ),
 )
 

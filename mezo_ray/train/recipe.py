@@ -166,7 +166,10 @@ def _evaluate_and_report(
     """Evaluate on dev, keep the weights the selection rule picks, report with a checkpoint; returns
     the selected weights (None: the current ones, or not kept)."""
     rank, world, step = session.rank, session.world_size, progress.step
-    dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
+    with _autocast(cfg, device) if cfg.method == "ft" else contextlib.nullcontext():
+        # FT's dev loss, which selects its checkpoint, in its training precision: HF's prediction_step
+        # under the paper's --fp16. Test scores stay float32, as the paper's run.py scored test.
+        dev_acc, dev_loss = evaluate(head, dev, cfg, rank, world, device)
     progress.max_dev_acc = max(progress.max_dev_acc, dev_acc)
     if _improves(cfg, dev_acc, dev_loss, progress):
         progress.best_dev_acc, progress.best_dev_loss, progress.best_step = dev_acc, dev_loss, step
@@ -399,18 +402,16 @@ def _run_baseline(
     device: torch.device,
 ) -> dict[str, Any]:
     head = _make_head(cfg, cfg.resolved_task(), loaded)
-    if cfg.method == "zero_shot":
-        dev_acc, dev_loss = evaluate(head, dev, cfg, session.rank, session.world_size, device)
-        test_acc, _ = evaluate(head, test, cfg, session.rank, session.world_size, device)
-    elif cfg.method == "icl":  # demonstrations from the whole train split, as the paper drew them
+    if cfg.method == "icl":  # demonstrations from the whole train split, as the paper drew them
         pool = load_pool(head.task, cfg.data_spec()).train
         dev_result = icl_evaluate(head, dev, pool, num_demos=cfg.icl_demos, seed=0)
         test_result = icl_evaluate(head, test, pool, num_demos=cfg.icl_demos, seed=0)
         dev_acc, dev_loss, test_acc = dev_result["metric"], dev_result["loss"], test_result["metric"]
     else:
-        probe = linear_probe(head, train)
-        dev_result = probe.evaluate(dev)
-        dev_acc, dev_loss, test_acc = dev_result["metric"], math.nan, probe.evaluate(test)["metric"]
+        if cfg.method == "lp":  # as the paper's codes tested a probe: written into the head, then scored
+            init_head_from_probe(linear_probe(head, train))
+        dev_acc, dev_loss = evaluate(head, dev, cfg, session.rank, session.world_size, device)
+        test_acc, _ = evaluate(head, test, cfg, session.rank, session.world_size, device)
     final = {
         "step": 0,
         "forward_passes": 0,

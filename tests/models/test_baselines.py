@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,6 +17,7 @@ from mezo_ray.models import (
     zero_shot,
 )
 from mezo_ray.tasks import Example, get_task, sample_icl_demonstrations, synthetic_sst2_examples
+from mezo_ray.tasks.synthetic import LABEL_WORDS
 from tests.models.conftest import FAMILY_TASKS, load, task_for
 
 
@@ -113,6 +115,39 @@ def test_a_probe_written_into_the_label_words_rows_gives_the_probes_logits(tiny,
             atol=1e-4,
         )
     assert head.predict(test) == probe.predict(test)
+
+
+def test_opts_probe_is_written_into_lm_head_rows_that_its_input_embeddings_share(tiny):
+    """The paper's OPT linear probe (large_models/trainer.py): its classes are the option tokens, their
+    lm_head rows become the probe, and OPT ties those rows to embed_tokens (no --untie_emb). The head
+    then scores as the probe does where no label word is in the context, and otherwise reads the probe
+    as the label word's input embedding."""
+    loaded = load_model(ModelSpec(tiny["causal"], "causal"))
+    head = make_head(task_for("causal"), loaded)
+    train = synthetic_sst2_examples(num=128, seed=0)
+    probe = linear_probe(head, train, early_stopping=True)
+    tok = loaded.tokenizer
+    assert probe.label_word_ids == tuple(tok.encode(f" {w}")[-1] for w in ("terrible", "great"))
+    plain = [ex for ex in synthetic_sst2_examples(num=40, seed=1) if not set(LABEL_WORDS) & set(_words(ex))]
+    mentions = [Example({"sentence": "a great cast , a dull plot ."}, 0)]
+    before = head.features(mentions)
+    init_head_from_probe(probe)
+
+    rows = list(probe.label_word_ids)
+    w = torch.as_tensor(probe.classifier.coef_, dtype=torch.float32)
+    written = loaded.hf_model.get_output_embeddings().weight[rows]
+    torch.testing.assert_close(written, torch.cat([-w / 2, w / 2]), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.hf_model.get_input_embeddings().weight[rows], written, rtol=0, atol=0)
+    with torch.no_grad():
+        margin = torch.stack([s[1] - s[0] for s in head.option_scores(plain)]).double()
+    decision = torch.as_tensor(probe.classifier.decision_function(head.features(plain)))
+    torch.testing.assert_close(margin, decision, rtol=1e-4, atol=1e-4)
+    assert head.predict(plain) == probe.predict(plain)
+    assert not np.allclose(head.features(mentions), before, atol=1e-3)  # " great" reads as the probe now
+
+
+def _words(ex: Example) -> list[str]:
+    return ex.fields["sentence"].split()
 
 
 def test_masked_lm_probe_features_are_the_decoder_input_at_the_mask(micro, sst2_examples):

@@ -197,6 +197,25 @@ def test_overlong_context_is_cut_from_the_left_keeping_bos(micro):
         assert abs(float(score) - hand) < 1e-4
 
 
+def test_a_generation_tasks_gold_rows_leave_room_for_the_generated_answer(micro):
+    """The paper's encode_prompt cuts a generation task's rows at max_length - max_new_tokens, the
+    rows it trains on and takes dev losses of too (with the gold answer): 1998 tokens for OPT."""
+    loaded = load(micro, "causal")
+    head = make_head(get_task("SQuAD"), loaded)
+    ex = _squad("how was the movie ?", "great")
+    ex.fields["context"] = "the movie was great . " * 60
+    ids = loaded.encode(head.task.prompt(ex) + head.task.target(ex))
+    longest = loaded.max_length - head.max_new_tokens
+    assert len(ids) > loaded.max_length and ids[0] == 0
+    kept = ids[:1] + ids[len(ids) - longest + 1 :]
+    n = len(ids) - len(loaded.encode(head.task.prompt(ex)))
+    logp = full_logits(loaded, kept).log_softmax(-1)
+    hand = -sum(float(logp[t - 1, kept[t]]) for t in range(len(kept) - n, len(kept)))
+    with torch.no_grad():
+        total, count = head.loss_terms([ex])
+    assert count == n and abs(float(total) - hand) < 1e-3
+
+
 @pytest.mark.parametrize("family", ["mlm", "causal"])
 def test_evaluate_reports_task_metric_and_mean_loss(micro, sst2_examples, family):
     task = task_for(family)

@@ -58,7 +58,7 @@ def test_counts_of_the_paper_grids():
     table18 = expand(load_space("roberta_table18"))
     mezo_k16 = [t for t in table18 if (t.method, t.zo_variant, t.mode, t.k) == ("mezo", "sgd", "full", 16)]
     assert len(mezo_k16) == 6 * 5 * 3  # tasks x data seeds x learning rates
-    assert len(table18) == 6 + 60 + 180 * 3 + 300 + 270 * 2 + 540 * 2
+    assert len(table18) == 6 + 60 + 180 * 4 + 300 + 270 * 2 + 540 * 3  # LoRA: as published, and real
     assert len(expand(load_space("opt13b_table1"))) == 11 + 11 + 7 + 4 * 2 + 3 * (9 * 2 + 2 * 3) + 11 * 3
     assert len(expand(load_space("roberta_table4_ablation"))) == 3 * 5 * 2 * 3 * 2 * 2
     # Table 5 (paper E.6): Table 4's grid, and lr 1e-4 too without the prompt
@@ -77,10 +77,14 @@ def test_overrides_replace_grid_axes_and_unknown_keys_are_refused():
 
 
 def test_only_selects_by_the_spaces_own_values_before_set_rewrites_them():
-    """FIDELITY.md 6: the paper's Table 18 LoRA rows as its code ran them, from the space's LoRA grids."""
+    """Table 18's LoRA cells run the paper code's LoRA (FIDELITY.md 6), and real LoRA has rows too;
+    --only picks by the space's values, then --set rewrites them."""
     space = load_space("roberta_table18")
+    lora_cells = 6 * 2 * 5 * 3 + 6 * 2 * 5 * 3 * 3  # MeZO (LoRA) + FT (LoRA): task, k, seed, grid
+    published = expand(space, None, parse_filters(["mode=lora_as_published"]))
+    assert len(published) == lora_cells and {t.method for t in published} == {"mezo", "ft"}
     trials = expand(space, parse_overrides(["mode=lora_as_published"]), parse_filters(["mode=lora"]))
-    assert len(trials) == 6 * 2 * 5 * 3 + 6 * 2 * 5 * 3 * 3  # MeZO (LoRA) + FT (LoRA), as in the space
+    assert len(trials) == lora_cells
     assert {t.mode for t in trials} == {"lora_as_published"}
     full = expand(space, None, parse_filters(["mode=full", "family=mlm"]))  # mode unset: its default
     assert {t.method for t in full} == {"zero_shot", "lp", "mezo", "ft"}

@@ -177,6 +177,21 @@ def test_non_finite_losses_fail_the_trial_after_the_patience(tiny_models, tmp_pa
     ]
 
 
+def test_ft_scores_dev_under_its_training_autocast_and_test_in_float32(tiny_models, tmp_path, monkeypatch):
+    """The paper's FT (--fp16) took the dev loss that selects its checkpoint in HF's prediction_step,
+    under autocast; its run.py scored test in float32."""
+    seen = []
+
+    def evaluate(head, examples, *args):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real(head, examples, *args)
+
+    real = recipe.evaluate
+    monkeypatch.setattr(recipe, "evaluate", evaluate)
+    final, _ = trial(tmp_path, method="ft", dtype="float16", lr=1e-4, max_steps=4, eval_steps=2)
+    assert final["done"] and seen == [torch.float16, torch.float16, None]
+
+
 def test_ft_in_bfloat16_is_mixed_precision_over_float32_weights(tiny_models, tmp_path):
     final, session = trial(tmp_path, method="ft", dtype="bfloat16", lr=1e-4)
     weights = snapshot(session.checkpoints[-1])
@@ -184,9 +199,12 @@ def test_ft_in_bfloat16_is_mixed_precision_over_float32_weights(tiny_models, tmp
 
 
 @pytest.mark.parametrize("method", ["zero_shot", "lp"])
-def test_mlm_baselines_run_end_to_end(tiny_models, tmp_path, method):
-    final, session = trial(tmp_path, method=method)
+@pytest.mark.parametrize("family", ["mlm", "causal"])
+def test_baselines_run_end_to_end_and_score_through_the_prompt_head(tiny_models, tmp_path, method, family):
+    """LP too: the probe is written into the head, which then scores dev (with a loss) and test."""
+    final, session = trial(tmp_path, method=method, **(CAUSAL if family == "causal" else {}))
     assert final["done"] and 0.0 <= final["test_acc"] <= 1.0 and len(session.reports) == 1
+    assert math.isfinite(final["dev_loss"]) and final["dev_loss"] > 0
 
 
 CAUSAL = {

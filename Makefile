@@ -11,6 +11,9 @@ TORCH ?= torch==2.13.0
 TRITON ?= triton==3.9.0
 LOCK := constraints.txt
 PY := $(VENV)/bin/python
+# -n auto --dist loadfile: the tests that start Ray, all in tests/test_tune.py, run on one worker, one
+# after another (tests/conftest.py); the other files on the other workers beside them.
+PYTEST_ARGS := -q -n auto --dist loadfile
 
 .PHONY: demo test test-cluster lint bench setup lock
 
@@ -29,7 +32,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 # A real Ray cluster on this machine (head + node via `ray start`, jobs, a node killed): about 4 minutes.
 test-cluster: $(VENV)/.installed
@@ -51,7 +54,7 @@ lock:
 	.venv-lock/bin/python -m pip install -q "$(TORCH)" "$(TRITON)"
 	.venv-lock/bin/python -m pip install -q -e ".[test]"
 	.venv-lock/bin/python -m ruff check .
-	.venv-lock/bin/python -m pytest -q
+	.venv-lock/bin/python -m pytest $(PYTEST_ARGS)
 	{ echo "# The lock: exact releases the suite passed with on $$(date -u +%F) (make lock refreshes it)."; \
 	  echo "# Used as pip constraints by make demo / make test / .ci/run; torch is installed on its own first."; \
 	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v -E '^(torch|nvidia-|triton)'; \

@@ -26,6 +26,27 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+# Under pytest-xdist (`make test` runs `-n auto`) the workers share the cores: one torch thread each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+#: The files whose tests start Ray. ``make test`` runs ``-n auto --dist loadfile``: each file on one
+#: worker, so these run one after another (two Ray instances on one machine clean up each other's
+#: placement groups, and trials hang), the other files on the other workers beside them.
+RAY_FILES = frozenset({"test_tune.py", "test_cluster.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts Ray must live in one of ``RAY_FILES`` (only one of them runs per session).
+    Those files go first: the longest unit of work starts at once, the others fill the other workers."""
+    for item in items:
+        starts_ray = "ray" in item.keywords or "ray_local" in getattr(item, "fixturenames", ())
+        if starts_ray and item.path.name not in RAY_FILES:
+            raise pytest.UsageError(f"{item.nodeid} starts Ray: move it to one of {sorted(RAY_FILES)}")
+    items.sort(key=lambda item: item.path.name not in RAY_FILES)  # stable: each file keeps its order
+
+
 @pytest.fixture(scope="session")
 def tiny_models():
     from mezo_ray.models import ensure_tiny_models

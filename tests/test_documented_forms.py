@@ -1,8 +1,8 @@
 """Every form the README and search_spaces/examples/ document runs: the task YAML (as written, with
-labels as a plain list, and its causal form) trains end to end on the tiny models, the example space
-trains through the command line, and each documented `python -m mezo_ray.tune` command is planned
-(validated, trials counted) without error. The cluster recipe of experiments/README.md is
-tests/test_cluster.py's."""
+labels as a plain list, and its causal form) trains end to end on the tiny models, and each documented
+`python -m mezo_ray.tune` command is planned (validated, trials counted) without error. The example
+space trains through the command line in tests/test_tune.py (with the other tests that start Ray), and
+the cluster recipe of experiments/README.md is tests/test_cluster.py's."""
 
 from __future__ import annotations
 
@@ -68,14 +68,6 @@ def test_the_readme_task_yaml_trains_end_to_end(form, tiny_models, tmp_path):
     preflight([cfg])  # where the plain-list form once crashed
     final = run_trial(cfg, LocalSession(str(tmp_path / "run")))
     assert final["done"] and final["step"] == 4 and 0.0 <= final["test_acc"] <= 1.0
-
-
-def test_the_example_space_trains_through_the_command_line(ray_local, tiny_models, tmp_path):
-    space = str(EXAMPLES / "reviews_space.yaml")
-    args = ["--space", space, "--set", "max_steps=4", "--set", "eval_steps=2", "--set", "k=4"]
-    assert main([*args, "--storage-path", str(tmp_path), "--name", "reviews"]) == 0
-    trials = [p for p in (tmp_path / "reviews").iterdir() if p.is_dir() and (p / "result.json").exists()]
-    assert len(trials) == 2  # with the prompt and with a classification head
 
 
 def documented_commands() -> list[str]:

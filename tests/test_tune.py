@@ -64,7 +64,7 @@ def write_space(tmp_path, **defaults) -> str:
 def test_dry_run_json_counts_trials_without_ray(capsys):
     assert main(["--space", "roberta_table18", "--only", "k=16", "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["num_trials"] == len(plan["trials"]) == 6 + 30 + 3 * 90 + 150 + 3 * 270  # half of 2526 + 6
+    assert plan["num_trials"] == len(plan["trials"]) == 6 + 30 + 4 * 90 + 150 + 4 * 270  # half of 3246 + 6
     ft = {t["batch_size"] for t in plan["trials"] if t["method"] == "ft" and t["mode"] == "full"}
     assert ft == {2, 4, 8}  # k=16's grid only (--set k=16 would also run k=512's {8, 16, 32} at k=16)
     mezo = [
@@ -573,7 +573,7 @@ def test_non_finite_losses_fail_a_trial_once_with_the_reason(ray_local, tiny_mod
     space = write_space(
         tmp_path, num_workers=workers, lr=1e30, max_steps=40, eval_steps=2, nonfinite_patience=3
     )
-    args = ["--space", space, "--storage-path", str(tmp_path), "--name", "nan", "--max-failures", "2"]
+    args = ["--space", space, "--storage-path", str(tmp_path), "--name", "nan", "--max-failures", "1"]
     assert main(args) == 1
     ((trial, reports),) = results(str(tmp_path / "nan")).items()
     steps = [r["step"] for r in reports]
@@ -618,3 +618,11 @@ def test_fifty_trials_under_load_are_all_accounted_for(ray_local, tiny_models, t
             seeds.add(json.load(f)["seed"])
     assert seeds == set(range(50))  # every trial ran once: none lost, none twice
     assert placement_groups_removed()
+
+
+def test_the_readme_example_space_trains_through_the_command_line(ray_local, tiny_models, tmp_path):
+    space = str(Path(__file__).resolve().parents[1] / "search_spaces" / "examples" / "reviews_space.yaml")
+    args = ["--space", space, "--set", "max_steps=4", "--set", "eval_steps=2", "--set", "k=4"]
+    assert main([*args, "--storage-path", str(tmp_path), "--name", "reviews"]) == 0
+    trials = [p for p in (tmp_path / "reviews").iterdir() if p.is_dir() and (p / "result.json").exists()]
+    assert len(trials) == 2  # with the prompt and with a classification head

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mezo_ray.zo import MeZO, StepRecord, local_tensor
+from mezo_ray.zo import StepRecord, ZeroOrderOptimizer, local_tensor
 
 if TYPE_CHECKING:
     from mezo_ray.train.config import TrialConfig
@@ -230,7 +230,7 @@ def write(
     rank = session.rank
     progress.world_size, progress.fsdp = session.world_size, cfg.fsdp
     progress.checkpoints += 1
-    seed_log = isinstance(optimizer, MeZO) and cfg.checkpoint_mode == "seed_log"
+    seed_log = isinstance(optimizer, ZeroOrderOptimizer) and cfg.checkpoint_mode == "seed_log"
     log_only = seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0)
     progress.last_metrics[WEIGHTS_STEP] = -1 if log_only else progress.step
     with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
@@ -238,7 +238,7 @@ def write(
             save(directory, progress, optimizer.trajectory, None, None, optimizer.state_dict(), rank, False)
         else:
             progress.snapshot_step = progress.step
-            if isinstance(optimizer, MeZO):
+            if isinstance(optimizer, ZeroOrderOptimizer):
                 optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
             weights = {n: local_tensor(p) for n, p in params}
             kept = best if progress.best_step != progress.step else None

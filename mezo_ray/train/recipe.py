@@ -56,7 +56,16 @@ from mezo_ray.train.distributed import (
 from mezo_ray.train.memory_log import memory_log
 from mezo_ray.train.progress import method_name, progress_line
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import FZOO, LOZO, HiZOO, MeZO, NonFiniteLossError, mix_seed, saved_setting
+from mezo_ray.zo import (
+    FZOO,
+    LOZO,
+    HiZOO,
+    MeZO,
+    NonFiniteLossError,
+    ZeroOrderOptimizer,
+    mix_seed,
+    saved_setting,
+)
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -308,11 +317,11 @@ def batch_at(train: list[Example], step: int, cfg: TrialConfig) -> list[Example]
 def optimizer_state_multiple(optimizer: torch.optim.Optimizer) -> float:
     """The optimizer's state in multiples of the trainable parameters: MeZO's update rule's (0 for
     the paper's SGD), AdamW's 2 for the first-order baseline (whose gradients add 1 more)."""
-    return optimizer.state_multiple if isinstance(optimizer, MeZO) else 2
+    return optimizer.state_multiple if isinstance(optimizer, ZeroOrderOptimizer) else 2
 
 
 def forward_passes(optimizer: torch.optim.Optimizer, step: int) -> int:
-    return optimizer.forward_passes if isinstance(optimizer, MeZO) else step
+    return optimizer.forward_passes if isinstance(optimizer, ZeroOrderOptimizer) else step
 
 
 def _out_of_budget(cfg: TrialConfig, optimizer: torch.optim.Optimizer, step: int) -> bool:

@@ -21,22 +21,22 @@ from typing import Any
 
 import torch
 
-from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, mix_seed
+from mezo_ray.zo.base import ZeroOrderOptimizer
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, mix_seed
 from mezo_ray.zo.noise import scratch as scratch_like
-from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
+from mezo_ray.zo.record import Closure, StepRecord, check, takes_index
 
 
-class FZOO(MeZO):
+class FZOO(ZeroOrderOptimizer):
     """FZOO: ``step(closure)`` runs N + 1 forwards; no backward, no optimizer state.
 
-    Args: as ``MeZO`` (``lr``, ``eps``, ``seed``, ``chunk_numel``, ``on_nonfinite``), and ``n_probes``:
-    N, the paper's ``FORWARD_N`` (8 in its scripts). The update has no weight decay (the paper's has none).
+    Args: as ``ZeroOrderOptimizer`` (``lr``, ``eps``, ``seed``, ``chunk_numel``, ``on_nonfinite``), and
+    ``n_probes``: N, the paper's ``FORWARD_N`` (8 in its scripts). The update has no weight decay (the
+    paper's has none).
     """
 
     def __init__(self, params: Iterable[Any], lr: float, eps: float = 1e-4, *, n_probes: int = 8, **kw: Any):
-        _check(
-            n_probes >= 2, "n_probes", n_probes, "an integer >= 2 (the step divides by the losses' spread)"
-        )
+        check(n_probes >= 2, "n_probes", n_probes, "an integer >= 2 (the step divides by the losses' spread)")
         super().__init__(params, lr=lr, eps=eps, **kw)
         self.n_probes = n_probes
 
@@ -46,23 +46,22 @@ class FZOO(MeZO):
         raises leaves the weights at theta (to rounding), and the next step starts afresh."""
         if closure is None:
             raise ValueError("FZOO.step needs a closure that returns the loss")
-        takes_index = _takes_index(closure)
+        indexed = takes_index(closure)
         seeds = tuple(mix_seed(self.seed, self.step_count, k) for k in range(self.n_probes))
         losses = []
         for k, seed in enumerate(seeds):
             self._probe(seed, self.eps)
             try:
-                losses.append(self._loss_at(closure, k, takes_index))
+                losses.append(self._loss_at(closure, k, indexed))
             finally:
                 self._probe(seed, -self.eps)
-        loss_0 = self._loss_at(closure, self.n_probes, takes_index)
+        loss_0 = self._loss_at(closure, self.n_probes, indexed)
         if not all(math.isfinite(v) for v in (*losses, loss_0)):
             return self._skip(seeds, (*losses, loss_0))
         spread = statistics.pstdev(losses)
         coefs = tuple((v - loss_0) / (self.n_probes * spread) if spread > 0 else 0.0 for v in losses)
         record = StepRecord(self.step_count, seeds, coefs, self._lrs())
-        self._update(record)
-        self._finish(record)
+        self._commit(record)
         return loss_0
 
     def _redo_sweeps(self, record: StepRecord) -> None:
@@ -80,13 +79,13 @@ class FZOO(MeZO):
         def probe_chunk(s: NoiseSlice, c: Chunk) -> None:
             add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed).sign_(), scale)
 
-        for_each_chunk([s for s, _, _ in self._active()], self.chunk_numel, probe_chunk)
+        self.sweeps.for_chunks(probe_chunk)
 
     def _update(self, record: StepRecord) -> None:
         """theta <- theta - lr * sum_k coef_k u_k: one sweep, N draws per chunk."""
         self.update_count += 1
         lr_of = self._group_lrs(record)
-        active = self._active()
+        active = self.sweeps.active()
         entries = {id(s): (p, g) for s, p, g in active}
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
@@ -95,11 +94,15 @@ class FZOO(MeZO):
             step = scratch_like(theta, slot=1).zero_()
             for seed, coef in zip(record.seeds, record.projected_grads, strict=True):
                 add_scaled_(step, draw(s, c, seed).sign_(), coef)
-            work = self._working_copy(theta)
+            work = self.sweeps.working_copy(theta)
             add_scaled_(work, step, -lr_of[id(group)])
-            self._round_into(p, theta, work, s, c, record.seeds[-1])
+            self.sweeps.round_into(p, theta, work, s, c, record.seeds[-1])
 
-        for_each_chunk([s for s, _, _ in active], self.chunk_numel, update_chunk)
+        self.sweeps.for_chunks(update_chunk, [s for s, _, _ in active])
+
+    @property
+    def state_multiple(self) -> int:
+        return 0
 
     def _trajectory_settings(self) -> dict[str, Any]:
-        return {**super()._trajectory_settings(), "estimator": "fzoo", "n_probes": self.n_probes}
+        return {**self._common_settings("fzoo"), "n_probes": self.n_probes}

@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 
+from mezo_ray.zo.base import ZeroOrderOptimizer
 from mezo_ray.zo.cpu_noise import sum_of_products
-from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, for_each_chunk, full_noise, mix_seed
-from mezo_ray.zo.optimizer import Closure, MeZO, StepRecord, _check, _takes_index
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, full_noise, mix_seed
+from mezo_ray.zo.record import Closure, StepRecord, check, takes_index
 
 U_STREAM, V_STREAM = 0x1A0, 0x1A1
 
@@ -72,12 +73,12 @@ def _gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.tensor(entries, dtype=a.dtype)
 
 
-class LOZO(MeZO):
+class LOZO(ZeroOrderOptimizer):
     """LOZO (``beta=0``) or LOZO-M (``beta > 0``): ``step(closure)`` runs two forwards.
 
-    Args: as ``MeZO`` (``lr``, ``eps``, ``weight_decay``, ``seed``, ``chunk_numel``, ``on_nonfinite``),
-    and ``rank`` (r; the code's RoBERTa default 4), ``interval`` (nu: steps V is kept; its default
-    100), ``beta`` (LOZO-M's momentum; its default 0.9).
+    Args: as ``ZeroOrderOptimizer`` (``lr``, ``eps``, ``weight_decay``, ``seed``, ``chunk_numel``,
+    ``on_nonfinite``), and ``rank`` (r; the code's RoBERTa default 4), ``interval`` (nu: steps V is
+    kept; its default 100), ``beta`` (LOZO-M's momentum; its default 0.9).
     """
 
     def __init__(
@@ -91,9 +92,9 @@ class LOZO(MeZO):
         beta: float = 0.0,
         **kw: Any,
     ):
-        _check(rank >= 1, "rank", rank, "an integer >= 1")
-        _check(interval >= 1, "interval", interval, "an integer >= 1")
-        _check(0 <= beta < 1, "beta", beta, "a number in [0, 1) (0: LOZO, > 0: LOZO-M)")
+        check(rank >= 1, "rank", rank, "an integer >= 1")
+        check(interval >= 1, "interval", interval, "an integer >= 1")
+        check(0 <= beta < 1, "beta", beta, "a number in [0, 1) (0: LOZO, > 0: LOZO-M)")
         super().__init__(params, lr=lr, eps=eps, **kw)
         self.rank, self.interval, self.beta = rank, interval, beta
         self._basis: int | None = None  # LOZO-M: the interval whose V the factors N are expressed in
@@ -104,7 +105,7 @@ class LOZO(MeZO):
         """LOZO: 0; LOZO-M: N (r / n of each m x n matrix) and a buffer per vector, as a fraction."""
         if not self.beta:
             return 0
-        entries = [(p, s.local.numel()) for s, p, _ in self._slices()]
+        entries = [(p, s.local.numel()) for s, p, _ in self.sweeps.slices()]
         held = sum(n // (p.numel() // p.shape[0]) * self.rank if p.dim() >= 2 else n for p, n in entries)
         return held / max(1, sum(n for _, n in entries))
 
@@ -115,23 +116,25 @@ class LOZO(MeZO):
         if closure is None:
             raise ValueError("LOZO.step needs a closure that returns the loss")
         seed = mix_seed(self.seed, self.step_count, 0)
-        plus, minus = self._two_point(self._perturb, seed, closure, _takes_index(closure))
+        plus, minus = self.two_point(self._perturb, seed, closure, takes_index(closure))
         if not (math.isfinite(plus) and math.isfinite(minus)):
             return self._skip((seed,), (plus, minus))
         record = StepRecord(self.step_count, (seed,), ((plus - minus) / (2 * self.eps),), self._lrs())
-        self._update(record)
-        self._finish(record)
+        self._commit(record)
         return plus
 
     def _redo_sweeps(self, record: StepRecord) -> None:
-        self._two_point(self._perturb, record.seeds[0], None, False)
+        self.two_point(self._perturb, record.seeds[0], None, False)
+
+    def _passes_of(self, record: StepRecord) -> int:
+        return 2
 
     # ------------------------------------------------------------------------------------------------
     def _factor(self, name: str, rows: int, seed: int, stream: int, like: torch.Tensor) -> torch.Tensor:
         """A factor on ``like``'s device and dtype, drawn once per (name, stream, seed)."""
         key = (name, stream, seed)
         if key not in self._factors:
-            if len(self._factors) > 4 * len(self._names):  # keep this step's and interval's
+            if len(self._factors) > 4 * len(self.sweeps.names):  # keep this step's and interval's
                 self._factors.clear()
             self._factors[key] = lowrank_factor(name, rows, self.rank, seed, stream).to(like)
         return self._factors[key]
@@ -140,7 +143,7 @@ class LOZO(MeZO):
         self, s: NoiseSlice, p: torch.Tensor, seed: int, interval: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's rows of U (the step's ``seed``) and the whole V of ``interval``."""
-        name, cols = self._names[p], p.numel() // p.shape[0]
+        name, cols = self.sweeps.names[p], p.numel() // p.shape[0]
         first = s.offset // cols
         u = self._factor(name, p.shape[0], seed, U_STREAM, s.local)[first : first + s.local.numel() // cols]
         return u, self._factor(name, cols, mix_seed(self.seed, interval), V_STREAM, s.local)
@@ -148,7 +151,7 @@ class LOZO(MeZO):
     def _perturb(self, seed: int, scale: float) -> None:
         """theta += scale * Z(seed): U V^T on matrices (``add_lowrank_``), z on vectors."""
         vectors = []
-        for s, p, _ in self._active():
+        for s, p, _ in self.sweeps.active():
             if p.dim() < 2:
                 vectors.append(s)
                 continue
@@ -158,7 +161,7 @@ class LOZO(MeZO):
         def perturb_chunk(s: NoiseSlice, c: Chunk) -> None:
             add_scaled_(s.local[c.p_lo : c.p_hi], draw(s, c, seed), scale)
 
-        for_each_chunk(vectors, self.chunk_numel, perturb_chunk)
+        self.sweeps.for_chunks(perturb_chunk, vectors)
 
     def _update(self, record: StepRecord) -> None:
         """W <- W (1 - lr wd) - lr g U V^T (LOZO) or - lr N V^T (LOZO-M); vectors likewise with z."""
@@ -169,20 +172,20 @@ class LOZO(MeZO):
         first = self._basis is None  # the code's first LOZO-M step: N = g U, b = g z
         keep, add = (0.0, 1.0) if first else (beta, 1 - beta)
         vectors = {}
-        for s, p, group in self._active():
-            lr, wd = lr_of[id(group)], group["weight_decay"] if self._decays[p] else 0.0
+        for s, p, group in self.sweeps.active():
+            lr, wd = lr_of[id(group)], self._weight_decay(p, group)
             if p.dim() < 2:
                 vectors[id(s)] = (s, p, lr, wd)
                 continue
             u, v = self._u_v(s, p, seed, interval)
             held = s.local.view(u.shape[0], v.shape[0])
-            weights = held.float() if p in self._rounded else held  # rounded back below, chunk by chunk
+            weights = held.float() if p in self.sweeps.rounded else held  # rounded back below, chunk by chunk
             u, v = u.to(weights.dtype), v.to(weights.dtype)
             if wd:
                 weights.mul_(1 - lr * wd)
             if not beta:
                 add_lowrank_(weights, u, v, -lr * grad)
-                self._round_whole(p, s, weights, seed)
+                self.sweeps.round_whole(p, s, weights, seed)
                 continue
             state = self.state[p]
             if first:
@@ -194,12 +197,12 @@ class LOZO(MeZO):
             else:
                 add_scaled_(state["lowrank_momentum"].mul_(keep), u, add * grad)
             add_lowrank_(weights, state["lowrank_momentum"], v, -lr)
-            self._round_whole(p, s, weights, seed)
+            self.sweeps.round_whole(p, s, weights, seed)
 
         def update_chunk(s: NoiseSlice, c: Chunk) -> None:
             _, p, lr, wd = vectors[id(s)]
             theta, z = s.local[c.p_lo : c.p_hi], draw(s, c, seed)
-            work = self._working_copy(theta)
+            work = self.sweeps.working_copy(theta)
             if wd:
                 work.mul_(1 - lr * wd)
             if not beta:
@@ -208,12 +211,12 @@ class LOZO(MeZO):
                 buffer = self.state[p]["momentum_buffer"].view(-1)[c.p_lo : c.p_hi]
                 add_scaled_(buffer.mul_(keep), z, add * grad)
                 add_scaled_(work, buffer, -lr)
-            self._round_into(p, theta, work, s, c, seed)
+            self.sweeps.round_into(p, theta, work, s, c, seed)
 
         for s, p, _, _ in vectors.values():
             if beta and "momentum_buffer" not in self.state[p]:
                 self.state[p]["momentum_buffer"] = torch.zeros_like(s.local)
-        for_each_chunk([entry[0] for entry in vectors.values()], self.chunk_numel, update_chunk)
+        self.sweeps.for_chunks(update_chunk, [entry[0] for entry in vectors.values()])
         self._basis = interval
 
     def state_dict(self) -> dict[str, Any]:
@@ -227,5 +230,5 @@ class LOZO(MeZO):
         self._factors.clear()
 
     def _trajectory_settings(self) -> dict[str, Any]:
-        settings = {**super()._trajectory_settings(), "estimator": "lozo", "rank": self.rank}
+        settings = {**self._common_settings("lozo"), "rank": self.rank}
         return {**settings, "interval": self.interval, "beta": self.beta}

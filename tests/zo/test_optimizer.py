@@ -19,7 +19,7 @@ from mezo_ray.zo import (
     replay,
     saved_setting,
 )
-from mezo_ray.zo.optimizer import GRAD_NORM_STREAM
+from mezo_ray.zo.scales import GRAD_NORM_STREAM
 from tests.zo.reference import ReferenceMeZO
 
 
@@ -654,7 +654,7 @@ def test_layer_wise_steps_match_the_papers_should_optim(variant):
     for _ in range(4):
         opt.step(loss(ours))
         reference.step(loss(ref))
-    assert opt.num_blocks == 3 and torch.equal(ours.head.weight, head)
+    assert opt.sweeps.num_blocks == 3 and torch.equal(ours.head.weight, head)
     for (name, p), q in zip(ours.named_parameters(), ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
     if variant == "sgd":  # stateless: the seed log rebuilds the weights from the start
@@ -807,7 +807,7 @@ def test_the_cpu_fused_sweeps_are_the_chunked_sweeps_arithmetic(monkeypatch, dty
             opt.perturb_in_forward(model)
         for _ in range(3):
             opt.step(loss_fn(model, x, y))
-        assert (opt._fused is not None) == fused
+        assert (opt.sweeps._fused is not None) == fused
         ends.append(weights(model))
     assert all(torch.equal(a, b) for a, b in zip(*ends, strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(ends[0], weights(tiny_model(dtype)), strict=True))

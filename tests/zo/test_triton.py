@@ -19,7 +19,7 @@ from torch import nn
 
 from mezo_ray.zo import MeZO, cpu_noise, full_noise, mix_seed, noise, replay
 from mezo_ray.zo.noise import NoiseSlice, materialise, name_key, stochastic_round_
-from mezo_ray.zo.optimizer import PERTURBATION_ROUNDING_STREAM, ROUNDING_STREAM
+from mezo_ray.zo.sweeps import PERTURBATION_ROUNDING_STREAM, ROUNDING_STREAM
 from tests.zo.reference import ReferenceMeZO
 from tests.zo.test_optimizer import assert_steps_match_the_reference, data, loss_fn, tiny_model, weights
 from tests.zo.test_precision import fp16_update_is_rounded_on_its_own
@@ -116,7 +116,7 @@ def test_fused_sweep_adds_the_same_z_as_the_chunked_path(device):
     p = torch.zeros(300_001, device=device)
     opt = MeZO([("w", p)], lr=0.0)
     opt.perturb(seed=11, scale=1.0)  # fused: theta = 1 * theta + 1 * z
-    assert opt._fused is not None
+    assert opt.sweeps._fused is not None
     torch.testing.assert_close(p, full_noise(p, "w", seed=11), rtol=0, atol=0)
 
 
@@ -124,7 +124,7 @@ def test_float64_parameters_take_the_chunked_path_in_float64(device):
     p = torch.zeros(10_001, dtype=torch.float64, device=device)
     opt = MeZO([("w", p)], lr=0.0)
     opt.perturb(seed=7, scale=1e-3)  # the float32 fused kernel would round 1e-3 * z to float32
-    assert opt._fused is None
+    assert opt.sweeps._fused is None
     assert torch.equal(p, 1e-3 * full_noise(p, "w", seed=7).double())
     assert opt.noise_backend == noise.NOISE_TAG
 
@@ -220,7 +220,7 @@ def test_steps_on_the_triton_path_match_the_reference(device):
         for _ in range(3):
             opt.step(loss_fn(ours, x, y))
             reference.step(loss_fn(ref, x, y))
-        assert isinstance(opt._fused, cuda_noise.FusedSweep) and opt.noise_backend == noise.NOISE_TAG
+        assert isinstance(opt.sweeps._fused, cuda_noise.FusedSweep) and opt.noise_backend == noise.NOISE_TAG
         # In float32 each loss is rounded to ~1e-7 of itself, so g = (l+ - l-) / 2 eps carries an error of
         # ~1e-7 / eps = 1e-4 of the loss: the displacements agree to that, not to the bit.
         start = weights(tiny_model().to(device))

@@ -114,25 +114,3 @@ def _example_count(mb: Any) -> int:
         "reads a tensor's first dimension, the first tensor of a tuple/dict, or a list's length); "
         "pass sizes=[examples per micro-batch]"
     )
-
-
-def _example_count(mb: Any) -> int:
-    """Examples in one micro-batch (see ``microbatch_mean``); ``len`` of an (x, y) tuple would be 2."""
-    if torch.is_tensor(mb):
-        fields = [mb]
-    elif isinstance(mb, Mapping):
-        fields = list(mb.values())
-    elif isinstance(mb, tuple) or (isinstance(mb, list) and mb and torch.is_tensor(mb[0])):
-        fields = list(mb)
-    elif isinstance(mb, list):
-        return len(mb)
-    else:
-        fields = []
-    for field in fields:
-        if torch.is_tensor(field) and field.dim() > 0:
-            return int(field.size(0))
-    raise ValueError(
-        f"microbatch_mean cannot tell how many examples a {type(mb).__name__} micro-batch holds (it "
-        "reads a tensor's first dimension, the first tensor of a tuple/dict, or a list's length); "
-        "pass sizes=[examples per micro-batch]"
-    )

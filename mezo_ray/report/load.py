@@ -22,6 +22,8 @@ from typing import Any
 
 import pandas as pd
 
+from mezo_ray.estimators import ALL_OWN_SETTINGS, ESTIMATORS, OWN_SETTINGS, ROW_SETTINGS
+
 #: Trial config keys of CONTRACTS.md, in the order the trials table shows them.
 CONFIG_KEYS = (
     "model",
@@ -49,11 +51,7 @@ CONFIG_KEYS = (
     "layer_wise",
     "perturbation_scale",
     "xgblora_steps_per_iteration",
-    "n_probes",
-    "hessian_smooth",
-    "lozo_rank",
-    "lozo_interval",
-    "lozo_momentum",
+    *ALL_OWN_SETTINGS,  # each estimator's own (mezo_ray/estimators.py)
 )
 #: Metrics taken from a trial's last report (``lr``/``eps`` stay the config's, not the reported schedule's).
 FINAL_METRICS = (
@@ -85,7 +83,6 @@ HISTORY_METRICS = (
 STATUSES = ("done", "unfinished", "errored")
 
 _ZO_VARIANT_NAMES = {"sgd": "MeZO", "adam": "MeZO-Adam", "momentum": "MeZO-momentum", "sign": "MeZO-sign"}
-_ESTIMATOR_NAMES = {"fzoo": "FZOO", "hizoo": "HiZOO", "lozo": "LOZO"}
 _MODE_SUFFIX = {
     "full": "",
     "lora": " (LoRA)",
@@ -104,11 +101,7 @@ _ZO_KEYS = (
     "perturbation_scale",
     "layer_wise",
     "lp_init",
-    "n_probes",
-    "hessian_smooth",
-    "lozo_rank",
-    "lozo_interval",
-    "lozo_momentum",
+    *ALL_OWN_SETTINGS,
 )
 _TRAINING_KEYS = (
     "mode",
@@ -129,19 +122,13 @@ UNUSED_KEYS = {
     "lp": _ZO_KEYS + _TRAINING_KEYS,
     "ft": _ZO_KEYS,
 }
-#: An estimator's own settings, unused by the others.
-_ESTIMATOR_KEYS = {
-    "fzoo": ("n_probes",),
-    "hizoo": ("hessian_smooth",),
-    "lozo": ("lozo_rank", "lozo_interval", "lozo_momentum"),
-}
 
 
 def unused_keys(method: Any, estimator: Any = None) -> set[str]:
     """The config keys a trial of ``method`` (and, for MeZO, ``estimator``) does not read."""
     if method == "mezo":
         mine = str(estimator) if _present(estimator) else "mezo"
-        return {key for name, keys in _ESTIMATOR_KEYS.items() if name != mine for key in keys}
+        return {key for name, keys in OWN_SETTINGS.items() if name != mine for key in keys}
     return set(UNUSED_KEYS.get(str(method), ()))
 
 
@@ -162,7 +149,7 @@ ROW_KEYS = (
     "perturbation_scale",
     "estimator",
     "xgblora_steps_per_iteration",
-    "lozo_momentum",
+    *ROW_SETTINGS,  # the estimators' own settings that name their rows
 )
 _TUNE_TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
 
@@ -203,10 +190,11 @@ def row_label(
     perturbation_scale: Any = None,
     estimator: Any = None,
     xgblora_steps_per_iteration: Any = None,
-    lozo_momentum: Any = None,
+    **own: Any,
 ) -> str:
     """Return the paper's row label for a trial, e.g. ("mezo", "sgd", "lora") -> "MeZO (LoRA)".
 
+    ``own``: the estimator's own settings (``mezo_ray.estimators``), which may name its row.
     Settings that make a different experiment (n-SPSA, the metric objective, a forward-pass budget, no
     prompt) go in brackets, e.g. "MeZO [n=4 linear, 10000 fwd]", so ablations never share a cell (or a
     published number) with the plain row. Unknown values still give a readable label, never dropped.
@@ -218,9 +206,9 @@ def row_label(
     suffix = _MODE_SUFFIX.get(mode, f" ({mode})")
     if _present(xgblora_steps_per_iteration):
         suffix = " (XGBLoRA)"
-    if method == "mezo" and estimator in _ESTIMATOR_NAMES:
-        momentum = "-M" if estimator == "lozo" and _present(lozo_momentum) and float(lozo_momentum) else ""
-        label = _ESTIMATOR_NAMES[str(estimator)] + momentum + suffix
+    if method == "mezo" and estimator in ESTIMATORS:
+        present = {key: value for key, value in own.items() if _present(value)}
+        label = ESTIMATORS[str(estimator)].row_label(present) + suffix
     elif method == "mezo":
         variant = str(zo_variant) if _present(zo_variant) else "sgd"
         label = _ZO_VARIANT_NAMES.get(variant, f"MeZO-{variant}") + suffix
@@ -450,7 +438,7 @@ def _build(records: list[_Record]) -> Report:
         reports = rec.reports.reset_index(drop=True)
         final = reports.iloc[-1].to_dict() if len(reports) else {}
         config = {key: rec.config.get(key) for key in CONFIG_KEYS}
-        row = row_label(*(config[key] for key in ROW_KEYS))
+        row = row_label(**{key: config[key] for key in ROW_KEYS})
         if row in K_FREE_ROWS:
             config["k"] = None
         status, reason = _status(final, rec.error, len(reports), config["max_steps"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pandas as pd
 import yaml
 
+from mezo_ray.estimators import ALL_OWN_SETTINGS
 from mezo_ray.report.load import ROW_KEYS
 
 #: Selection metric -> direction, read from a trial's final report, whose dev metrics are those of the
@@ -122,11 +123,7 @@ TUNED_KEYS = (
     "eps",
     "weight_decay",
     "batch_size",
-    "n_probes",
-    "hessian_smooth",
-    "lozo_rank",
-    "lozo_interval",
-    "lozo_momentum",
+    *ALL_OWN_SETTINGS,  # each estimator's own (mezo_ray/estimators.py)
 )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from mezo_ray.estimators import ROWS as ESTIMATOR_ROWS
 from mezo_ray.report import paper_numbers as paper
 from mezo_ray.report.layouts import LAYOUTS, Layout
 from mezo_ray.report.load import K_FREE_ROWS, Report, model_key
@@ -38,10 +39,7 @@ ROW_ORDER = (
     "MeZO-momentum",
     "MeZO-sign",
     "LP-MeZO",
-    "FZOO",
-    "HiZOO",
-    "LOZO",
-    "LOZO-M",
+    *ESTIMATOR_ROWS,  # mezo_ray/estimators.py
     "FT",
     "FT (LoRA)",
     "FT (LoRA, as published)",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from mezo_ray.estimators import ESTIMATOR_NAMES, ESTIMATORS, MEZO_ONLY
 from mezo_ray.tasks import DataSpec, MLMTask, Task, expected_train_size, get_task
 from mezo_ray.tasks.base import AnswerEnd
 from mezo_ray.tasks.custom import TaskSpec, load_task_file, parse_task_spec
@@ -64,7 +65,7 @@ class TrialConfig(BaseModel):
     family: Literal["mlm", "causal"] | None = Field(None, description="derived from task and model if unset")
     method: Method = "mezo"
     zo_variant: Literal["sgd", "momentum", "adam", "sign"] = "sgd"
-    estimator: Literal["mezo", "fzoo", "hizoo", "lozo"] = Field(
+    estimator: Literal[ESTIMATOR_NAMES] = Field(  # type: ignore[valid-type]
         "mezo",
         description="method mezo's gradient estimator: mezo (two-point, Gaussian z); fzoo (N one-sided "
         "Rademacher probes sharing one unperturbed loss, the step normalised by their spread; "
@@ -266,20 +267,19 @@ class TrialConfig(BaseModel):
                 f"task {task.name!r} has no template or no label words (labels given as a list): a prompt "
                 "reads a label word at the mask. Give template and labels as value: word, or use prompt=false"
             )
-        if self.estimator != "mezo" and (
-            self.method != "mezo"
-            or self.zo_variant != "sgd"
-            or self.n_perturbations != 1
-            or self.perturbation_scale != "none"
-            or self.layer_wise
-        ):
-            raise ValueError(
-                f"estimator={self.estimator!r} is its own update rule: it needs "
-                "method='mezo' and none of zo_variant / n_perturbations / perturbation_scale / "
-                f"layer_wise; got method={self.method!r}, zo_variant={self.zo_variant!r}, "
-                f"n_perturbations={self.n_perturbations}, perturbation_scale={self.perturbation_scale!r}, "
-                f"layer_wise={self.layer_wise}"
-            )
+        if self.estimator != "mezo":
+            bad = [f"method={self.method!r}"] if self.method != "mezo" else []
+            bad += [
+                f"{key}={getattr(self, key)!r}"
+                for key, unused in MEZO_ONLY.items()
+                if getattr(self, key) not in unused
+            ]
+            if bad:
+                raise ValueError(
+                    f"{', '.join(bad)}: estimator={self.estimator!r} brings its own probes and update "
+                    f"rule; it needs method='mezo' and leaves {', '.join(MEZO_ONLY)} to MeZO's own "
+                    "estimate (mezo_ray/estimators.py MEZO_ONLY)"
+                )
         if self.perturbation_scale != "none" and self.method != "mezo":
             raise ValueError(
                 f"perturbation_scale={self.perturbation_scale!r} is a MeZO option; method={self.method!r}"
@@ -329,12 +329,11 @@ class TrialConfig(BaseModel):
         if self.fsdp and self.num_workers < 1:
             raise ValueError("fsdp=true needs num_workers >= 1 (FSDP shards across Ray Train workers)")
         if self.perturbation == "forward" and (
-            self.method != "mezo" or self.estimator != "mezo" or self.perturbation_scale == "grad_norm"
+            self.method != "mezo" or self.perturbation_scale == "grad_norm"
         ):
             raise ValueError(
-                "perturbation='forward' is built for MeZO's own estimate: it needs method='mezo', "
-                "estimator='mezo' and perturbation_scale other than grad_norm; got "
-                f"method={self.method!r}, estimator={self.estimator!r}, "
+                "perturbation='forward' is built for MeZO's own estimate: it needs method='mezo' and "
+                f"perturbation_scale other than grad_norm; got method={self.method!r}, "
                 f"perturbation_scale={self.perturbation_scale!r}"
             )
         if self.stochastic_rounding and self.dtype == "float32":
@@ -413,7 +412,7 @@ class TrialConfig(BaseModel):
     def forward_passes(self) -> int:
         """Training forward passes this trial will run (for dry runs): 2K per MeZO step, 1 per FT step."""
         if self.method == "mezo" and self.estimator != "mezo":
-            passes = {"fzoo": self.n_probes + 1, "hizoo": 3, "lozo": 2}[self.estimator] * self.max_steps
+            passes = ESTIMATORS[self.estimator].passes_per_step(self.model_dump()) * self.max_steps
             return min(passes, self.max_forward_passes) if self.max_forward_passes else passes
         if self.method == "mezo":
             if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))

@@ -7,7 +7,7 @@ from typing import Any
 
 
 def method_name(method: str, estimator: str | None) -> str:
-    """What a trial runs, in one word: its estimator for MeZO trials (``fzoo``), else its method."""
+    """What a trial runs, in one word: its estimator for MeZO trials (``estimator``), else its method."""
     return (estimator or "mezo") if method == "mezo" else method
 
 

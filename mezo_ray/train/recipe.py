@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import transformers
 
+from mezo_ray.estimators import ESTIMATORS
 from mezo_ray.models import CausalLMHead, init_head_from_probe, linear_probe, load_model, make_head
 from mezo_ray.models.baselines import icl_evaluate
 from mezo_ray.models.loading import DTYPES, ModelSpec
@@ -56,16 +57,7 @@ from mezo_ray.train.distributed import (
 from mezo_ray.train.memory_log import memory_log
 from mezo_ray.train.progress import method_name, progress_line
 from mezo_ray.train.session import FAILURE_KEY, Session
-from mezo_ray.zo import (
-    FZOO,
-    LOZO,
-    HiZOO,
-    MeZO,
-    NonFiniteLossError,
-    ZeroOrderOptimizer,
-    mix_seed,
-    saved_setting,
-)
+from mezo_ray.zo import MeZO, NonFiniteLossError, ZeroOrderOptimizer, mix_seed, saved_setting
 
 
 def run_trial(cfg: TrialConfig, session: Session) -> dict[str, Any]:
@@ -501,13 +493,8 @@ def _build_optimizer(
     if cfg.method == "mezo":
         rounding = cfg.stochastic_rounding if cfg.stochastic_rounding is not None else saved_rounding
         common = {"lr": cfg.lr, "eps": cfg.eps, "seed": cfg.training_seed, "stochastic_rounding": rounding}
-        if cfg.estimator == "fzoo":
-            return FZOO(params, n_probes=cfg.n_probes, **common)
-        if cfg.estimator == "hizoo":
-            return HiZOO(params, weight_decay=cfg.weight_decay, hessian_smooth=cfg.hessian_smooth, **common)
-        if cfg.estimator == "lozo":
-            lowrank = {"rank": cfg.lozo_rank, "interval": cfg.lozo_interval, "beta": cfg.lozo_momentum}
-            return LOZO(params, weight_decay=cfg.weight_decay, **lowrank, **common)
+        if cfg.estimator in ESTIMATORS:  # its own settings, from the registry
+            return ESTIMATORS[cfg.estimator].build(params, cfg.model_dump(), **common)
         steps_per_epoch = math.ceil(num_train / cfg.batch_size)
         return MeZO(
             params,

@@ -152,7 +152,7 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
     # Evaluating
     def _loss_at(self, closure: Closure, k: int, takes_index: bool) -> float:
         """The closure's loss, counted as a forward pass, for estimators that restart a step whose
-        closure raised instead of resuming it (FZOO, HiZOO, LOZO)."""
+        closure raised instead of resuming it (every one but MeZO)."""
         value = float(closure(k) if takes_index else closure())  # type: ignore[call-arg]
         self.forward_passes += 1
         return value

@@ -42,7 +42,7 @@ def test_family_is_derived_from_the_task_and_the_model():
         ({"xgblora_steps_per_iteration": 10}, "xgblora_steps_per_iteration merges LoRA.*mode='full'"),
         (
             {"estimator": "fzoo", "zo_variant": "adam"},
-            "estimator='fzoo' is its own update.*zo_variant='adam'",
+            "zo_variant='adam': estimator='fzoo' brings its own",
         ),
         ({"perturbation": "forward", "estimator": "lozo"}, "perturbation='forward'.*estimator='lozo'"),
         ({"perturbation": "forward", "method": "ft"}, "perturbation='forward'.*method='ft'"),

@@ -49,9 +49,8 @@ def _lozo_row(settings: Mapping[str, Any]) -> str:
     return "LOZO-M" if momentum not in (None, "") and float(momentum) else "LOZO"
 
 
-#: The estimators other than MeZO's own, by the name a trial gives.
-ESTIMATORS: dict[str, EstimatorEntry] = {
-    "fzoo": EstimatorEntry(  # arXiv 2506.09034: N one-sided Rademacher probes, normalised by their spread
+_ENTRIES = (
+    EstimatorEntry(  # arXiv 2506.09034: N one-sided Rademacher probes, normalised by their spread
         name="fzoo",
         builder="mezo_ray.zo.fzoo:FZOO",
         settings={"n_probes": "n_probes"},
@@ -59,14 +58,14 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         rows=("FZOO",),
         weight_decay=False,
     ),
-    "hizoo": EstimatorEntry(  # arXiv 2402.15173: z scaled by a diagonal Hessian estimate
+    EstimatorEntry(  # arXiv 2402.15173: z scaled by a diagonal Hessian estimate
         name="hizoo",
         builder="mezo_ray.zo.hizoo:HiZOO",
         settings={"hessian_smooth": "hessian_smooth"},
         passes_per_step=lambda settings: 3,
         rows=("HiZOO",),
     ),
-    "lozo": EstimatorEntry(  # arXiv 2410.07698: rank-r perturbations U V^T of each matrix
+    EstimatorEntry(  # arXiv 2410.07698: rank-r perturbations U V^T of each matrix
         name="lozo",
         builder="mezo_ray.zo.lozo:LOZO",
         settings={"lozo_rank": "rank", "lozo_interval": "interval", "lozo_momentum": "beta"},
@@ -75,7 +74,9 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
         row=_lozo_row,
         row_settings=("lozo_momentum",),
     ),
-}
+)
+#: The estimators other than MeZO's own, by the name a trial gives.
+ESTIMATORS: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}
 #: The trial settings only MeZO's own estimate reads (update rules, n-SPSA, per-group scales, layer-wise
 #: steps, perturbing in the forward), with the values that leave them unused: a trial of another
 #: estimator that sets one otherwise is refused, by name (``TrialConfig``).

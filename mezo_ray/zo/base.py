@@ -56,7 +56,6 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
             the default: on for them; float32 is never rounded): at the paper's OPT lr of 1e-7,
             lr g z is far below half an ulp of most low-precision weights and rounding to nearest
             drops it. False: the paper's fp16 arithmetic (round to nearest).
-        layer_wise: see ``Sweeps`` (MeZO's option; the base takes it to build the engine).
     """
 
     def __init__(
@@ -71,7 +70,6 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
         on_nonfinite: Literal["skip", "raise"] = "skip",
         no_decay: Sequence[str] = DEFAULT_NO_DECAY,
         stochastic_rounding: bool | None = None,
-        layer_wise: bool = False,
     ) -> None:
         check(lr >= 0, "lr", lr, "a number >= 0")
         check(eps > 0, "eps", eps, "a number > 0")
@@ -83,7 +81,7 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
         self.seed = seed
         self.chunk_numel = chunk_numel
         self.on_nonfinite = on_nonfinite
-        self.sweeps = Sweeps(self, chunk_numel, no_decay, stochastic_rounding, layer_wise)
+        self.sweeps = Sweeps(self, chunk_numel, no_decay, stochastic_rounding)
         self.step_count = 0  # steps taken, skipped ones included: the index of the next step's seeds
         self.update_count = 0  # updates applied (Adam's bias-correction t)
         self.forward_passes = 0  # closure evaluations

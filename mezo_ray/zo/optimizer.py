@@ -107,8 +107,8 @@ class MeZO(ZeroOrderOptimizer):
             on_nonfinite=on_nonfinite,
             no_decay=no_decay,
             stochastic_rounding=stochastic_rounding,
-            layer_wise=layer_wise,
         )
+        self.sweeps.layer_wise = layer_wise
         self.variant = variant
         self.momentum = momentum
         self.betas = betas

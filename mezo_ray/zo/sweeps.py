@@ -58,8 +58,9 @@ class Sweeps:
         chunk_numel: elements per unit of work and of scratch memory; z does not depend on it.
         no_decay: name parts (case-insensitive) of parameters without weight decay.
         stochastic_rounding: round bfloat16 / float16 updates stochastically (None: on for them).
-        layer_wise: a step touches one block, ``step_count mod num_blocks``, the first ``.<i>.`` of a
-            parameter's name (the paper code's ``--layer_wise_optim``); others stay put.
+
+    ``layer_wise`` (MeZO sets it): a step touches one block, ``step_count mod num_blocks``, the first
+    ``.<i>.`` of a parameter's name (the paper code's ``--layer_wise_optim``); others stay put.
     """
 
     def __init__(
@@ -68,11 +69,10 @@ class Sweeps:
         chunk_numel: int,
         no_decay: Sequence[str],
         stochastic_rounding: bool | None,
-        layer_wise: bool = False,
     ) -> None:
         self._optimizer = optimizer
         self.chunk_numel = chunk_numel
-        self.layer_wise = layer_wise
+        self.layer_wise = False
         groups = optimizer.param_groups
         self.rounded = {
             p

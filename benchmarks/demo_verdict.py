@@ -34,11 +34,11 @@ def verdict(space_name: str = "demo") -> dict:
     torch.set_num_threads(1)  # as each demo trial runs: one CPU per worker
     per_seed: dict[int, dict[str, list]] = {}
     for cfg in expand(load_space(space_name)):
-        cfg = parse_trial_config({**cfg.model_dump(), "num_workers": 0})
+        cfg = parse_trial_config({**cfg.to_flat(), "num_workers": 0})
         with tempfile.TemporaryDirectory() as folder:
             out = run_trial(cfg, LocalSession(folder))
-        per_seed.setdefault(cfg.data_seed, {}).setdefault(cfg.method, []).append(
-            (out["best_dev_acc"], out["test_acc"], cfg.lr)
+        per_seed.setdefault(cfg.data.seed, {}).setdefault(cfg.method.name, []).append(
+            (out["best_dev_acc"], out["test_acc"], getattr(cfg.method, "lr", None))
         )
     seeds = {}
     for seed, runs in sorted(per_seed.items()):

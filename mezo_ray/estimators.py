@@ -1,96 +1,181 @@
 """The gradient estimators a MeZO trial can name (``estimator:``), in one table that train, tune and
 report read. Torch-free: the report and the dry run import it without loading torch.
 
-An entry says what the rest of the package needs to know of an estimator beyond its file in ``zo``:
-its optimizer class (imported only when a trial builds it), the trial settings it reads and the
-keyword each becomes, its forward passes per step (for dry runs and budgets), and its report row. A new
-estimator is its file in ``zo``, one entry here, and its own trial settings (``train/config.py``).
-MeZO's own estimate (``estimator: mezo``) takes the general MeZO settings (update rule, n-SPSA,
-layer-wise, per-group scales), which the recipe passes it; the others refuse those by name (the
-trial config's check).
+An estimator is its file in ``zo``, its settings class here and one entry in ``_ENTRIES``:
+- the **settings class** holds the trial settings only it reads, with their defaults and bounds. A
+  field's alias is its flat key (``params.json``, Tune's config, ``--set``); its name is the keyword
+  its optimizer takes. The trial config's MeZO branch holds one of these, chosen by ``estimator:``,
+  so a trial that sets another estimator's setting away from its default is refused by name;
+- the **entry** says how to build the optimizer (imported only when a trial builds it), its report
+  rows, whether it applies the trial's weight decay and whether it can perturb inside the forward.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class EstimatorSettings(BaseModel):
+    """One estimator's own trial settings (a subclass per estimator, its ``name`` a Literal)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(alias="estimator")
+
+    def keywords(self, max_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+        """The optimizer's own keywords (by default every setting, under its field name)."""
+        return self.model_dump(exclude={"name"})
+
+    def forward_passes(self, max_steps: int) -> int:
+        """Training forward passes of ``max_steps`` steps (for dry runs and budgets)."""
+        return 2 * max_steps
+
+
+class MezoSettings(EstimatorSettings):
+    """MeZO's own estimate and the options the paper's code gives it (update rules, n-SPSA, per-group
+    scales, layer-wise steps)."""
+
+    name: Literal["mezo"] = Field("mezo", alias="estimator")
+    variant: Literal["sgd", "momentum", "adam", "sign"] = Field("sgd", alias="zo_variant")
+    momentum: float = Field(0.9, ge=0, lt=1)
+    n_perturbations: int = Field(1, gt=0)
+    perturbation_schedule: Literal["constant", "linear"] = "constant"
+    scale: Literal["none", "param_norm", "grad_norm"] = Field(
+        "none",
+        alias="perturbation_scale",
+        description="the paper code's --zo_variant: each group (embeddings, LM head, each layer) is "
+        "perturbed by z / c, c its weights' norm (param_norm) or a two-forward estimate of its gradient's "
+        "norm (grad_norm, with --use_zo_grad_est: 2 forwards per group)",
+    )
+    estimate: Literal["variance", "expectation"] = Field(
+        "variance",
+        alias="scale_estimate",
+        description="with a perturbation_scale: estimate g z c (variance) or g z (--change_grad_estimate)",
+    )
+    recompute_norms: bool = Field(
+        False, description="with a perturbation_scale: recompute the scales each epoch (--recompute_norms)"
+    )
+    layer_wise: bool = Field(
+        False,
+        description="perturb and update one layer per step, cycling (the paper code's "
+        "--layer_wise_optim); not with zo_variant adam",
+    )
+
+    def keywords(self, max_steps: int, steps_per_epoch: int) -> dict[str, Any]:
+        own = self.model_dump(exclude={"name", "recompute_norms"})
+        return {
+            **own,
+            "max_steps": max_steps,
+            "rescale_every": steps_per_epoch if self.recompute_norms else None,
+        }
+
+    def forward_passes(self, max_steps: int) -> int:
+        if self.perturbation_schedule == "linear":  # K_t = max(1, int(t / max_steps * K))
+            k = self.n_perturbations
+            return sum(2 * max(1, int(t / max_steps * k)) for t in range(max_steps))
+        return 2 * self.n_perturbations * max_steps
+
+
+class FzooSettings(EstimatorSettings):
+    """arXiv 2506.09034: N one-sided Rademacher probes sharing one unperturbed loss."""
+
+    name: Literal["fzoo"] = Field("fzoo", alias="estimator")
+    n_probes: int = Field(8, ge=2, description="N probes per step (N + 1 forward passes)")
+
+    def forward_passes(self, max_steps: int) -> int:
+        return (self.n_probes + 1) * max_steps
+
+
+class HizooSettings(EstimatorSettings):
+    """arXiv 2402.15173: z scaled by a diagonal Hessian estimate (3 forward passes a step)."""
+
+    name: Literal["hizoo"] = Field("hizoo", alias="estimator")
+    hessian_smooth: float = Field(1e-8, ge=0, le=1, description="the Hessian estimate's smoothing")
+
+    def forward_passes(self, max_steps: int) -> int:
+        return 3 * max_steps
+
+
+class LozoSettings(EstimatorSettings):
+    """arXiv 2410.07698: each matrix perturbed along rank-r directions U Vᵀ."""
+
+    name: Literal["lozo"] = Field("lozo", alias="estimator")
+    rank: int = Field(4, ge=1, alias="lozo_rank", description="r, the perturbation's rank per matrix")
+    interval: int = Field(100, ge=1, alias="lozo_interval", description="nu, the steps each V is kept")
+    beta: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        alias="lozo_momentum",
+        description="0 is LOZO; > 0 is LOZO-M (momentum in the factors)",
+    )
 
 
 @dataclass(frozen=True)
 class EstimatorEntry:
-    """One estimator: how to build it from a trial's settings, and how the report names it."""
+    """One estimator: its settings, how to build its optimizer, and how the report names it."""
 
-    name: str  # what a trial sets: estimator: fzoo
+    settings: type[EstimatorSettings]
     builder: str  # "module:Class" in mezo_ray.zo, imported lazily
-    settings: Mapping[str, str] = field(default_factory=dict)  # trial setting -> the builder's keyword
-    passes_per_step: Callable[[Mapping[str, Any]], int] = lambda settings: 2
     rows: tuple[str, ...] = ()  # its report rows, in the order tables show them
     row: Callable[[Mapping[str, Any]], str] | None = None  # which of ``rows`` a trial is (default: the first)
-    row_settings: tuple[str, ...] = ()  # the settings ``row`` reads
+    row_settings: tuple[str, ...] = ()  # the flat settings ``row`` reads
     weight_decay: bool = True  # whether its update applies the trial's weight decay
+    in_forward: bool = False  # whether it can perturb inside each module's forward
 
-    def row_label(self, settings: Mapping[str, Any]) -> str:
-        return self.row(settings) if self.row is not None else self.rows[0]
+    @property
+    def name(self) -> str:
+        return self.settings.model_fields["name"].default
 
-    def build(self, params: Any, settings: Mapping[str, Any], **common: Any) -> Any:
-        """The optimizer over ``params`` for a trial with ``settings`` (and ``common``: lr, eps, seed...)."""
+    @property
+    def flat_keys(self) -> tuple[str, ...]:
+        """Its settings as a trial names them (params.json, ``--set``), its name aside."""
+        return tuple(f.alias or key for key, f in self.settings.model_fields.items() if key != "name")
+
+    def row_label(self, flat: Mapping[str, Any]) -> str:
+        return self.row(flat) if self.row is not None else self.rows[0]
+
+    def build(
+        self, params: Any, settings: EstimatorSettings, max_steps: int, steps_per_epoch: int, **common: Any
+    ) -> Any:
+        """The optimizer over ``params`` (``common``: lr, eps, seed, rounding, weight decay)."""
         module, name = self.builder.split(":")
         cls = getattr(importlib.import_module(module), name)
-        own = {keyword: settings[key] for key, keyword in self.settings.items()}
-        if self.weight_decay:
-            own["weight_decay"] = settings["weight_decay"]
-        return cls(params, **own, **common)
+        if not self.weight_decay:
+            common.pop("weight_decay", None)
+        return cls(params, **settings.keywords(max_steps, steps_per_epoch), **common)
 
 
-def _lozo_row(settings: Mapping[str, Any]) -> str:
-    momentum = settings.get("lozo_momentum")
+def _lozo_row(flat: Mapping[str, Any]) -> str:
+    momentum = flat.get("lozo_momentum")
     return "LOZO-M" if momentum not in (None, "") and float(momentum) else "LOZO"
 
 
 _ENTRIES = (
-    EstimatorEntry(  # arXiv 2506.09034: N one-sided Rademacher probes, normalised by their spread
-        name="fzoo",
-        builder="mezo_ray.zo.fzoo:FZOO",
-        settings={"n_probes": "n_probes"},
-        passes_per_step=lambda settings: int(settings["n_probes"]) + 1,
-        rows=("FZOO",),
-        weight_decay=False,
-    ),
-    EstimatorEntry(  # arXiv 2402.15173: z scaled by a diagonal Hessian estimate
-        name="hizoo",
-        builder="mezo_ray.zo.hizoo:HiZOO",
-        settings={"hessian_smooth": "hessian_smooth"},
-        passes_per_step=lambda settings: 3,
-        rows=("HiZOO",),
-    ),
-    EstimatorEntry(  # arXiv 2410.07698: rank-r perturbations U V^T of each matrix
-        name="lozo",
-        builder="mezo_ray.zo.lozo:LOZO",
-        settings={"lozo_rank": "rank", "lozo_interval": "interval", "lozo_momentum": "beta"},
-        passes_per_step=lambda settings: 2,
+    EstimatorEntry(MezoSettings, "mezo_ray.zo.optimizer:MeZO", in_forward=True),
+    EstimatorEntry(FzooSettings, "mezo_ray.zo.fzoo:FZOO", rows=("FZOO",), weight_decay=False),
+    EstimatorEntry(HizooSettings, "mezo_ray.zo.hizoo:HiZOO", rows=("HiZOO",)),
+    EstimatorEntry(
+        LozoSettings,
+        "mezo_ray.zo.lozo:LOZO",
         rows=("LOZO", "LOZO-M"),
         row=_lozo_row,
         row_settings=("lozo_momentum",),
     ),
 )
-#: The estimators other than MeZO's own, by the name a trial gives.
-ESTIMATORS: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}
-#: The trial settings only MeZO's own estimate reads (update rules, n-SPSA, per-group scales, layer-wise
-#: steps, perturbing in the forward), with the values that leave them unused: a trial of another
-#: estimator that sets one otherwise is refused, by name (``TrialConfig``).
-MEZO_ONLY: dict[str, tuple[Any, ...]] = {
-    "zo_variant": ("sgd",),
-    "n_perturbations": (1,),
-    "perturbation_scale": ("none",),
-    "layer_wise": (False,),
-    "perturbation": (None, "in_place"),
-}
-#: Every name ``estimator:`` takes: MeZO's own estimate, then the table's.
-ESTIMATOR_NAMES: tuple[str, ...] = ("mezo", *ESTIMATORS)
-#: The trial settings only one estimator reads, by estimator.
-OWN_SETTINGS: dict[str, tuple[str, ...]] = {name: tuple(e.settings) for name, e in ESTIMATORS.items()}
+#: Every estimator by the name a trial gives, MeZO's own estimate first.
+ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}
+#: Every name ``estimator:`` takes.
+ESTIMATOR_NAMES: tuple[str, ...] = tuple(ENTRIES)
+#: The estimators other than MeZO's own: each brings its report row(s).
+ESTIMATORS: dict[str, EstimatorEntry] = {name: e for name, e in ENTRIES.items() if name != "mezo"}
+#: The trial settings only one of those estimators reads, by estimator.
+OWN_SETTINGS: dict[str, tuple[str, ...]] = {name: e.flat_keys for name, e in ESTIMATORS.items()}
 #: Every estimator's own settings, in table order.
 ALL_OWN_SETTINGS: tuple[str, ...] = tuple(key for keys in OWN_SETTINGS.values() for key in keys)
 #: The settings that name an estimator's row (LOZO-M).

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import importlib.resources
 import itertools
+import json
 import os
 from typing import Any, Literal
 
@@ -32,9 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mezo_ray.tasks.custom import with_data_paths_from
 from mezo_ray.train.config import (
+    FLAT_FIELDS,
     PATH_FIELDS,
     TrialConfig,
     absolute_path,
+    flat_default,
     format_validation_error,
     parse_trial_config,
     task_definition,
@@ -44,7 +47,6 @@ DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 #: What PBT may change mid-trial: a MeZO step's record keeps its lr and eps, so a trial that takes over
 #: another's checkpoint replays that trial's steps exactly and goes on with the new values.
 PBT_KEYS = ("lr", "eps")
-_DEFAULTS = TrialConfig.model_fields
 
 
 class Grid(BaseModel):
@@ -169,13 +171,13 @@ def expand(
                 continue
             raw = {**own, **overrides}
             if gpus_per_trial is not None:  # grids may differ in num_workers
-                workers = raw.get("num_workers", _DEFAULTS["num_workers"].default) or 1
+                workers = raw.get("num_workers", flat_default("num_workers")) or 1
                 raw["gpus_per_worker"] = gpus_per_trial / workers
             where = f"space {space.name!r}, grid {grid.name!r}, trial {raw}"
             cfg = parse_trial_config(raw, where=where)
-            if not all(getattr(cfg, k) in v for k, v in (only or {}).items() if own_values[k] is None):
+            if not all(cfg.to_flat()[k] in v for k, v in (only or {}).items() if own_values[k] is None):
                 continue
-            key = cfg.model_dump_json()
+            key = json.dumps(cfg.to_flat(), sort_keys=True)
             if key not in seen:  # an override can collapse a grid axis
                 seen.add(key)
                 out.append(cfg)
@@ -184,7 +186,7 @@ def expand(
     if repeats == 1:
         return out
     return [  # --num-samples N with a grid: each repeat with its own training seed
-        parse_trial_config({**cfg.model_dump(), "seed": cfg.training_seed + r}, where=f"space {space.name!r}")
+        parse_trial_config({**cfg.to_flat(), "seed": cfg.training_seed + r}, where=f"space {space.name!r}")
         for r in range(repeats)
         for cfg in out
     ]
@@ -192,14 +194,13 @@ def expand(
 
 def _space_default(key: str) -> Any:
     """A field's value in a trial whose space does not set it (None: required or derived)."""
-    field = _DEFAULTS[key]
-    return None if field.is_required() else field.get_default(call_default_factory=True)
+    return flat_default(key)
 
 
 def _check_keys(raw: dict[str, Any], where: str) -> None:
-    unknown = sorted(set(raw) - set(TrialConfig.model_fields))
+    unknown = sorted(set(raw) - set(FLAT_FIELDS))
     if unknown:
-        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(TrialConfig.model_fields)}")
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys: {sorted(FLAT_FIELDS)}")
 
 
 # ----------------------------------------------------------------------------------------------------

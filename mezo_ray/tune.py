@@ -18,9 +18,7 @@ import argparse
 import glob
 import json
 import logging
-import math
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -28,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from mezo_ray.spaces import SearchSpace, builtin_spaces, expand, load_space, parse_filters, parse_overrides
-from mezo_ray.train.config import TrialConfig, parse_trial_config
+from mezo_ray.train.cluster import check_address, check_resources, check_storage_visible, local_resources
+from mezo_ray.train.config import TrialConfig, flat_default, parse_trial_config
 
 DEFAULT_STORAGE = os.path.expanduser("~/ray_results")
 #: What PBT's trials run with: in their own process (Tune hands a trial another's checkpoint there),
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 shown = {}  # one per task, model and prompt: trials differing in lr read the same inputs
                 for cfg in experiment.configs:
-                    shown.setdefault((cfg.task, cfg.model, cfg.prompt, cfg.family), cfg)
+                    shown.setdefault((cfg.task, cfg.model.name), cfg)
                 for cfg in shown.values():
                     print("\n" + show_examples(cfg, args.show_examples))
             return 0
@@ -155,11 +154,11 @@ class Experiment:
     @property
     def trials(self) -> list[dict[str, Any]]:
         """The grid's trials as Tune takes them (flat, every field): its params.json."""
-        return [cfg.model_dump(mode="json") for cfg in self.configs] if self.search == "grid" else []
+        return [cfg.to_flat() for cfg in self.configs] if self.search == "grid" else []
 
     @property
     def resources_per_trial(self) -> dict[str, float]:
-        return max((c.resources() for c in self.configs), key=lambda r: (r["GPU"], r["CPU"]))
+        return max((c.resources.total() for c in self.configs), key=lambda r: (r["GPU"], r["CPU"]))
 
     @property
     def total_forward_passes(self) -> int:
@@ -188,7 +187,7 @@ def plan_experiment(args: argparse.Namespace) -> Experiment:
         raise ValueError(f"--only {args.only}: filters a grid search; with --search optuna use --set")
     param_space = space.optuna_space(overrides)
     if args.gpus_per_trial is not None:
-        workers = param_space.get("num_workers", TrialConfig.model_fields["num_workers"].default) or 1
+        workers = param_space.get("num_workers", flat_default("num_workers")) or 1
         param_space["gpus_per_worker"] = args.gpus_per_trial / workers
     constants = {k: v for k, v in param_space.items() if not hasattr(v, "sample")}
     example = {**constants, **{k: v.sample() for k, v in param_space.items() if hasattr(v, "sample")}}
@@ -209,7 +208,7 @@ def plan_pbt(args: argparse.Namespace, space: SearchSpace, overrides: dict[str, 
                 f"checkpoint, which Train workers would not see); got {key}={overrides[key]}"
             )
     configs = expand(space, {**overrides, **PBT_TRIALS}, parse_filters(args.only), args.gpus_per_trial)
-    population = tuple(cfg for cfg in configs if cfg.method in PBT_METHODS)
+    population = tuple(cfg for cfg in configs if cfg.method.name in PBT_METHODS)
     if len(population) < 2:
         raise ValueError(
             f"--scheduler pbt needs at least 2 training trials; the space gives {len(population)}"
@@ -288,11 +287,11 @@ def run(experiment: Experiment, args: argparse.Namespace) -> int:
         preflight(experiment.configs)
     remote = bool(args.address or os.environ.get("RAY_ADDRESS"))
     if not remote:  # this machine is the cluster: refuse what it cannot hold before starting Ray
-        check_resources(experiment, args.max_concurrent, local_resources())
+        check_resources(experiment.configs, args.max_concurrent, local_resources())
     connect(args.address, args.verbose)
     check_storage_visible(storage)
     nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-    max_concurrent = check_resources(experiment, args.max_concurrent, ray.cluster_resources(), nodes)
+    max_concurrent = check_resources(experiment.configs, args.max_concurrent, ray.cluster_resources(), nodes)
 
     trainable = tune.with_resources(
         tune.with_parameters(tune_trainable, storage_path=storage),
@@ -346,7 +345,7 @@ def search_terminal(experiment: Experiment, scheduler: str) -> Any:
     tuned = [k for k, v in (experiment.param_space or {}).items() if isinstance(v, Domain)]
     if scheduler == "pbt":
         tuned += list(space.pbt or {})
-    trials = experiment.trials or [cfg.model_dump(mode="json") for cfg in experiment.configs]
+    trials = experiment.trials or [cfg.to_flat() for cfg in experiment.configs]
     return SearchTerminal(shown_keys(trials, tuned), space.metric, space.mode)
 
 
@@ -355,64 +354,7 @@ def reuse_trial_processes(experiment: Experiment, scheduler: str) -> bool:
     once per trial: seconds each). Only for in-process trials run to the end: Tune errors the next trial
     when the process it would reuse is still winding down the last (a Train run shutting down its
     workers, a trial a scheduler stopped; Ray 2.60: "Trainable runner reuse requires reset_config()")."""
-    return scheduler == "none" and all(cfg.num_workers == 0 for cfg in experiment.configs)
-
-
-def check_address(address: str | None) -> None:
-    """Refuse an address nobody listens on at once (``ray.init`` would retry for a minute first)."""
-    if not address or address in ("auto", "local"):
-        return
-    if address.startswith(("http://", "https://")):
-        raise ValueError(
-            f"--address {address}: that is the job server's (dashboard's) address, for `ray job submit "
-            "--address`; --address takes the cluster's GCS address, host:6379 (or ray://host:10001)"
-        )
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(
-            f"--address {address!r}: expected host:port (e.g. 127.0.0.1:6379), ray://host:port or auto"
-        )
-    try:
-        socket.create_connection((host, int(port)), timeout=3).close()
-    except OSError as err:
-        raise ValueError(
-            f"--address {address}: nothing listens at {host}:{port} ({err.strerror or err}); start a head "
-            "there (`ray start --head`) or leave --address out for a local Ray"
-        ) from None
-
-
-def check_storage_visible(storage: str, timeout_s: float = 60) -> None:
-    """With several nodes, a local --storage-path must be one every node sees (trials write there from
-    wherever they run): a marker file written here is looked for from every node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    nodes = [node["NodeID"] for node in ray.nodes() if node.get("Alive")]
-    if "://" in storage or len(nodes) < 2:
-        return
-    os.makedirs(storage, exist_ok=True)
-    marker = os.path.join(storage, f".mezo_ray-visible-{os.getpid()}-{time.time_ns()}")
-    open(marker, "w").close()
-    exists = ray.remote(num_cpus=0)(os.path.exists)
-    try:
-        seen = ray.get(
-            [
-                exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(
-                    marker
-                )
-                for node in nodes
-            ],
-            timeout=timeout_s,
-        )
-    finally:
-        os.remove(marker)
-    blind = [node for node, found in zip(nodes, seen, strict=True) if not found]
-    if blind:
-        raise ValueError(
-            f"--storage-path {storage} is not visible from {len(blind)} of the cluster's {len(nodes)} nodes "
-            f"({', '.join(b[:8] for b in blind)}): trials write their results there from wherever they run; "
-            "use shared storage every node mounts (NFS) or a bucket URI (s3://..., gs://...)"
-        )
+    return scheduler == "none" and all(cfg.resources.num_workers == 0 for cfg in experiment.configs)
 
 
 def connect(address: str | None, verbose: bool = False) -> None:
@@ -433,63 +375,6 @@ def connect(address: str | None, verbose: bool = False) -> None:
         where = f"Ray at {context.address_info['gcs_address']}" if remote else "A local Ray"
         dashboard = f", dashboard http://{context.dashboard_url}" if context.dashboard_url else ""
         print(f"{where}{dashboard}")
-
-
-def local_resources() -> dict[str, float]:
-    """What a local Ray started here would have."""
-    import torch
-
-    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-
-
-def check_resources(
-    experiment: Experiment,
-    requested: int | None,
-    cluster: dict[str, float],
-    nodes: list[dict[str, float]] | None = None,
-) -> int:
-    """Refuse trials the cluster can never hold (they would wait forever); derive the concurrency.
-
-    A worker must fit on one node (``nodes``: each node's resources; default: the cluster is one).
-    Tune cannot see the Train workers' own placement groups, so running more trials than there are
-    resources for their workers deadlocks: concurrency is capped at what the cluster can hold.
-    """
-    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
-    need = experiment.resources_per_trial
-    if need["GPU"] > gpus:
-        raise ValueError(
-            f"each trial asks for {need['GPU']:g} GPU(s) but the cluster has {gpus:g}; "
-            f"set --gpus-per-trial 0 (or gpus_per_worker=0), or run on a cluster with GPUs"
-        )
-    if need["CPU"] > cpus:
-        raise ValueError(
-            f"each trial asks for {need['CPU']:g} CPUs (workers x cpus_per_worker) but the cluster has "
-            f"{cpus:g}; lower --workers-per-trial or --set cpus_per_worker=..."
-        )
-    nodes = nodes or [cluster]
-    for cfg in experiment.configs:
-        hosts = [
-            n
-            for n in nodes
-            if n.get("CPU", 0.0) >= cfg.cpus_per_worker and n.get("GPU", 0.0) >= cfg.gpus_per_worker
-        ]
-        if not hosts:
-            largest = max(nodes, key=lambda n: (n.get("GPU", 0.0), n.get("CPU", 0.0)))
-            raise ValueError(
-                f"each worker asks for {cfg.cpus_per_worker:g} CPU(s) and {cfg.gpus_per_worker:g} GPU(s) on "
-                f"one node, but no node has that (largest: {largest.get('CPU', 0.0):g} CPUs, "
-                f"{largest.get('GPU', 0.0):g} GPUs); lower cpus_per_worker / --gpus-per-trial"
-            )
-        if cfg.placement_strategy == "STRICT_SPREAD" and cfg.num_workers > len(hosts):
-            raise ValueError(
-                f"placement_strategy=STRICT_SPREAD puts each of the {cfg.num_workers} workers on its own "
-                f"node, but {len(hosts)} of the cluster's {len(nodes)} nodes can hold one; add nodes, lower "
-                "--workers-per-trial or use placement_strategy=SPREAD"
-            )
-    fits = math.floor(cpus / need["CPU"])
-    if need["GPU"]:
-        fits = min(fits, math.floor(gpus / need["GPU"]))
-    return max(1, min(fits, requested) if requested else fits)
 
 
 def param_space(experiment: Experiment) -> dict[str, Any]:

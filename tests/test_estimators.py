@@ -9,35 +9,60 @@ import pytest
 import torch
 from torch import nn
 
-from mezo_ray.estimators import ESTIMATOR_NAMES, ESTIMATORS, ROWS
+from mezo_ray.estimators import ENTRIES, ESTIMATOR_NAMES, ESTIMATORS, ROWS, MezoSettings
 from mezo_ray.report.load import row_label
 from mezo_ray.report.tables import ROW_ORDER
-from mezo_ray.train.config import TrialConfig, parse_trial_config
+from mezo_ray.train.config import FLAT_FIELDS, flat_fields, parse_trial_config
 from mezo_ray.zo import ZeroOrderOptimizer
 
-BASE = {"task": "SST-2", "model": "tiny-mlm", "method": "mezo", "lr": 1e-3}
+BASE = {"task": "SST-2", "model": "tiny-mlm", "method": "mezo", "lr": 1e-3, "max_steps": 10, "eval_steps": 10}
+
+
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_an_entry_builds_its_optimizer_from_trial_settings_and_counts_its_forward_passes(name):
+    entry = ENTRIES[name]
+    cfg = parse_trial_config({**BASE, "estimator": name})
+    settings = cfg.method.estimator
+    assert type(settings) is entry.settings and set(entry.flat_keys) <= set(FLAT_FIELDS)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
+    common = {"lr": 1e-3, "eps": 1e-3, "seed": 0, "weight_decay": 0.0}
+    opt = entry.build(model.named_parameters(), settings, max_steps=10, steps_per_epoch=1, **common)
+    assert isinstance(opt, ZeroOrderOptimizer)
+    keywords = inspect.signature(type(opt).__init__).parameters
+    assert all(keyword in keywords for keyword in settings.keywords(10, 1))
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    assert opt.forward_passes == settings.forward_passes(1)
+    assert cfg.forward_passes() == settings.forward_passes(cfg.schedule.max_steps)
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
-def test_an_entry_builds_its_optimizer_from_trial_settings_and_counts_its_forward_passes(name):
-    entry = ESTIMATORS[name]
-    cfg = parse_trial_config({**BASE, "estimator": name})
-    assert set(entry.settings) <= set(TrialConfig.model_fields)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2))
-    opt = entry.build(model.named_parameters(), cfg.model_dump(), lr=1e-3, eps=1e-3, seed=0)
-    assert isinstance(opt, ZeroOrderOptimizer)
-    keywords = inspect.signature(type(opt).__init__).parameters
-    assert all(keyword in keywords for keyword in entry.settings.values())
-    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    opt.step(lambda: nn.functional.cross_entropy(model(x), y))
-    assert opt.forward_passes == entry.passes_per_step(cfg.model_dump())
-    assert cfg.forward_passes() == entry.passes_per_step(cfg.model_dump()) * cfg.max_steps
+def test_meZOs_own_options_are_refused_by_name_under_another_estimator(name):
+    """One table decides what combines: MeZO's settings class. Each of its options set away from its
+    default under another estimator names itself in the error."""
+    other = {
+        "zo_variant": "momentum",
+        "momentum": 0.5,
+        "n_perturbations": 2,
+        "perturbation_schedule": "linear",
+        "perturbation_scale": "param_norm",
+        "scale_estimate": "expectation",
+        "recompute_norms": True,
+        "layer_wise": True,
+    }
+    assert set(other) == set(flat_fields(MezoSettings)) - {"estimator"}
+    for key, value in other.items():
+        with pytest.raises(ValueError, match=f"{key}={value!r}: MeZO's own options; estimator='{name}'"):
+            parse_trial_config({**BASE, "estimator": name, key: value})
+    with pytest.raises(ValueError, match=f"perturbation='forward'.*estimator='{name}'"):
+        parse_trial_config({**BASE, "estimator": name, "perturbation": "forward"})
 
 
 def test_every_estimator_is_a_trial_setting_and_a_report_row_in_table_order():
     assert ESTIMATOR_NAMES[0] == "mezo" and set(ESTIMATOR_NAMES[1:]) == set(ESTIMATORS)
-    assert TrialConfig.model_fields["estimator"].annotation.__args__ == ESTIMATOR_NAMES
+    with pytest.raises(ValueError, match="estimator='adam': allowed: " + ", ".join(ESTIMATOR_NAMES)):
+        parse_trial_config({**BASE, "estimator": "adam"})
     order = [ROW_ORDER.index(row) for row in ROWS]
     assert order == sorted(order)
     assert row_label("mezo", estimator="lozo", lozo_momentum=0.9) == "LOZO-M"

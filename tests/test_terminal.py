@@ -10,7 +10,7 @@ DEMO = dict(model="tiny-causal", task="synthetic-sst2-causal", num_workers=1, ma
 
 
 def _trials(*overrides):
-    return [parse_trial_config({**DEMO, **o}).model_dump(mode="json") for o in overrides]
+    return [parse_trial_config({**DEMO, **o}).to_flat() for o in overrides]
 
 
 def _demo_trials():

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from mezo_ray.zo import StepRecord, ZeroOrderOptimizer, local_tensor
+from mezo_ray.zo import StepRecord, ZeroOrderOptimizer, local_tensor, replay
 
 if TYPE_CHECKING:
     from mezo_ray.train.config import TrialConfig
@@ -205,13 +205,16 @@ def restore(
     if snapshot.weights is not None:
         copy_into(params, snapshot.weights, "weights")
         optimizer.load_state_dict(snapshot.optimizer)
-    else:
-        optimizer.check_compatible(resumed.optimizer["mezo"])
-    for record in resumed.trajectory:  # the same sweeps as the original steps
-        optimizer.apply_record(record)
+
+    def replayed(record: StepRecord) -> None:
+        nonlocal best
         after_step(record.step + 1)
         if record.step + 1 == progress.best_step and selection != "final":
             best = trainable_copy(params)
+
+    # the same sweeps as the original steps (from the base model: checked against the run's settings)
+    state = resumed.optimizer if snapshot.weights is None else None
+    replay(optimizer, resumed.trajectory, state, after_step=replayed)
     return progress, best
 
 
@@ -228,10 +231,11 @@ def write(
     ``snapshot_every``-th is a snapshot). Every report carries one: Ray Train's result is the latest
     checkpointed report, so a failure reported without one would not reach it."""
     rank = session.rank
-    progress.world_size, progress.fsdp = session.world_size, cfg.fsdp
+    progress.world_size, progress.fsdp = session.world_size, cfg.resources.fsdp
     progress.checkpoints += 1
-    seed_log = isinstance(optimizer, ZeroOrderOptimizer) and cfg.checkpoint_mode == "seed_log"
-    log_only = seed_log and not (cfg.snapshot_every and progress.checkpoints % cfg.snapshot_every == 0)
+    seed_log = isinstance(optimizer, ZeroOrderOptimizer) and cfg.checkpoint.checkpoint_mode == "seed_log"
+    every = cfg.checkpoint.snapshot_every
+    log_only = seed_log and not (every and progress.checkpoints % every == 0)
     progress.last_metrics[WEIGHTS_STEP] = -1 if log_only else progress.step
     with tempfile.TemporaryDirectory(prefix="mezo-ckpt-") as directory:
         if log_only:
@@ -242,7 +246,16 @@ def write(
                 optimizer.trajectory.clear()  # the snapshot holds the weights: the log restarts here
             weights = {n: local_tensor(p) for n, p in params}
             kept = best if progress.best_step != progress.step else None
-            save(directory, progress, [], weights, kept, optimizer.state_dict(), rank, cfg.fsdp or rank == 0)
+            save(
+                directory,
+                progress,
+                [],
+                weights,
+                kept,
+                optimizer.state_dict(),
+                rank,
+                cfg.resources.fsdp or rank == 0,
+            )
         session.report(progress.last_metrics, directory)
 
 

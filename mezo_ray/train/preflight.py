@@ -17,30 +17,30 @@ CHEAP_SOURCES = ("local", "synthetic", "lmbff", "lmbff-original")
 def preflight(configs: Iterable[TrialConfig]) -> None:
     """Raise ValueError for the first model or data problem among ``configs``."""
     configs = list(configs)
-    for model in sorted({c.model for c in configs}):
+    for model in sorted({c.model.name for c in configs}):
         check_model(model)
-    for model, family, prompt in sorted({(c.model, c.family, c.prompt) for c in configs}):
+    for model, family, prompt in sorted({(c.model.name, c.task.family, c.task.prompt) for c in configs}):
         check_model_family(model, family, prompt)
     seen_tokenizers: set[tuple[str, str]] = set()
     for cfg in configs:
-        task = cfg.resolved_task()
-        if task.family == "mlm" and cfg.prompt and (cfg.model, task.name) not in seen_tokenizers:
-            seen_tokenizers.add((cfg.model, task.name))
+        task = cfg.task.resolved
+        if task.family == "mlm" and cfg.task.prompt and (cfg.model.name, task.name) not in seen_tokenizers:
+            seen_tokenizers.add((cfg.model.name, task.name))
             check_label_words(cfg)
     seen_data: set[str] = set()
     for cfg in configs:
-        spec = cfg.data_spec()
-        key = repr((cfg.task, cfg.task_spec, cfg.family, spec))
+        spec = cfg.data.spec
+        key = repr((cfg.task, spec))
         if key in seen_data:
             continue
         seen_data.add(key)
-        if source_of(cfg.resolved_task(), spec) in CHEAP_SOURCES:
+        if source_of(cfg.task.resolved, spec) in CHEAP_SOURCES:
             check_data(cfg)
         else:  # the hub: is it cached or reachable (metadata only; the trials download)
             try:
-                check_hub_dataset(cfg.resolved_task(), spec)
+                check_hub_dataset(cfg.task.resolved, spec)
             except DatasetUnavailableError as err:
-                raise ValueError(f"task={cfg.task!r} data: {err}") from None
+                raise ValueError(f"task={cfg.task.name!r} data: {err}") from None
 
 
 def check_model(model: str) -> None:
@@ -110,27 +110,27 @@ def check_model_family(model: str, family: str, prompt: bool = True) -> None:
 
 def check_label_words(cfg: TrialConfig) -> None:
     """Every label word of an MLM task must be one token of the model's tokenizer."""
-    path = _local_model_path(cfg.model)
+    path = _local_model_path(cfg.model.name)
     if path is None:
         return
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
     try:
-        cfg.resolved_task().label_word_ids(tokenizer)
+        cfg.task.resolved.label_word_ids(tokenizer)
     except ValueError as err:
-        raise ValueError(f"model={cfg.model!r}, task={cfg.task!r}: {err}") from None
+        raise ValueError(f"model={cfg.model.name!r}, task={cfg.task.name!r}: {err}") from None
 
 
 def check_data(cfg: TrialConfig) -> None:
     """Load the splits of a local / synthetic data set (cheap): missing files, columns, too large a k."""
     try:
-        splits = load_splits(cfg.resolved_task(), cfg.data_spec())
+        splits = load_splits(cfg.task.resolved, cfg.data.spec)
     except (ValueError, FileNotFoundError, DatasetUnavailableError) as err:
-        raise ValueError(f"task={cfg.task!r} data: {err}") from None
+        raise ValueError(f"task={cfg.task.name!r} data: {err}") from None
     if not splits.train:
         raise ValueError(
-            f"task={cfg.task!r}: the sampled training split is empty; check k / num_train and the files"
+            f"task={cfg.task.name!r}: the sampled training split is empty; check k / num_train and the files"
         )
 
 
@@ -139,19 +139,21 @@ def show_examples(cfg: TrialConfig, n: int) -> str:
     from its ids, the mask / candidate positions, and the label words with their ids."""
     from transformers import AutoConfig, AutoTokenizer
 
-    path = _local_model_path(cfg.model)
+    path = _local_model_path(cfg.model.name)
     if path is None:
         raise ValueError(
-            f"--show-examples: model={cfg.model!r} is neither local nor cached; it needs its tokenizer"
+            f"--show-examples: model={cfg.model.name!r} is neither local nor cached; it needs its tokenizer"
         )
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-    task = cfg.resolved_task()
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.model.trust_remote_code)
+    task = cfg.task.resolved
     try:
-        train = load_splits(task, cfg.data_spec()).train[:n]
+        train = load_splits(task, cfg.data.spec).train[:n]
     except (ValueError, FileNotFoundError, DatasetUnavailableError) as err:
-        raise ValueError(f"task={cfg.task!r} data: {err}") from None
-    lines = [f"{task.name} ({task.family}, model {cfg.model}), the first {len(train)} training examples:"]
-    if isinstance(task, MLMTask) and cfg.prompt:
+        raise ValueError(f"task={cfg.task.name!r} data: {err}") from None
+    lines = [
+        f"{task.name} ({task.family}, model {cfg.model.name}), the first {len(train)} training examples:"
+    ]
+    if isinstance(task, MLMTask) and cfg.task.prompt:
         ids = task.label_word_ids(tokenizer)
         lines.append(
             "  label words: "
@@ -168,7 +170,7 @@ def show_examples(cfg: TrialConfig, n: int) -> str:
         for ex in train:
             lines.append(f"  [{task.label_names[ex.label]}] {[ex.fields[f] for f in task.input_fields]}")
     else:
-        opt_bos = AutoConfig.from_pretrained(path).model_type == "opt" and cfg.model not in TINY_MODELS
+        opt_bos = AutoConfig.from_pretrained(path).model_type == "opt" and cfg.model.name not in TINY_MODELS
         for ex in train:
             context = task.prompt(ex)
             options = [task.target(ex)] if task.kind == "generation" else task.candidates(ex)

@@ -14,7 +14,7 @@ import logging
 from functools import partial
 from typing import Any
 
-from mezo_ray.train.config import TrialConfig, parse_trial_config
+from mezo_ray.train.config import flat_default, parse_trial_config
 
 
 def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
@@ -28,18 +28,19 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
     from mezo_ray.train.session import FAILURE_KEY, RaySession, salvage_train_run
 
     cfg = parse_trial_config(config)  # the process boundary's check: Tune hands over a dict
-    if cfg.num_workers == 0:
+    res = cfg.resources
+    if res.num_workers == 0:
         import torch
 
         from mezo_ray.train.recipe import run_trial  # only here: a process driving workers needs no model
 
         # the threads the trial's CPUs give, whichever Ray worker process hosts it (a reused one may have
         # started with another count): the same matmul reductions, so the same bits, run after run
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        torch.set_num_threads(max(1, int(res.cpus_per_worker)))
         run_trial(cfg, RaySession("tune"))
         return
-    use_gpu = cfg.gpus_per_worker > 0
-    resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if use_gpu else {})}
+    use_gpu = res.gpus_per_worker > 0
+    resources = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if use_gpu else {})}
     context = ray.tune.get_context()
     name = f"train-{context.get_trial_id()}"
     runs = train_runs_root(storage_path, context.get_experiment_name(), name)
@@ -52,17 +53,17 @@ def tune_trainable(config: dict[str, Any], storage_path: str) -> None:
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers,
+            num_workers=res.num_workers,
             use_gpu=use_gpu,
             resources_per_worker=resources,
-            placement_strategy=cfg.placement_strategy,
+            placement_strategy=res.placement_strategy,
         ),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=runs,
             callbacks=[TuneReportCallback()],
             checkpoint_config=retention(ray.train.CheckpointConfig),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_worker_failures),
+            failure_config=ray.train.FailureConfig(max_failures=res.max_worker_failures),
             # the terminal: the trial's own lines once each (Train's print patch would repeat them),
             # not Train's INFO line per checkpoint
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
@@ -113,9 +114,8 @@ def trial_resources(config: dict[str, Any]) -> dict[str, float]:
     """What Tune reserves for the trial process itself, read off a trial's config (validated on the
     driver). With Train workers it only waits for them, so it takes no CPU (the workers' own
     placement group holds theirs); alone, it is the worker."""
-    fields = TrialConfig.model_fields
     num_workers, cpus, gpus = (
-        config.get(key, fields[key].default) for key in ("num_workers", "cpus_per_worker", "gpus_per_worker")
+        config.get(key, flat_default(key)) for key in ("num_workers", "cpus_per_worker", "gpus_per_worker")
     )
     if num_workers == 0:
         return {"cpu": cpus, "gpu": gpus}

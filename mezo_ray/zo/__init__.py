@@ -11,7 +11,7 @@ from mezo_ray.zo.hizoo import HiZOO
 from mezo_ray.zo.lozo import LOZO
 from mezo_ray.zo.noise import DEFAULT_CHUNK_NUMEL, full_noise, local_tensor, mix_seed
 from mezo_ray.zo.optimizer import MeZO
-from mezo_ray.zo.record import NonFiniteLossError, StepRecord, microbatch_mean
+from mezo_ray.zo.record import NonFiniteLossError, StepRecord
 from mezo_ray.zo.rules import VARIANTS
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "ZeroOrderOptimizer",
     "full_noise",
     "local_tensor",
-    "microbatch_mean",
     "mix_seed",
     "replay",
     "saved_setting",

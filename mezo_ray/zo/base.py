@@ -305,18 +305,24 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
 
 
 def replay(
-    optimizer: ZeroOrderOptimizer, records: Iterable[StepRecord], state: Mapping[str, Any] | None = None
+    optimizer: ZeroOrderOptimizer,
+    records: Iterable[StepRecord],
+    state: Mapping[str, Any] | None = None,
+    after_step: Callable[[StepRecord], None] | None = None,
 ) -> None:
     """Rebuild the weights from the starting weights (held by ``optimizer``'s parameters) and a
     trajectory, bit for bit: the same sweeps with the recorded seeds, gradients and learning rates.
 
     ``state``: the optimizer's ``state_dict()`` (or its ``"mezo"`` entry) saved with the records; if
     given, a replay under another noise backend or settings is refused (it would not reproduce them).
+    ``after_step(record)``: called after each replayed step (what a trial does after each step).
     """
     if state is not None:
         optimizer.check_compatible(state.get("mezo", state))
     for record in records:
         optimizer.apply_record(record)
+        if after_step is not None:
+            after_step(record)
 
 
 def saved_setting(extra: Mapping[str, Any], key: str) -> Any:

@@ -2,18 +2,15 @@
 
 ``StepRecord``: the seeds, coefficients and learning rates of one step, enough to redo it without data
 (the seed log). ``takes_index``: whether a closure wants the probe's index. ``check``: one way to refuse
-a bad setting, naming the value and what is allowed. ``microbatch_mean``: a closure's loss over
-micro-batches at the memory of one.
+a bad setting, naming the value and what is allowed.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
-
-import torch
 
 Closure = Callable[[], Any] | Callable[[int], Any]
 
@@ -72,45 +69,3 @@ def check(ok: bool, field: str, value: Any, allowed: str) -> None:
     """Refuse a setting: ``ValueError("MeZO: eps=0 is not allowed; expected a number > 0")``."""
     if not ok:
         raise ValueError(f"MeZO: {field}={value!r} is not allowed; expected {allowed}")
-
-
-def microbatch_mean(
-    loss_fn: Callable[[Any], Any], microbatches: Sequence[Any], sizes: Sequence[int] | None = None
-) -> float:
-    """Size-weighted mean of ``loss_fn`` over micro-batches: the whole batch's (mean) loss at the
-    memory of one micro-batch. Use it inside a closure: ``opt.step(lambda: microbatch_mean(f, mbs))``.
-
-    Without ``sizes``, a micro-batch's example count is read from it: a tensor's first dimension; a
-    tuple, or a list of tensors (a DataLoader's ``[x, y]``), or a dict of fields: the first dimension
-    of its first (non-scalar) tensor; any other list: its length (one item per example). Anything
-    else needs ``sizes``.
-    """
-    if not microbatches:
-        raise ValueError("microbatch_mean needs at least one micro-batch")
-    weights = [_example_count(mb) for mb in microbatches] if sizes is None else list(sizes)
-    total = sum(weights)
-    if total <= 0:
-        raise ValueError(f"microbatch_mean: the micro-batch sizes {weights} sum to {total}, not > 0")
-    return sum(float(loss_fn(mb)) * w for mb, w in zip(microbatches, weights, strict=True)) / total
-
-
-def _example_count(mb: Any) -> int:
-    """Examples in one micro-batch (see ``microbatch_mean``); ``len`` of an (x, y) tuple would be 2."""
-    if torch.is_tensor(mb):
-        fields = [mb]
-    elif isinstance(mb, Mapping):
-        fields = list(mb.values())
-    elif isinstance(mb, tuple) or (isinstance(mb, list) and mb and torch.is_tensor(mb[0])):
-        fields = list(mb)
-    elif isinstance(mb, list):
-        return len(mb)
-    else:
-        fields = []
-    for field in fields:
-        if torch.is_tensor(field) and field.dim() > 0:
-            return int(field.size(0))
-    raise ValueError(
-        f"microbatch_mean cannot tell how many examples a {type(mb).__name__} micro-batch holds (it "
-        "reads a tensor's first dimension, the first tensor of a tuple/dict, or a list's length); "
-        "pass sizes=[examples per micro-batch]"
-    )

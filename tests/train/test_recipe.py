@@ -238,12 +238,11 @@ def test_final_selection_tests_the_last_weights(tiny_models, tmp_path):
 
 def test_a_trials_generation_head_reads_answers_as_its_config_says(tiny_models):
     from mezo_ray.models import ModelSpec, load_model
-    from mezo_ray.tasks import get_task
 
     loaded = load_model(ModelSpec(tiny_models.causal, "causal"))
     for answer_end in ("newline", "stop_token"):
         cfg = parse_trial_config({**SMOKE, **CAUSAL, "answer_end": answer_end})
-        assert recipe._make_head(cfg, get_task("SQuAD"), loaded).answer_end == answer_end
+        assert recipe._setup_head(cfg, loaded).answer_end == answer_end
 
 
 def test_model_arithmetic_takes_each_mezo_loss_in_the_models_dtype(tiny_models, tmp_path, monkeypatch):
@@ -251,9 +250,10 @@ def test_model_arithmetic_takes_each_mezo_loss_in_the_models_dtype(tiny_models, 
     seen: dict[str, list[float]] = {"float32": [], "model": []}
     original = recipe.batch_loss
 
-    def spy(head, local, filler, forwards, cfg, device):
-        seen[cfg.arithmetic].append(original(head, local, filler, forwards, cfg, device))
-        return seen[cfg.arithmetic][-1]
+    def spy(head, local, filler, forwards, worker, objective, round_to):
+        arithmetic = "float32" if round_to is None else "model"
+        seen[arithmetic].append(original(head, local, filler, forwards, worker, objective, round_to))
+        return seen[arithmetic][-1]
 
     monkeypatch.setattr(recipe, "batch_loss", spy)
     for arithmetic in seen:
@@ -274,10 +274,12 @@ def test_causal_trials_and_icl_run_end_to_end(tiny_models, tmp_path):
 def test_metric_objective_is_minus_the_batch_accuracy(tiny_models, tmp_path):
     cfg = parse_trial_config({**SMOKE, "objective": "metric"})
     loaded = recipe.load_model(recipe._model_spec(cfg, torch.device("cpu")))
-    head = recipe.make_head(cfg.resolved_task(), loaded)
-    batch = recipe.batch_at(recipe.load_splits(cfg.resolved_task(), cfg.data_spec()).train, 1, cfg)
+    head = recipe.make_head(cfg.task.resolved, loaded)
+    train = recipe.load_splits(cfg.task.resolved, cfg.data.spec).train
+    batch = recipe.batch_at(train, 1, cfg.schedule.batch_size, cfg.training_seed)
     expected = -head.evaluate(batch, batch_size=len(batch))["metric"]
-    assert recipe.batch_loss(head, batch, batch[0], 1, cfg, torch.device("cpu")) == pytest.approx(expected)
+    worker = recipe.Worker(0, 1, torch.device("cpu"))
+    assert recipe.batch_loss(head, batch, batch[0], 1, worker, "metric") == pytest.approx(expected)
     final, _ = trial(tmp_path, objective="metric")
     assert final["done"] and 0.0 <= final["test_acc"] <= 1.0
 
@@ -424,7 +426,7 @@ def test_icl_demonstrations_come_from_the_whole_train_split(tiny_models, tmp_pat
     config = {**CAUSAL, "method": "icl", "icl_demos": 4}
     trial(tmp_path, **config)
     cfg = parse_trial_config({**SMOKE, **config})
-    whole = load_pool(cfg.resolved_task(), cfg.data_spec()).train
+    whole = load_pool(cfg.task.resolved, cfg.data.spec).train
     assert len(pools) == 2 and all(pool == whole for pool in pools) and len(whole) > config["num_train"]
 
 

@@ -14,7 +14,6 @@ from mezo_ray.zo import (
     NonFiniteLossError,
     StepRecord,
     full_noise,
-    microbatch_mean,
     mix_seed,
     replay,
     saved_setting,
@@ -437,52 +436,9 @@ def test_microbatches_give_the_full_batch_step():
 
     for _ in range(3):
         opt_full.step(loss_fn(full, x, y))
-        opt_micro.step(lambda: microbatch_mean(micro_loss, batches, sizes=[16] * 4))
+        opt_micro.step(lambda: sum(float(micro_loss(b)) for b in batches) / len(batches))
     for p, q in zip(full.parameters(), micro.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12)
-
-
-def _as_form(form: str, x: torch.Tensor, y: torch.Tensor):
-    """One micro-batch of (x, y) in a given container, and how the loss function reads it back."""
-    if form == "tuple":
-        return (x, y), lambda mb: mb
-    if form == "list":  # a DataLoader's collate output
-        return [x, y], lambda mb: mb
-    if form == "dict":
-        return {"x": x, "y": y}, lambda mb: (mb["x"], mb["y"])
-    if form == "examples":  # a list of (x_i, y_i) examples
-        return list(zip(x, y, strict=True)), lambda mb: (
-            torch.stack([e[0] for e in mb]),
-            torch.stack([e[1] for e in mb]),
-        )
-    xy = torch.cat([x, y[:, None].to(x.dtype)], dim=1)  # one tensor, the label as its last column
-    return xy, lambda mb: (mb[:, :-1], mb[:, -1].long())
-
-
-@pytest.mark.parametrize("form", ["tuple", "list", "dict", "examples", "tensor"])
-def test_microbatch_mean_of_uneven_microbatches_is_the_full_batch_loss(form):
-    model = tiny_model(torch.float64)
-    x, y = data(torch.float64, n=64)
-    with torch.no_grad():
-        full = float(nn.functional.cross_entropy(model(x), y))
-    mbs, unpack = [], None
-    for i in range(0, 64, 24):  # 24, 24 and 16 examples
-        mb, unpack = _as_form(form, x[i : i + 24], y[i : i + 24])
-        mbs.append(mb)
-
-    @torch.no_grad()
-    def micro_loss(mb):
-        xs, ys = unpack(mb)
-        return nn.functional.cross_entropy(model(xs), ys)
-
-    assert microbatch_mean(micro_loss, mbs) == pytest.approx(full, rel=1e-12, abs=0)
-
-
-@pytest.mark.parametrize("mb", [("some text", "more"), {"ids": [1, 2]}, 7, (torch.tensor(1.0),)])
-def test_microbatch_mean_asks_for_sizes_it_cannot_infer(mb):
-    with pytest.raises(ValueError, match=r"pass sizes="):
-        microbatch_mean(lambda _: 0.0, [mb])
-    assert microbatch_mean(lambda _: 2.0, [mb], sizes=[3]) == 2.0
 
 
 # --------------------------------------------------------------------------------------------------

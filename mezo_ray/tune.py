@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 shown = {}  # one per task, model and prompt: trials differing in lr read the same inputs
                 for cfg in experiment.configs:
-                    shown.setdefault((cfg.task, cfg.model.name), cfg)
+                    shown.setdefault((cfg.task.name, cfg.model.name, cfg.task.prompt, cfg.task.family), cfg)
                 for cfg in shown.values():
                     print("\n" + show_examples(cfg, args.show_examples))
             return 0
@@ -408,14 +408,14 @@ def scheduler(kind: str, experiment: Experiment) -> Any:
         # which trial takes over which then depends on their scores only, not on which reported first
         return PopulationBasedTraining(
             time_attr="step",
-            perturbation_interval=min(c.eval_steps for c in configs),
+            perturbation_interval=min(c.schedule.eval_steps for c in configs),
             hyperparam_mutations=experiment.space.pbt_mutations(),
             synch=True,
         )
     return ASHAScheduler(
         time_attr="step",
-        max_t=max(c.max_steps for c in configs),
-        grace_period=max(1, min(c.eval_steps for c in configs)),
+        max_t=max(c.schedule.max_steps for c in configs),
+        grace_period=max(1, min(c.schedule.eval_steps for c in configs)),
         reduction_factor=3,
     )
 

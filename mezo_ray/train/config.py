@@ -426,8 +426,8 @@ _SECTIONS: dict[str, type[Section]] = {
 def _flat_fields() -> dict[str, FieldInfo]:
     out: dict[str, FieldInfo] = {}
     estimators = [entry.settings for entry in ENTRIES.values()]  # what is trained, then how
-    classes = [TaskSection, DataSection, ModelSection, *estimators, *_METHODS.values(), Schedule, Checkpointing]
-    classes.append(Resources)
+    classes = [TaskSection, DataSection, ModelSection, *estimators, *_METHODS.values()]
+    classes += [Schedule, Checkpointing, Resources]
     for cls in classes:
         for key, field in flat_fields(cls).items():
             out.setdefault(key, field)

@@ -33,6 +33,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,7 +296,9 @@ def _saved(resumed: ckpt.Checkpoint | None, key: str) -> Any:
     return None if extra is None else saved_setting(extra, key)
 
 
-def _booster(method: MezoMethod | FtMethod, schedule: Schedule, seed: int, loaded: LoadedModel) -> Any:
+def _booster(
+    method: MezoMethod | FtMethod, schedule: Schedule, seed: int, loaded: LoadedModel
+) -> Callable[[int], None]:
     """XGBLoRA: after every ``xgblora_steps_per_iteration``-th step (not the last), fold LoRA into the
     base weights and start a fresh adapter, seeded by the step (a replay redoes it identically)."""
     every = getattr(method, "xgblora_steps_per_iteration", None)

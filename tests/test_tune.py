@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mezo_ray.estimators import ESTIMATORS
 from mezo_ray.report import from_experiment_dirs, render
 from mezo_ray.spaces import load_space
 from mezo_ray.train.config import parse_trial_config
@@ -208,14 +209,19 @@ def readme_example(tmp_path, trials, table):
 
 
 def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local, tiny_models, tmp_path):
-    """FZOO, HiZOO, LOZO, LOZO-M, LP-MeZO, the param-norm and grad-norm scales, layer-wise MeZO and
-    XGBLoRA on the tiny model, each at the same forward-pass budget, each its own row of the report."""
+    """Every estimator of the registry, LOZO-M, LP-MeZO, the param-norm and grad-norm scales, layer-wise
+    MeZO and XGBLoRA on the tiny model, each at the same forward-pass budget, each its own row of the
+    report."""
     space = tmp_path / "methods.yaml"
+    small = {  # settings that act within 8 steps of the tiny model; an estimator not named runs its defaults
+        "fzoo": {"n_probes": 3, "eps": 1.0e-3},
+        "hizoo": {"hessian_smooth": 0.1},
+        "lozo": {"lozo_rank": 2, "lozo_interval": 2},
+        "adamezo": {"adamezo_window": 2},
+    }
     variants = [
         {},
-        {"estimator": "fzoo", "n_probes": 3, "eps": 1.0e-3},
-        {"estimator": "hizoo", "hessian_smooth": 0.1},
-        {"estimator": "lozo", "lozo_rank": 2, "lozo_interval": 2},
+        *({"estimator": name, **small.get(name, {})} for name in ESTIMATORS),
         {"estimator": "lozo", "lozo_rank": 2, "lozo_interval": 2, "lozo_momentum": 0.9},
         {"lp_init": True},
         {"perturbation_scale": "param_norm", "recompute_norms": True},
@@ -230,16 +236,13 @@ def test_every_estimator_and_variant_trains_end_to_end_through_the_cli(ray_local
     trials = results(str(tmp_path / "methods"))
     # a step is not split: the last one may cross the budget (HiZOO: 3 a step, 18; grad-norm: its
     # first step probes each of the tiny model's groups with 2 forwards)
-    assert len(trials) == 10 and all(
+    assert len(trials) == len(variants) and all(
         r[-1]["done"] and 16 <= r[-1]["forward_passes"] <= 18 + 2 * 4 for r in trials.values()
     )
     table = render(from_experiment_dirs([str(tmp_path / "methods")]))
     rows = (
         "MeZO [16 fwd]",
-        "FZOO [16 fwd]",
-        "HiZOO [16 fwd]",
-        "LOZO [16 fwd]",
-        "LOZO-M [16 fwd]",
+        *(f"{row} [16 fwd]" for entry in ESTIMATORS.values() for row in entry.rows),
         "LP-MeZO [16 fwd]",
         "MeZO [16 fwd, param-norm]",
         "MeZO [16 fwd, grad-norm]",

@@ -116,6 +116,20 @@ class LozoSettings(EstimatorSettings):
     )
 
 
+class AdamezoSettings(EstimatorSettings):
+    """arXiv 2605.00650: Adam-style moments rebuilt each step from the last W seeds and projected
+    gradients of the seed log (no moment buffers); W + 1 plain MeZO steps first."""
+
+    name: Literal["adamezo"] = Field("adamezo", alias="estimator")
+    window: int = Field(
+        10, ge=2, alias="adamezo_window", description="W, the steps the moments are rebuilt from"
+    )
+    beta1: float = Field(0.7, ge=0, le=1, alias="adamezo_beta1", description="the first moment's decay")
+    beta2: float = Field(
+        0.9, ge=0, le=1, alias="adamezo_beta2", description="the second's (0: no second moment)"
+    )
+
+
 @dataclass(frozen=True)
 class EstimatorEntry:
     """One estimator: its settings, how to build its optimizer, and how the report names it."""
@@ -167,6 +181,7 @@ _ENTRIES = (
         row=_lozo_row,
         row_settings=("lozo_momentum",),
     ),
+    EstimatorEntry(AdamezoSettings, "mezo_ray.zo.adamezo:AdaMeZO", rows=("AdaMeZO",)),
 )
 #: Every estimator by the name a trial gives, MeZO's own estimate first.
 ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}

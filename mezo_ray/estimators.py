@@ -7,7 +7,8 @@ An estimator is its file in ``zo``, its settings class here and one entry in ``_
   its optimizer takes. The trial config's MeZO branch holds one of these, chosen by ``estimator:``,
   so a trial that sets another estimator's setting away from its default is refused by name;
 - the **entry** says how to build the optimizer (imported only when a trial builds it), its report
-  rows, whether it applies the trial's weight decay and whether it can perturb inside the forward.
+  rows, and what it combines with: the trial's weight decay, perturbing inside the forward, FSDP. A
+  trial that asks for what its estimator does not do is refused by name (``train/config.py``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,7 @@ class EstimatorEntry:
     row_settings: tuple[str, ...] = ()  # the flat settings ``row`` reads
     weight_decay: bool = True  # whether its update applies the trial's weight decay
     in_forward: bool = False  # whether it can perturb inside each module's forward
+    shards: bool = True  # whether it runs on FSDP-sharded weights
 
     @property
     def name(self) -> str:

@@ -59,6 +59,21 @@ def test_meZOs_own_options_are_refused_by_name_under_another_estimator(name):
         parse_trial_config({**BASE, "estimator": name, "perturbation": "forward"})
 
 
+@pytest.mark.parametrize("name", sorted(ENTRIES))
+def test_what_an_estimator_does_not_combine_with_is_refused_by_its_entry(name):
+    entry = ENTRIES[name]
+    trial = {**BASE, "estimator": name}
+    for asked, allowed, message in (
+        ({"weight_decay": 0.1}, entry.weight_decay, "weight_decay=0.1: estimator="),
+        ({"fsdp": True}, entry.shards, "fsdp=true: estimator="),
+    ):
+        if allowed:
+            parse_trial_config({**trial, **asked})
+        else:
+            with pytest.raises(ValueError, match=f"{message}'{name}'"):
+                parse_trial_config({**trial, **asked})
+
+
 def test_every_estimator_is_a_trial_setting_and_a_report_row_in_table_order():
     assert ESTIMATOR_NAMES[0] == "mezo" and set(ESTIMATOR_NAMES[1:]) == set(ESTIMATORS)
     with pytest.raises(ValueError, match="estimator='adam': allowed: " + ", ".join(ESTIMATOR_NAMES)):

@@ -578,6 +578,17 @@ def _check_mezo(cfg: TrialConfig, method: MezoMethod) -> None:
             f"not with perturbation_scale grad_norm; got estimator={est.name!r}"
             + (f", perturbation_scale={est.scale!r}" if isinstance(est, MezoSettings) else "")
         )
+    entry = method.entry
+    if method.weight_decay and not entry.weight_decay:
+        raise ValueError(
+            f"weight_decay={method.weight_decay:g}: estimator={est.name!r} has no weight decay in its update "
+            f"(mezo_ray/estimators.py); leave weight_decay 0"
+        )
+    if cfg.resources.fsdp and not entry.shards:
+        raise ValueError(
+            f"fsdp=true: estimator={est.name!r} needs whole (unsharded) weights (mezo_ray/estimators.py); "
+            "use data parallel workers (fsdp=false)"
+        )
     if method.stochastic_rounding and cfg.model.dtype == "float32":
         raise ValueError(
             "stochastic_rounding=true rounds bfloat16 / float16 weights; dtype='float32' keeps updates "

@@ -131,6 +131,20 @@ class AdamezoSettings(EstimatorSettings):
     )
 
 
+class BszoSettings(EstimatorSettings):
+    """arXiv 2601.01452: k directions a step, their coefficients estimated by a Kalman filter from m
+    finite differences (the updates after the k-th reuse the saved ones)."""
+
+    name: Literal["bszo"] = Field("bszo", alias="estimator")
+    subspace_dim: int = Field(2, ge=1, alias="bszo_subspace_dim", description="k, the directions a step")
+    n_samples: int = Field(3, ge=1, alias="bszo_samples", description="m, the filter's updates a step")
+    one_sided: bool = Field(True, alias="bszo_one_sided", description="(L(θ+εz) − L(θ)) / ε, else central")
+
+    def forward_passes(self, max_steps: int) -> int:
+        per_direction = 1 if self.one_sided else 2
+        return (1 + per_direction * min(self.n_samples, self.subspace_dim)) * max_steps
+
+
 @dataclass(frozen=True)
 class EstimatorEntry:
     """One estimator: its settings, how to build its optimizer, and how the report names it."""
@@ -184,6 +198,7 @@ _ENTRIES = (
         row_settings=("lozo_momentum",),
     ),
     EstimatorEntry(AdamezoSettings, "mezo_ray.zo.adamezo:AdaMeZO", rows=("AdaMeZO",)),
+    EstimatorEntry(BszoSettings, "mezo_ray.zo.bszo:BSZO", rows=("BSZO",)),
 )
 #: Every estimator by the name a trial gives, MeZO's own estimate first.
 ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}

@@ -145,6 +145,19 @@ class BszoSettings(EstimatorSettings):
         return (1 + per_direction * min(self.n_samples, self.subspace_dim)) * max_steps
 
 
+class SparseMezoSettings(EstimatorSettings):
+    """arXiv 2402.15751: MeZO on the small-magnitude weights only: each tensor's mask |θ| <= h, h its
+    k-th smallest |θ| taken at the start (or every ``threshold_every`` steps)."""
+
+    name: Literal["sparse_mezo"] = Field("sparse_mezo", alias="estimator")
+    sparsity: float = Field(
+        0.8, ge=0, lt=1, alias="sparse_mezo_sparsity", description="the fraction of each tensor left out"
+    )
+    threshold_every: int | None = Field(
+        None, ge=1, alias="sparse_mezo_threshold_every", description="retake the thresholds every N steps"
+    )
+
+
 @dataclass(frozen=True)
 class EstimatorEntry:
     """One estimator: its settings, how to build its optimizer, and how the report names it."""
@@ -199,6 +212,13 @@ _ENTRIES = (
     ),
     EstimatorEntry(AdamezoSettings, "mezo_ray.zo.adamezo:AdaMeZO", rows=("AdaMeZO",)),
     EstimatorEntry(BszoSettings, "mezo_ray.zo.bszo:BSZO", rows=("BSZO",)),
+    EstimatorEntry(
+        SparseMezoSettings,
+        "mezo_ray.zo.sparse_mezo:SparseMeZO",
+        rows=("Sparse MeZO",),
+        weight_decay=False,
+        shards=False,
+    ),
 )
 #: Every estimator by the name a trial gives, MeZO's own estimate first.
 ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}

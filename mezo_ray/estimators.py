@@ -158,6 +158,20 @@ class SparseMezoSettings(EstimatorSettings):
     )
 
 
+class MezoGvSettings(EstimatorSettings):
+    """arXiv 2601.04710: a pool of M one-sided probes; the step goes along the mean of the lower-loss
+    share of them minus the mean of the rest, by a two-point estimate (M + 2 forward passes). The
+    authors' code runs M = 2, where v = +-(z_0 - z_1) whatever the losses: 4 is the smallest even
+    pool whose ranking chooses the direction."""
+
+    name: Literal["mezo_gv"] = Field("mezo_gv", alias="estimator")
+    pool_size: int = Field(4, ge=2, alias="gv_pool_size", description="M, the probes scored a step")
+    elite_ratio: float = Field(0.5, gt=0, lt=1, alias="gv_elite_ratio", description="the share of them kept")
+
+    def forward_passes(self, max_steps: int) -> int:
+        return (self.pool_size + 2) * max_steps
+
+
 @dataclass(frozen=True)
 class EstimatorEntry:
     """One estimator: its settings, how to build its optimizer, and how the report names it."""
@@ -219,6 +233,7 @@ _ENTRIES = (
         weight_decay=False,
         shards=False,
     ),
+    EstimatorEntry(MezoGvSettings, "mezo_ray.zo.mezo_gv:MeZOGV", rows=("MeZO-GV",)),
 )
 #: Every estimator by the name a trial gives, MeZO's own estimate first.
 ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}

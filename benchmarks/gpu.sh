@@ -21,4 +21,6 @@ $PY benchmarks/precision.py --device cuda --model-config opt-1.3b --drift-steps 
 # Table 22 as max_memory_allocated (fp16, the paper's dtype)
 $PY benchmarks/memory.py --device cuda --dtype float16 --sizes 125m 1.3b 2.7b 6.7b 13b \
     --max-gib 120 --json >"$OUT/memory.json"
+# A population of N low-rank probes in one batched forward against N sequential perturbed forwards
+$PY benchmarks/population_forward.py --device cuda --json >"$OUT/population_forward.json"
 ls -l "$OUT"

@@ -172,6 +172,18 @@ class MezoGvSettings(EstimatorSettings):
         return (self.pool_size + 2) * max_steps
 
 
+class PopulationSettings(EstimatorSettings):
+    """EGGROLL (arXiv 2511.16652) as a ZO-SGD estimate: N antithetic low-rank probes of every Linear,
+    all evaluated in one forward of N copies of the batch (N forward passes of the batch a step)."""
+
+    name: Literal["population"] = Field("population", alias="estimator")
+    members: int = Field(8, ge=2, multiple_of=2, alias="population_members", description="N, in +- pairs")
+    rank: int = Field(1, ge=1, alias="population_rank", description="r, each probe's rank per matrix")
+
+    def forward_passes(self, max_steps: int) -> int:
+        return self.members * max_steps
+
+
 @dataclass(frozen=True)
 class EstimatorEntry:
     """One estimator: its settings, how to build its optimizer, and how the report names it."""
@@ -184,6 +196,7 @@ class EstimatorEntry:
     weight_decay: bool = True  # whether its update applies the trial's weight decay
     in_forward: bool = False  # whether it can perturb inside each module's forward
     shards: bool = True  # whether it runs on FSDP-sharded weights
+    batched: bool = False  # its probes in one batched forward: the closure returns each member's loss
 
     @property
     def name(self) -> str:
@@ -234,6 +247,13 @@ _ENTRIES = (
         shards=False,
     ),
     EstimatorEntry(MezoGvSettings, "mezo_ray.zo.mezo_gv:MeZOGV", rows=("MeZO-GV",)),
+    EstimatorEntry(
+        PopulationSettings,
+        "mezo_ray.zo.population:Population",
+        rows=("Population",),
+        shards=False,
+        batched=True,
+    ),
 )
 #: Every estimator by the name a trial gives, MeZO's own estimate first.
 ENTRIES: dict[str, EstimatorEntry] = {entry.name: entry for entry in _ENTRIES}

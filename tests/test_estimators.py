@@ -32,7 +32,13 @@ def test_an_entry_builds_its_optimizer_from_trial_settings_and_counts_its_forwar
     keywords = inspect.signature(type(opt).__init__).parameters
     assert all(keyword in keywords for keyword in settings.keywords(10, 1))
     x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
-    opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    if entry.batched:  # its probes in one forward of N copies of the batch: N losses back
+        n = settings.members
+        opt.attach(model)
+        losses = lambda: nn.functional.cross_entropy(model(x.repeat(n, 1)), y.repeat(n), reduction="none")  # noqa: E731
+        opt.step(lambda: losses().view(n, -1).mean(1))
+    else:
+        opt.step(lambda: nn.functional.cross_entropy(model(x), y))
     assert opt.forward_passes == settings.forward_passes(1)
     assert cfg.forward_passes() == settings.forward_passes(cfg.schedule.max_steps)
 

@@ -104,6 +104,14 @@ class _ClassifierHead(_Head):
         _no_contexts(contexts)
         return self._cross_entropy(self.logits(examples), examples)
 
+    def example_loss_terms(self, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: (its loss sum, its count): what ``loss_terms`` sums, kept apart (a population
+        of probes in one batched forward scores each member's copy of the batch)."""
+        logits = self.logits(examples).to(self.loaded.loss_dtype)
+        labels = torch.tensor([ex.label for ex in examples], device=logits.device)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        return losses, torch.ones_like(losses)
+
     def _predict_chunk(
         self, chunk: Sequence[Any], contexts: Sequence[str] | None, want_loss: bool
     ) -> tuple[list, tuple | None]:
@@ -234,6 +242,19 @@ class CausalLMHead(_Head):
         rows, _ = self._rows(examples, contexts, gold_only=True)
         token_logp, valid = self._token_logprobs(rows)
         return -(token_logp * valid).sum(), int(valid.sum())
+
+    def example_loss_terms(self, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: (its loss sum, its count) as ``loss_terms`` counts them (tokens of the gold
+        answer, or one per example trained as classification), kept apart."""
+        if self.task.train_as_classification:
+            scores = self.option_scores(examples, None)
+            losses = torch.stack(
+                [_classification_loss([s], [ex.label]) for s, ex in zip(scores, examples, strict=True)]
+            )
+            return losses, torch.ones_like(losses)
+        rows, _ = self._rows(examples, None, gold_only=True)  # one row per example
+        token_logp, valid = self._token_logprobs(rows)
+        return -(token_logp * valid).sum(1), valid.sum(1).to(token_logp.dtype)
 
     def _predict_chunk(
         self, chunk: Sequence[Any], contexts: Sequence[str] | None, want_loss: bool

@@ -584,6 +584,11 @@ def _check_mezo(cfg: TrialConfig, method: MezoMethod) -> None:
             f"weight_decay={method.weight_decay:g}: estimator={est.name!r} has no weight decay in its update "
             f"(mezo_ray/estimators.py); leave weight_decay 0"
         )
+    if entry.batched and method.objective == "metric":
+        raise ValueError(
+            f"objective='metric': estimator={est.name!r} scores its probes in one batched forward, from "
+            "each member's loss; use objective='loss'"
+        )
     if cfg.resources.fsdp and not entry.shards:
         raise ValueError(
             f"fsdp=true: estimator={est.name!r} needs whole (unsharded) weights (mezo_ray/estimators.py); "

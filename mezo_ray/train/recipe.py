@@ -247,6 +247,8 @@ def _setup_optimizer(
         stochastic_rounding=rounding if rounding is not None else _saved(resumed, "stochastic_rounding"),
         weight_decay=method.weight_decay,
     )
+    if method.entry.batched:  # before a resume: the model its probes' forward wraps
+        optimizer.attach(loaded.model)
     low_precision = any(p.dtype in (torch.bfloat16, torch.float16) for _, p in params)
     if cfg.placement(low_precision, _saved(resumed, "perturbation")) == "forward":
         optimizer.perturb_in_forward(loaded.model)  # before a resume: the state dict records it
@@ -320,7 +322,33 @@ def _mezo_step(
     forwards = _forwards_per_loss(cfg.schedule.micro_batch_size, len(batch), worker.world)
     objective = cfg.method.objective
     round_to = DTYPES[cfg.model.dtype] if cfg.model.arithmetic == "model" else None
+    if cfg.method.entry.batched:
+        members = cfg.method.estimator.members
+        return optimizer.step(lambda: member_losses(head, local, members, forwards, worker, round_to))
     return optimizer.step(lambda: batch_loss(head, local, batch[0], forwards, worker, objective, round_to))
+
+
+def member_losses(
+    head: Head,
+    local: list[Example],
+    members: int,
+    forwards: int,
+    worker: Worker,
+    round_to: torch.dtype | None,
+) -> list[float]:
+    """Each population member's mean loss over the whole batch: every worker scores its shard, copied
+    once per member (member-major, as the batched forward reads it), in ``forwards`` micro-batches;
+    only the N (sum, count) pairs cross the wire."""
+    sums, counts = torch.zeros(members, dtype=torch.float64), torch.zeros(members, dtype=torch.float64)
+    for i in range(forwards):
+        micro = local[i::forwards]
+        if micro:
+            s, c = head.example_loss_terms(micro * members)
+            sums += s.detach().double().cpu().view(members, -1).sum(1)
+            counts += c.detach().double().cpu().view(members, -1).sum(1)
+    reduced = all_reduce_sums([*sums.tolist(), *counts.tolist()], worker.device)
+    means = [total / count for total, count in zip(reduced[:members], reduced[members:], strict=True)]
+    return [torch.tensor(m, dtype=round_to).item() for m in means] if round_to is not None else means
 
 
 def _ft_step(

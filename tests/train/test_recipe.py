@@ -602,3 +602,28 @@ def test_low_precision_trials_perturb_in_the_forward_unless_set_and_resumes_keep
     refused = "perturbation='in_place' but this optimizer has perturbation='forward'"
     with pytest.raises(ValueError, match=refused):
         trial(tmp_path, resume_from=whole.checkpoints[0], **low, perturbation="forward")
+
+
+@pytest.mark.parametrize("family", ["mlm", "causal"])
+def test_a_populations_member_losses_are_the_batch_loss_of_each_copy(tiny_models, family):
+    """Outside the probes' forward every member reads the unperturbed model: each of the N losses is
+    the trial's own batch loss (the oracle), whatever the micro-batching."""
+    cfg = parse_trial_config({**SMOKE, **(CAUSAL if family == "causal" else {}), "estimator": "population"})
+    loaded = recipe.load_model(recipe._model_spec(cfg, torch.device("cpu")))
+    head = recipe._setup_head(cfg, loaded)
+    train = recipe.load_splits(cfg.task.resolved, cfg.data.spec).train
+    batch = recipe.batch_at(train, 1, 8, cfg.training_seed)
+    worker = recipe.Worker(0, 1, torch.device("cpu"))
+    with torch.no_grad():
+        expected = recipe.batch_loss(head, batch, batch[0], 1, worker)
+        for forwards in (1, 3):
+            losses = recipe.member_losses(head, batch, 4, forwards, worker, None)
+            assert losses == pytest.approx([expected] * 4, rel=1e-5)
+
+
+def test_a_population_trial_spends_n_forward_passes_a_step_and_resumes_exactly(tiny_models, tmp_path):
+    settings = {"estimator": "population", "population_members": 4, "lr": 1e-2, "checkpoint_mode": "seed_log"}
+    final, session = trial(tmp_path, **settings)
+    assert final["done"] and final["forward_passes"] == 4 * 8
+    resumed, _ = trial(tmp_path, resume_from=session.checkpoints[0], **settings)
+    assert same_run(resumed) == same_run(final)

@@ -105,8 +105,8 @@ class _ClassifierHead(_Head):
         return self._cross_entropy(self.logits(examples), examples)
 
     def example_loss_terms(self, examples: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example: (its loss sum, its count): what ``loss_terms`` sums, kept apart (a population
-        of probes in one batched forward scores each member's copy of the batch)."""
+        """Per example: (its loss sum, its count): what ``loss_terms`` sums, kept apart (an estimator
+        whose probes share one batched forward scores each probe's copy of the batch)."""
         logits = self.logits(examples).to(self.loaded.loss_dtype)
         labels = torch.tensor([ex.label for ex in examples], device=logits.device)
         losses = F.cross_entropy(logits, labels, reduction="none")

@@ -336,9 +336,9 @@ def member_losses(
     worker: Worker,
     round_to: torch.dtype | None,
 ) -> list[float]:
-    """Each population member's mean loss over the whole batch: every worker scores its shard, copied
-    once per member (member-major, as the batched forward reads it), in ``forwards`` micro-batches;
-    only the N (sum, count) pairs cross the wire."""
+    """Each member's mean loss over the whole batch, for an estimator whose probes share one batched
+    forward: every worker scores its shard, copied once per member (member-major, as that forward
+    reads it), in ``forwards`` micro-batches; only the N (sum, count) pairs cross the wire."""
     sums, counts = torch.zeros(members, dtype=torch.float64), torch.zeros(members, dtype=torch.float64)
     for i in range(forwards):
         micro = local[i::forwards]

@@ -28,30 +28,10 @@ import torch
 
 from mezo_ray.zo.base import ZeroOrderOptimizer
 from mezo_ray.zo.cpu_noise import sum_of_products
-from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, full_noise, mix_seed
+from mezo_ray.zo.noise import Chunk, NoiseSlice, add_lowrank_, add_scaled_, draw, lowrank_factor, mix_seed
 from mezo_ray.zo.record import Closure, StepRecord, check, takes_index
 
 U_STREAM, V_STREAM = 0x1A0, 0x1A1
-
-
-def lowrank_factor(name: str, rows: int, rank: int, seed: int, stream: int) -> torch.Tensor:
-    """One Gaussian factor (rows x rank, float32, CPU) for parameter ``name``: U (stream U_STREAM,
-    the step's seed) or V (V_STREAM, the seed of its interval); drawn by the noise generator, so the
-    same bits on every machine."""
-    return full_noise(torch.empty(rows, rank), name, mix_seed(seed, stream))
-
-
-def add_lowrank_(w: torch.Tensor, u: torch.Tensor, v: torch.Tensor, scale: float) -> None:
-    """w += scale * u v^T (w: m x n, u: m x r, v: n x r) in a fixed order of operations, block of rows
-    by block: the outer products u_k v_k^T added up over k in order, then scaled, then added to w.
-    Not a GEMM: BLAS sums the r products in an order that depends on the build and the CPU."""
-    rows = max(1, (1 << 16) // max(1, w.shape[1]))
-    for lo in range(0, w.shape[0], rows):
-        block = slice(lo, lo + rows)
-        total = u[block, 0:1] * v[:, 0]
-        for k in range(1, u.shape[1]):
-            total.add_(u[block, k : k + 1] * v[:, k])
-        w[block].add_(total.mul_(scale))
 
 
 def _times_small(n: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,12 @@
 MeZO's two-point estimate per pair).
 
 Sources read: Sarkar et al., "Evolution Strategies at the Hyperscale" (EGGROLL, arXiv 2511.16652;
-its paper and summaries of it, not its JAX code ESHyperscale/HyperscaleES) and this package's LOZO
-(``lozo.py``: factors drawn from (seed, parameter name)) and FZOO (``fzoo.py``: several probes a step).
+its paper and summaries of it, not its JAX code ESHyperscale/HyperscaleES); its factors are this
+package's low-rank noise (``noise.lowrank_factor``: drawn from (seed, parameter name)).
 
 The step. P = N / 2 antithetic pairs; pair j has the seed s_j = mix_seed(seed, t, j) and, for every
 wrapped ``nn.Linear`` with weight W (out x in) and bias b, the factors A_j (in x r), B_j (out x r)
-(``lozo.lowrank_factor`` of the weight's name, streams A_STREAM / B_STREAM) and the bias noise z_j
+(``noise.lowrank_factor`` of the weight's name, streams A_STREAM / B_STREAM) and the bias noise z_j
 (this package's z of the bias's name, seed s_j). Member 2j is theta + eps d_j, member 2j+1 theta - eps d_j:
 
     d_j(W) = B_j A_j^T / sqrt(r)      (EGGROLL's scale: each element has unit variance, as MeZO's z)
@@ -38,8 +38,8 @@ Against EGGROLL: EGGROLL is an evolution strategy (maximise a fitness; shaped, e
 fitnesses of any population, an optimizer step on the fitness-weighted noise, populations of thousands,
 integer variants); here the members come in antithetic pairs and c_j is MeZO's unshaped SPSA
 difference, so the step is ZO-SGD on the loss with the average of N / 2 two-point estimates, each along
-one low-rank direction per matrix (LOZO's direction family, all pairs in one forward; LOZO scales
-U V^T by 1, EGGROLL and this file by 1 / sqrt(r)). Weight decay: W (1 - lr wd) as LOZO (not biases).
+one low-rank direction per matrix (all pairs in one forward; scaled by 1 / sqrt(r), as EGGROLL).
+Weight decay: W (1 - lr wd) (not biases).
 
 Budget: one closure call, one forward of N*b rows, counted as N forward passes (``forward_passes``:
 the unit of b rows in which MeZO's step is 2). Its wall time is what ``benchmarks/population_forward.py``
@@ -63,8 +63,17 @@ import torch
 from torch import nn
 
 from mezo_ray.zo.base import ZeroOrderOptimizer
-from mezo_ray.zo.lozo import add_lowrank_, lowrank_factor
-from mezo_ray.zo.noise import Chunk, NoiseSlice, add_scaled_, draw, full_noise, local_tensor, mix_seed
+from mezo_ray.zo.noise import (
+    Chunk,
+    NoiseSlice,
+    add_lowrank_,
+    add_scaled_,
+    draw,
+    full_noise,
+    local_tensor,
+    lowrank_factor,
+    mix_seed,
+)
 from mezo_ray.zo.noise import scratch as scratch_like
 from mezo_ray.zo.record import Closure, StepRecord, check
 from mezo_ray.zo.sweeps import LOW_PRECISION

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mezo_ray.zo import StepRecord, full_noise, mix_seed, replay
-from mezo_ray.zo.lozo import lowrank_factor
+from mezo_ray.zo.noise import lowrank_factor
 from mezo_ray.zo.population import (
     A_STREAM,
     B_STREAM,

@@ -32,7 +32,6 @@ from mezo_ray.tasks.custom import TaskSpec, load_task_file, parse_task_spec
 
 Method = Literal["mezo", "ft", "zero_shot", "icl", "lp"]
 METHODS: tuple[str, ...] = Method.__args__
-TRAINING_METHODS = ("mezo", "ft")
 TINY_MODELS = {"tiny-mlm": "mlm", "tiny-causal": "causal"}  # embedded offline models (mezo_ray.models.tiny)
 _MLM_HINTS = ("roberta", "bert", "electra", "deberta")
 _CAUSAL_HINTS = ("opt", "gpt", "llama", "mistral", "qwen", "pythia", "bloom", "phi", "gemma")

@@ -183,6 +183,20 @@ class ZeroOrderOptimizer(torch.optim.Optimizer, abc.ABC):
             sweep(seed, self.eps)
         return plus, minus
 
+    def one_sided(
+        self, sweep: Callable[[int, float], None], seeds: Sequence[int], closure: Closure, takes_index: bool
+    ) -> list[float]:
+        """[l(theta + eps d(seed)) for each seed], ``sweep`` as in ``two_point``: the weights back at
+        theta (to rounding) after each probe, also when the closure raises."""
+        losses = []
+        for k, seed in enumerate(seeds):
+            sweep(seed, self.eps)
+            try:
+                losses.append(self._loss_at(closure, k, takes_index))
+            finally:
+                sweep(seed, -self.eps)
+        return losses
+
     def _commit(self, record: StepRecord) -> None:
         """Apply a step's update and log it."""
         self._update(record)

@@ -48,13 +48,7 @@ class FZOO(ZeroOrderOptimizer):
             raise ValueError("FZOO.step needs a closure that returns the loss")
         indexed = takes_index(closure)
         seeds = tuple(mix_seed(self.seed, self.step_count, k) for k in range(self.n_probes))
-        losses = []
-        for k, seed in enumerate(seeds):
-            self._probe(seed, self.eps)
-            try:
-                losses.append(self._loss_at(closure, k, indexed))
-            finally:
-                self._probe(seed, -self.eps)
+        losses = self.one_sided(self._probe, seeds, closure, indexed)
         loss_0 = self._loss_at(closure, self.n_probes, indexed)
         if not all(math.isfinite(v) for v in (*losses, loss_0)):
             return self._skip(seeds, (*losses, loss_0))

@@ -124,13 +124,7 @@ class MeZOGV(ZeroOrderOptimizer):
             raise ValueError("MeZOGV.step needs a closure that returns the loss")
         indexed = takes_index(closure)
         seeds = tuple(mix_seed(self.seed, self.step_count, i) for i in range(self.pool_size))
-        losses = []
-        for i, seed in enumerate(seeds):
-            self.sweeps.perturb(seed, self.eps)
-            try:
-                losses.append(self._loss_at(closure, i, indexed))
-            finally:
-                self.sweeps.perturb(seed, -self.eps)
+        losses = self.one_sided(self.sweeps.perturb, seeds, closure, indexed)
         if not all(math.isfinite(v) for v in losses):
             return self._skip(seeds, losses)
         weights = guide_weights(losses, self.elite)

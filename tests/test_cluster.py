@@ -1,7 +1,8 @@
 """A real Ray cluster on this machine: a head and a second node started with ``ray start`` (each with its
 own ports and temp dir, as on two machines), searches submitted with ``ray job submit`` and the Python
 ``JobSubmissionClient``, a job stopped and resumed, FSDP workers on two nodes, cluster mistakes refused,
-and a node killed mid-trial. The commands are experiments/README.md's cluster recipe.
+and a node killed mid-trial. The commands are experiments/README.md's cluster recipe. First, the driver
+of a search (with its local Ray) killed and the search resumed.
 
     pytest -m cluster -s       # these alone, with the recovery figures printed
 
@@ -31,7 +32,7 @@ from safetensors.torch import load_file
 
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.recipe import run_trial
-from mezo_ray.train.session import LocalSession
+from mezo_ray.train.session import RAY_TRAIN_STATE_FILE, LocalSession
 from tests.test_tune import TRIAL, results
 
 pytestmark = [pytest.mark.cluster, pytest.mark.ray]
@@ -194,6 +195,99 @@ def uninterrupted(config: dict, directory: Path, threads: int) -> LocalSession:
     finally:
         torch.set_num_threads(before)
     return session
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver killed: a local Ray that the CLI starts (before the cluster above starts: one Ray at a time)
+def cli(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": ""}
+    return subprocess.Popen(
+        [sys.executable, "-m", "mezo_ray.tune", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _named_children(pid: int) -> dict[psutil.Process, str]:
+    named = {}
+    for child in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            named[child] = child.name()
+    return named
+
+
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "train-workers"])
+def test_resume_after_the_driver_is_killed(tiny_models, tmp_path, workers):
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        json.dumps(
+            {
+                "description": "resume",
+                "grids": [
+                    # the finished trial runs in-process either way (no worker start-up to pay)
+                    {"name": "zs", "set": {"method": "zero_shot", "num_workers": 0}},
+                    {"name": "mezo", "set": {"lr": 1e-3}},
+                ],
+                "defaults": {**TRIAL, "num_workers": workers, "max_steps": 400, "eval_steps": 50},
+            }
+        )
+    )
+    args = ["--space", str(space), "--storage-path", str(tmp_path), "--name", "exp", "--max-concurrent", "1"]
+    driver = cli(*args)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill once one trial has finished and another has checkpointed
+        trials = results(str(tmp_path / "exp"))
+        done = [t for t, r in trials.items() if r and r[-1].get("done")]
+        started = [t for t, r in trials.items() if r and not r[-1].get("done")]
+        assert len(started) <= 1, "--max-concurrent 1 ran trials side by side"
+        if done and started:
+            break
+        time.sleep(0.5)
+    else:
+        driver.kill()
+        pytest.fail("the experiment did not get going:\n" + driver.communicate()[0][-3000:])
+    ray_processes = _named_children(driver.pid)  # the local cluster it started
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    # the trial's workers die with it, not at once; Ray's dashboard and runtime-env agents linger on
+    writers = [p for p, name in ray_processes.items() if "Agent" not in name]
+    _, alive = psutil.wait_procs(writers, timeout=60)
+    assert not alive, f"Ray processes outlived their driver: {alive}"
+    for agent in set(ray_processes) - set(writers):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            agent.kill()
+    finished_before = {t: len(results(str(tmp_path / "exp"))[t]) for t in done}
+    interrupted = started[0]
+    steps_before = [r["step"] for r in results(str(tmp_path / "exp"))[interrupted]]
+    if workers:  # the kill caught Ray Train rewriting its run state (seen in CI): it must not matter
+        train_state = tmp_path / "exp" / f"train-{trials[interrupted][-1]['trial_id']}" / RAY_TRAIN_STATE_FILE
+        assert train_state.exists()
+        train_state.write_text("")
+
+    resumed = cli(*args, "--resume")
+    out = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, out[-3000:]
+    trials = results(str(tmp_path / "exp"))
+    assert len(trials) == 2 and all(r[-1].get("done") for r in trials.values())
+    assert {t: len(trials[t]) for t in finished_before} == finished_before  # not re-run
+    steps_after = [r["step"] for r in trials[interrupted] if not r.get("done")]
+    if workers and not steps_after:  # the Train workers outlived the driver long enough to checkpoint
+        # the last step (seen under load): the resumed run had only the test metric left to compute; from
+        # scratch it would have reported steps 50 .. 400 again
+        assert trials[interrupted][-1]["step"] == 400 and trials[interrupted][-1]["test_acc"] is not None
+        return
+    # continued from a checkpoint to the end, never from scratch. In-process, Tune restores the trial
+    # and appends to its results; with Train workers, Tune restarts the trial (its checkpoints are
+    # Train's) and the Train run resumes from its own latest checkpoint, maybe written after the kill
+    # was seen: the results then start there.
+    resumed_steps = steps_after[len(steps_before) :] if workers == 0 else steps_after
+    assert steps_after[-1] == 400 and resumed_steps == list(range(resumed_steps[0], 401, 50))
+    assert resumed_steps[0] > 50
+    if workers == 0:
+        assert steps_after[: len(steps_before)] == steps_before
+        assert resumed_steps[0] <= steps_before[-1] + 50
 
 
 # --------------------------------------------------------------------------------------------------

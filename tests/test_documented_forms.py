@@ -94,7 +94,9 @@ def test_each_documented_search_command_plans_without_error(
     machine is said so and left to the tests that have it."""
     argv = shlex.split(command)[3:]
     if "--resume" in argv:
-        pytest.skip("--resume needs an interrupted run: tests/test_tune.py's resume tests")
+        pytest.skip(
+            "--resume needs an interrupted run: tests/test_cluster.py's driver-kill test (make test-cluster)"
+        )
     monkeypatch.chdir(REPO)  # the README's commands run in a clone
     if "my_space.yaml" in argv:  # the user's own space, in their own folder
         monkeypatch.chdir(tmp_path)

@@ -14,3 +14,9 @@ def test_list_and_every_dry_run_load_no_torch_transformers_or_ray(heavy_modules_
         "    assert main(['--space', name, '--dry-run']) == 0, name"
     )
     assert heavy_modules_loaded(statements) == []
+
+
+def test_finding_the_tiny_models_loads_no_transformers_or_peft(heavy_modules_loaded):
+    """The CLI's process and every trial process ask for them; transformers' model code costs seconds."""
+    statements = "from mezo_ray.models.tiny import ensure_tiny_models\nensure_tiny_models()"
+    assert heavy_modules_loaded(statements) == ["torch"]

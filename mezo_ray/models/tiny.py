@@ -7,9 +7,10 @@ briefly pretrained (MLM / next-token, Adam, ~40 s each on 2 CPU cores) and saved
 ``save_pretrained`` (safetensors) + the tokenizer. The package ships them, built by
 ``python -m mezo_ray.models.tiny`` (``SHIPPED``), so every machine gets the same weights without a build.
 With other settings they are built once and cached under ``$MEZO_RAY_CACHE`` (default
-``~/.cache/mezo_ray``) in a folder keyed by ``TINY_VERSION`` and a hash of the corpus and settings; a
+``~/.cache/mezo_ray``) in a folder keyed by ``TINY_VERSION``, the settings and ``CORPUS_DIGEST``; a
 build goes to a temporary folder that is renamed into place, so two processes building at once both
-end with one complete copy.
+end with one complete copy. Finding the models imports no transformers and writes no corpus: every
+trial process and CLI start asks for them.
 
 The corpus ties label words to sentiment with a skew toward " great" (see ``mezo_ray.tasks.synthetic``),
 so the causal model ranks reviews by sentiment but answers " great" too often: zero-shot about 0.65 on
@@ -28,24 +29,23 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import ByteLevelBPETokenizer
-from transformers import (
-    GPT2Tokenizer,
-    OPTConfig,
-    OPTForCausalLM,
-    RobertaConfig,
-    RobertaForMaskedLM,
-    RobertaTokenizer,
-)
 
 from mezo_ray.tasks.synthetic import synthetic_pretraining_corpus
+
+if TYPE_CHECKING:  # the build imports them (finding the models needs no transformers: seconds)
+    from transformers import GPT2Tokenizer, OPTConfig, RobertaConfig, RobertaTokenizer
 
 TINY_VERSION = "tiny-v2"
 SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # RoBERTa's ids 0..3; <mask> = 4
 CORPUS_SENTENCES = 20_000
 CORPUS_SEED = 0
+#: sha256 of the corpus ``synthetic_pretraining_corpus(CORPUS_SENTENCES, CORPUS_SEED)`` writes (as JSON):
+#: the cache key names the corpus by it, since writing the corpus takes a second. A test checks it
+#: (tests/models/test_tiny.py): a changed generator fails there until this and the shipped models follow.
+CORPUS_DIGEST = "02f02e703e8ef4a97094c8d6e6fdd851b4821816236739df972cb889fc4e8133"
 VOCAB_SIZE = 1_000
 MAX_POSITIONS = 128
 _SIZE = {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "ffn_dim": 256}
@@ -68,8 +68,7 @@ def ensure_tiny_models(cache_dir: str | None = None) -> TinyModels:
     """Returns the tiny models' paths: the copy shipped in the package when it was built with the
     current settings (the same weights on every machine, and no build), else a copy built once into
     the cache (about a minute)."""
-    corpus = _corpus()
-    final = tiny_models_dir(cache_dir, corpus)
+    final = tiny_models_dir(cache_dir)
     if (SHIPPED / final.name).is_dir():
         final = SHIPPED / final.name
     elif not final.is_dir():
@@ -77,7 +76,7 @@ def ensure_tiny_models(cache_dir: str | None = None) -> TinyModels:
         _remove_stale_builds(final.parent)
         building = Path(tempfile.mkdtemp(prefix=".building-", dir=final.parent))
         try:
-            build_tiny_models(building, corpus)
+            build_tiny_models(building, _corpus())
             os.rename(building, final)  # atomic; fails if another process got there first
         except OSError:
             if not final.is_dir():
@@ -94,14 +93,14 @@ def _remove_stale_builds(folder: Path, max_age_s: float = 3600.0) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def tiny_models_dir(cache_dir: str | None = None, corpus: list[str] | None = None) -> Path:
+def tiny_models_dir(cache_dir: str | None = None) -> Path:
     """Returns the cache folder of the tiny models for the current settings (built or not).
 
-    The name carries ``TINY_VERSION`` and a hash of the corpus and build settings, so a changed
-    corpus generator or recipe gets a fresh build instead of stale models.
+    The name carries ``TINY_VERSION`` and a hash of the build settings and the corpus (its size, seed
+    and digest), so a changed corpus or recipe gets a fresh build instead of stale models.
     """
-    corpus = _corpus() if corpus is None else corpus
-    digest = hashlib.sha256(json.dumps([TINY_VERSION, _SIZE, _PRETRAIN, corpus]).encode()).hexdigest()
+    settings = [TINY_VERSION, _SIZE, _PRETRAIN, CORPUS_SENTENCES, CORPUS_SEED, CORPUS_DIGEST]
+    digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()
     root = Path(cache_dir or os.environ.get("MEZO_RAY_CACHE") or Path.home() / ".cache" / "mezo_ray")
     return root / "tiny_models" / f"{TINY_VERSION}-{digest[:12]}"
 
@@ -111,6 +110,8 @@ def build_tiny_models(out_dir: str | os.PathLike, corpus: list[str]) -> dict:
 
     Returns build info (also written to ``out_dir/tiny_info.json``): final losses and seconds.
     """
+    from transformers import OPTForCausalLM, RobertaForMaskedLM
+
     out = Path(out_dir)
     info: dict = {"version": TINY_VERSION, "num_sentences": len(corpus)}
     with torch.random.fork_rng(devices=[]):
@@ -135,6 +136,8 @@ def make_tokenizers(corpus: list[str]) -> tuple[RobertaTokenizer, GPT2Tokenizer]
 
     Ids follow RoBERTa (<s>=0, <pad>=1, </s>=2, <unk>=3); the OPT-style one prepends "</s>" as BOS.
     """
+    from transformers import GPT2Tokenizer, RobertaTokenizer
+
     vocab, merges = _train_bpe(corpus)
     mlm_tok = RobertaTokenizer(vocab=vocab, merges=merges)
     causal_tok = GPT2Tokenizer(
@@ -154,6 +157,8 @@ def _corpus() -> list[str]:
 
 
 def _train_bpe(corpus: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    from tokenizers import ByteLevelBPETokenizer
+
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(
         corpus, vocab_size=VOCAB_SIZE, min_frequency=2, special_tokens=list(SPECIAL_TOKENS)
@@ -168,6 +173,8 @@ def _train_bpe(corpus: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]
 
 def roberta_config(vocab_size: int) -> RobertaConfig:
     """Returns the tiny masked LM's config (RoBERTa architecture)."""
+    from transformers import RobertaConfig
+
     return RobertaConfig(
         vocab_size=vocab_size,
         hidden_size=_SIZE["hidden_size"],
@@ -186,6 +193,8 @@ def roberta_config(vocab_size: int) -> RobertaConfig:
 
 def opt_config(vocab_size: int) -> OPTConfig:
     """Returns the tiny causal LM's config (OPT architecture)."""
+    from transformers import OPTConfig
+
     return OPTConfig(
         vocab_size=vocab_size,
         hidden_size=_SIZE["hidden_size"],
@@ -262,11 +271,10 @@ def _pad_right(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.
 
 def ship() -> Path:
     """Builds the tiny models into the package (``SHIPPED``), replacing older builds; returns the folder."""
-    corpus = _corpus()
-    final = SHIPPED / tiny_models_dir(corpus=corpus).name
+    final = SHIPPED / tiny_models_dir().name
     shutil.rmtree(SHIPPED, ignore_errors=True)
     final.mkdir(parents=True)
-    build_tiny_models(final, corpus)
+    build_tiny_models(final, _corpus())
     return final
 
 

@@ -191,7 +191,7 @@ def _looks_like_path(model: str) -> bool:
 
 def _local_model_path(model: str) -> str | None:
     if model in TINY_MODELS:
-        from mezo_ray.models import ensure_tiny_models
+        from mezo_ray.models.tiny import ensure_tiny_models
 
         tiny = ensure_tiny_models()
         return tiny.mlm if TINY_MODELS[model] == "mlm" else tiny.causal

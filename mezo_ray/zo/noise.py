@@ -255,6 +255,7 @@ def _no_grad_call(fn: Callable[[NoiseSlice, Chunk], None], s: NoiseSlice, c: Chu
 
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
+POOL_MIN_NUMEL = 1 << 16
 
 
 def for_each_chunk(
@@ -262,13 +263,14 @@ def for_each_chunk(
 ) -> None:
     """Run ``fn`` on every (slice, chunk); CPU chunks run on a thread pool (torch and the Numba
     kernels release the GIL), so drawing z takes every core. Chunks write disjoint elements, so the
-    result does not depend on scheduling.
+    result does not depend on scheduling. Below ``POOL_MIN_NUMEL`` elements in all, handing the chunks
+    to threads costs more than drawing them.
     """
     global _pool, _pool_size
     work = [(s, c) for s in slices for c in chunks(s, chunk_numel)]
     threads = torch.get_num_threads()
     cpu_work = [(s, c) for s, c in work if s.local.device.type == "cpu"]
-    if threads > 1 and len(cpu_work) > 1:
+    if threads > 1 and len(cpu_work) > 1 and sum(c.p_hi - c.p_lo for _, c in cpu_work) >= POOL_MIN_NUMEL:
         if _pool is None or _pool_size != threads:
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mezo-noise")
             _pool_size = threads

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -76,6 +78,8 @@ def test_half_built_folders_of_killed_processes_are_removed(tmp_path, quick_buil
 def test_the_package_ships_the_tiny_models_of_the_current_settings(tmp_path):
     """Changing the corpus or the recipe without `python -m mezo_ray.models.tiny` fails here, not by
     every machine quietly building its own, slightly different models."""
+    corpus = json.dumps(tiny._corpus()).encode()  # the corpus the cache key names by its digest
+    assert hashlib.sha256(corpus).hexdigest() == tiny.CORPUS_DIGEST, "the corpus changed: set CORPUS_DIGEST"
     shipped = tiny.SHIPPED / tiny.tiny_models_dir().name
     assert shipped.is_dir(), f"run `python -m mezo_ray.models.tiny` to build {shipped.name} and commit it"
     assert [p.name for p in tiny.SHIPPED.iterdir()] == [shipped.name]  # no stale build ships too

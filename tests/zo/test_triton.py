@@ -235,13 +235,15 @@ def test_forward_perturbation_on_the_triton_path_leaves_the_weights_bit_identica
     the in-place sweeps' +eps z, -2 eps z, +eps z move them."""
     x, y = (t.to(device, dtype) if t.is_floating_point() else t.to(device) for t in data())
     moved = {}
-    for perturbation in ["in_place", "forward"]:
+    # the contrast: in place, low precision moves the weights within a step or two
+    steps = {"forward": STEPS, "in_place": 3} if dtype in LOW else {"forward": STEPS}
+    for perturbation, n in steps.items():
         model = tiny_model().to(device, dtype)
         start = [p.detach().clone() for p in model.parameters()]
         opt = MeZO(model.named_parameters(), lr=0.0, eps=1e-3)
         if perturbation == "forward":
             opt.perturb_in_forward(model)
-        for _ in range(STEPS):
+        for _ in range(n):
             opt.step(lambda m=model: nn.functional.cross_entropy(m(x).float(), y))
         assert all(g != 0 for r in opt.trajectory for g in r.projected_grads)  # the forwards were perturbed
         moved[perturbation] = sum(int((p != q).sum()) for p, q in zip(model.parameters(), start, strict=True))

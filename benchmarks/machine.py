@@ -41,3 +41,44 @@ def header() -> str:
         f"# {m['cpu']} ({m['cpu_cores']} cores), torch {m['torch']} CPU kernels {m['cpu_capability']}, "
         f"{m['torch_threads']} threads{gpu}"
     )
+
+
+def commit() -> str:
+    """The repository's commit, ``+`` when the working tree has changes (unknown outside a git clone)."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
+def save_result(kind: str, result: dict[str, Any], folder: Path) -> Path:
+    """Writes ``result`` as ``folder/KIND-DATE-COMMIT.json`` with what it was measured on: the date (UTC),
+    the commit, the machine (CPU model and capability among it) and the command; returns the path."""
+    import datetime
+    import json
+    import shlex
+    import sys
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    head = commit()
+    record = {
+        "benchmark": kind,
+        "date": now.isoformat(timespec="seconds"),
+        "commit": head,
+        "machine": describe(),
+        "command": shlex.join(["python", *sys.argv]),
+        **result,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{kind}-{now:%Y%m%d-%H%M}-{head.rstrip('+')}.json"
+    path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return path

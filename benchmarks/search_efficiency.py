@@ -24,8 +24,11 @@ a point that diverges ends where it stopped (non-finite losses), every trial cap
    --scheduler pbt`` with a population of 4 random points, lr / eps mutated within the grid's values.
 
 For each searcher: forward passes and seconds until its running best is within 1 point of the grid's
-best (median over ``--reps`` search seeds, then over data seeds; inf: never), the fraction of runs
-that got there, and the test score of its dev-selected point. Target (issue 14): some searcher within
+best (median over ``--reps`` search seeds, then over data seeds; inf: never), that cost as a fraction
+of its data seed's grid with a 95% bootstrap interval over the runs (data seed x search seed), the
+fraction of runs that got there, and the test score of its dev-selected point. Every run writes its
+JSON to ``--results`` (``benchmarks/results/``; ``python -m mezo_ray.report --benchmark FILE`` plots
+it); ``--quick`` is the smoke version. Target (issue 14): some searcher within
 1 point at <= 1/3 of the grid's forward passes.
 """
 
@@ -46,10 +49,15 @@ from pathlib import Path
 from typing import Any
 
 from bench_data import pair_settings, regime
-from machine import describe, header
+from machine import header, save_result
+
+from mezo_ray.report import intervals
 
 TINY = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64}
 WITHIN = 0.01  # 1 point of accuracy
+RESULTS = Path(__file__).resolve().parent / "results"
+#: ``--quick``: the smoke version, about 8 minutes on the pair with 2 cores (options after it win).
+QUICK = "--steps 40 --eval-steps 10 --seeds 1 --reps 2 --lrs 1e-4 1e-3 --eps 1e-3 --no-pbt"
 
 
 def grid_points(args: argparse.Namespace) -> list[tuple[float, float]]:
@@ -274,6 +282,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         out["searchers"][name] = {
             "forward_passes": passes,
             "fraction_of_grid": passes / grid,
+            # per run (data seed x search seed) over its own grid's cost: median, 95% bootstrap interval
+            "fraction_interval": intervals.median_interval(
+                [r["forward_passes"] / r["grid_passes"] for r in runs]
+            ),
+            "runs": runs,
             "seconds": statistics.median(r["seconds"] for r in runs),
             "reached": sum(r["reached"] for r in runs) / len(runs),
             "total_forward_passes": statistics.median(r["total_forward_passes"] for r in runs),
@@ -302,15 +315,21 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true", help="the tiny MLM's synthetic task instead")
     parser.add_argument("--jobs", type=int, default=2, help="grid trials side by side, one core each")
     parser.add_argument("--no-pbt", dest="pbt", action="store_false", help="leave out PBT (real training)")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON folder (default {RESULTS})")
+    parser.add_argument("--json", action="store_true", help="print the JSON it writes")
+    parser.add_argument("--quick", action="store_true", help=f"the smoke version: {QUICK}")
+    argv = sys.argv[1:]
+    args = parser.parse_args([*QUICK.split(), *argv] if "--quick" in argv else argv)
     dev = args.dev_examples
     args.pair = {**TINY, "max_eval_examples": dev} if args.tiny else pair_settings(args.model, args.task, dev)
     with contextlib.redirect_stdout(sys.stderr):  # the trials' logs; the figures go to stdout
         results = run(args)
+    settings = {k: v for k, v in vars(args).items() if k not in ("json", "pair")}
+    results = {"task": args.pair, "regime": regime(args.pair), "settings": settings, **results}
+    path = save_result("search_efficiency", results, args.results)
+    print(f"wrote {path}; plots: python -m mezo_ray.report --benchmark {path}", file=sys.stderr)
     if args.json:
-        results = {"machine": describe(), "task": args.pair, "regime": regime(args.pair), **results}
-        print(json.dumps(results, default=str))
+        print(path.read_text())
         return
     print(header())
     print(f"{args.pair['model']} on {args.pair['task']}: {regime(args.pair)}")
@@ -319,11 +338,14 @@ def main() -> None:
         f"grid: {len(grid_points(args))} points x {args.steps} steps, {grid['forward_passes']:,.0f} forward "
         f"passes, test {100 * grid['test']:.1f} (median / mean over {args.seeds} data seeds)"
     )
-    print(f"{'searcher':<26}{'fwd to within 1 pt':>20}{'of grid':>9}{'reached':>9}{'spent':>11}{'test':>7}")
+    print(
+        f"{'searcher':<26}{'fwd to within 1 pt':>20}{'of grid [95% interval]':>24}{'reached':>9}{'test':>7}"
+    )
     for name, row in results["searchers"].items():
+        fraction, low, high = row["fraction_interval"]
         print(
-            f"{name:<26}{row['forward_passes']:>20,.0f}{row['fraction_of_grid']:>9.2f}{row['reached']:>9.0%}"
-            f"{row['total_forward_passes']:>11,.0f}{100 * row['test']:>7.1f}"
+            f"{name:<26}{row['forward_passes']:>20,.0f}{f'{fraction:.2f} [{low:.2f}, {high:.2f}]':>24}"
+            f"{row['reached']:>9.0%}{100 * row['test']:>7.1f}"
         )
 
 

@@ -3,21 +3,25 @@
     make bench-data && python benchmarks/time_to_accuracy.py    # the real pair (bench_data.py), CPU
     python benchmarks/time_to_accuracy.py --model PATH --task FILE.yaml   # your model and task
     python benchmarks/time_to_accuracy.py --tasks tiny-mlm tiny-causal     # the tiny offline models
-    python benchmarks/time_to_accuracy.py --budget 4000 --seeds 3 --jobs 2 --json
+    python benchmarks/time_to_accuracy.py --quick                          # the smoke version
+    python -m mezo_ray.report --benchmark benchmarks/results/time_to_accuracy-....json   # table, plots
 
 Every run evaluates dev every ``--eval-passes`` forward passes (eval_steps = that / the method's
 forward passes per step), so methods with cheap and expensive steps are seen at the same cost. A run's
 curve is smoothed by the mean of ``--smooth`` consecutive evaluations (one lucky evaluation of a small
-dev set is not a level reached). For each task and data seed, the target is plain MeZO's best smoothed
-score within the budget over its lr grid; a method's cost on that seed is the fewest forward passes
-after which any of its lrs' smoothed curves first reaches the target; its figure is the median over
-seeds (inf: never within the budget), printed with the ratio to MeZO's own. Also the wall time per
-training forward pass as a ratio to MeZO's. (Memory: ``zo_step.py`` measures a step's peak; the
-stateless estimators here keep no state, ``optimizer_state_multiple`` 0.)
+dev set is not a level reached). Seed i is the paper's data seed i (13, 21, 42, 87, 100) with training
+seed i. For each task and seed, the target is plain MeZO's final smoothed dev score at its best lr; a
+method's cost on that seed is the fewest forward passes after which one of its lrs' smoothed curves
+first reached the target (inf: never within the budget). Per method: the median cost over seeds with
+a 95% bootstrap interval, its ratio to MeZO's with a paired interval, every pair of methods separated
+or not (``mezo_ray.report.intervals``), and the wall time per training forward pass as a ratio to
+MeZO's. (Memory: ``zo_step.py`` measures a step's peak.) Every run writes its JSON, curves included, to
+``--results`` (``benchmarks/results/``) with the date, commit, machine and command.
 
 The trials are the recipe's (``mezo_ray.train.recipe.run_trial``), in this process or ``--jobs``
-worker processes, no Ray: the numbers are what a search would see. The lr grids were calibrated on
-these tiny models (a decade around the lr each method trains at), not taken from the papers.
+worker processes, no Ray: the numbers are what a search would see. The lr grids (``METHODS``) are
+calibrated on dev, never on test: each is a decade around the lr its method trains at (the JSON's
+``best_lr`` says which point each seed selected; one at a grid's edge says the grid is not centred).
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import json
 import math
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from bench_data import pair_settings, regime
-from machine import describe, header
+from machine import header, save_result
 
+from mezo_ray.report import intervals
 from mezo_ray.train.config import parse_trial_config
 from mezo_ray.train.recipe import run_trial
 from mezo_ray.train.session import LocalSession
@@ -50,28 +56,38 @@ TASKS = {
         "num_dev": DEV,
     },
 }
-MEZO_LRS = (1e-3, 3e-3, 1e-2)
-#: method -> (trial settings, lr grid). MeZO's grid brackets the lr the tiny models train at (1e-3..3e-3).
+PAPER_DATA_SEEDS = (13, 21, 42, 87, 100)
+#: MeZO's grid, on the tiny models (tiny-v2) and on the pair alike: on the tiny MLM (dev, seeds 13 and
+#: 21) lr 1e-4 climbs from 0.61 to 0.86 in 260 forward passes, 3e-4 in 40, 1e-3 is there at once and
+#: then falls to 0.75; on the pair (all-MiniLM-L6-v2, every weight trained) MeZO diverges at once at
+#: 1e-2 and by step 700 at 1e-3. The other grids are this one moved by each method's step size (below).
+MEZO_LRS = (1e-4, 3e-4, 1e-3)
+RESULTS = Path(__file__).resolve().parent / "results"
+#: ``--quick``: about 5 minutes on the pair with 2 cores (options given after it win).
+QUICK = "--budget 120 --eval-passes 40 --smooth 1 --seeds 2 --lr-points 1 --methods MeZO FZOO --jobs 2"
+#: method -> (trial settings, lr grid).
 METHODS: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
     "MeZO": ({}, MEZO_LRS),
-    "FZOO": ({"estimator": "fzoo", "n_probes": 8}, (3e-3, 1e-2, 3e-2)),  # its step is normalised
+    "FZOO": ({"estimator": "fzoo", "n_probes": 8}, (1e-3, 3e-3, 1e-2)),  # its step is normalised
     "HiZOO": ({"estimator": "hizoo", "hessian_smooth": 1e-8}, MEZO_LRS),
-    "LOZO": ({"estimator": "lozo", "lozo_rank": 4, "lozo_interval": 100}, (3e-4, 1e-3, 3e-3)),
+    "LOZO": ({"estimator": "lozo", "lozo_rank": 4, "lozo_interval": 100}, (3e-5, 1e-4, 3e-4)),
     "LOZO-M": (
         {"estimator": "lozo", "lozo_rank": 4, "lozo_interval": 100, "lozo_momentum": 0.9},
-        (3e-4, 1e-3, 3e-3),
+        (3e-5, 1e-4, 3e-4),
     ),
-    # 2026's estimators: not calibrated yet; MeZO's grid moved by the ratio of each paper's lr to MeZO's
-    # (search_spaces/zo_methods.yaml cites them): AdaMeZO and BSZO a tenth, Sparse MeZO larger
-    "AdaMeZO": ({"estimator": "adamezo", "adamezo_window": 10}, (1e-4, 3e-4, 1e-3)),
-    "BSZO": ({"estimator": "bszo", "bszo_one_sided": True, "eps": 1e-4}, (1e-4, 3e-4, 1e-3)),
+    # 2026's estimators: first MeZO's grid moved by the ratio of each paper's lr to MeZO's
+    # (search_spaces/zo_methods.yaml cites them); then, where dev selected a grid's top edge on the tiny
+    # MLM (2026-12-07: BSZO flat at 1e-5..1e-4, Sparse MeZO, Population, layer-wise and FZOO still
+    # rising at their top), moved up
+    "AdaMeZO": ({"estimator": "adamezo", "adamezo_window": 10}, (1e-5, 3e-5, 1e-4)),
+    "BSZO": ({"estimator": "bszo", "bszo_one_sided": True, "eps": 1e-4}, (1e-4, 1e-3, 1e-2)),
     "Sparse MeZO": ({"estimator": "sparse_mezo"}, (3e-3, 1e-2, 3e-2)),
     "MeZO-GV": ({"estimator": "mezo_gv"}, MEZO_LRS),
-    "Population": ({"estimator": "population", "population_members": 8}, MEZO_LRS),
+    "Population": ({"estimator": "population", "population_members": 8}, (1e-3, 3e-3, 1e-2)),
     "LP-MeZO": ({"lp_init": True}, MEZO_LRS),
     "MeZO param-norm": ({"perturbation_scale": "param_norm", "recompute_norms": True}, MEZO_LRS),
     "MeZO grad-norm": ({"perturbation_scale": "grad_norm", "recompute_norms": True}, MEZO_LRS),
-    "MeZO layer-wise": ({"layer_wise": True}, MEZO_LRS),
+    "MeZO layer-wise": ({"layer_wise": True}, (1e-3, 3e-3, 1e-2)),
 }
 
 
@@ -117,7 +133,8 @@ def settings_of(args: argparse.Namespace, task: dict, extra: dict, lr: float, se
         **extra,
         "method": "mezo",
         "lr": lr,
-        "data_seed": 13 + seed,
+        "data_seed": data_seed(seed),
+        "seed": seed,
         "batch_size": 16,
         "max_steps": args.budget,
         "num_workers": 0,
@@ -132,6 +149,17 @@ def settings_of(args: argparse.Namespace, task: dict, extra: dict, lr: float, se
     }
 
 
+def data_seed(seed: int) -> int:
+    """The paper's data seeds (13, 21, 42, 87, 100) first; the training seed is the run's index."""
+    return PAPER_DATA_SEEDS[seed] if seed < len(PAPER_DATA_SEEDS) else 13 + seed
+
+
+def lr_grid(args: argparse.Namespace, lrs: tuple[float, ...]) -> tuple[float, ...]:
+    """The method's grid scaled by ``--lr-scale``; ``--lr-points 1``: its middle point only."""
+    scaled = tuple(lr * args.lr_scale for lr in lrs)
+    return scaled[len(scaled) // 2 : len(scaled) // 2 + 1] if args.lr_points == 1 else scaled
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     jobs = []  # (task, method, seed, settings)
     for task_name in args.tasks:
@@ -141,35 +169,97 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "lp_init" in extra and not (task.get("prompt", True) and "k" in task):
                 continue  # LP-MeZO writes a probe into masked-LM label words
             for seed in range(args.seeds):
-                for lr in lrs:
+                for lr in lr_grid(args, lrs):
                     jobs.append((task_name, method, seed, settings_of(args, task, extra, lr, seed)))
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         curves = list(pool.map(curve, [settings for *_, settings in jobs]))
     runs: dict[str, dict[str, dict[int, list]]] = {}
-    for (task_name, method, seed, _), result in zip(jobs, curves, strict=True):
-        runs.setdefault(task_name, {}).setdefault(method, {}).setdefault(seed, []).append(result)
-    out: dict[str, Any] = {}
-    for task_name, by_method in runs.items():
-        rows = {}
-        for method, by_seed in by_method.items():
-            costs, targets = [], []
-            for seed, results in by_seed.items():
-                target = max(
-                    s for points, _ in by_method["MeZO"][seed] for _, s in smoothed(points, args.smooth)
-                )
-                targets.append(target)
-                costs.append(min(first_reach(smoothed(points, args.smooth), target) for points, _ in results))
-            seconds = statistics.median(s for results in by_seed.values() for _, s in results if s == s)
-            rows[method] = {"forward_passes": statistics.median(costs), "s_per_forward": seconds}
-            rows[method]["per_seed"] = costs
-            if method == "MeZO":
-                rows[method]["targets"] = targets
-        base = rows["MeZO"]
-        for row in rows.values():
-            row["passes_ratio"] = row["forward_passes"] / base["forward_passes"]
-            row["time_ratio"] = row["s_per_forward"] / base["s_per_forward"]
-        out[task_name] = rows
-    return out
+    for (task_name, method, seed, settings), (points, seconds) in zip(jobs, curves, strict=True):
+        run = {"seed": seed, "lr": settings["lr"], "curve": points, "s_per_forward": seconds}
+        runs.setdefault(task_name, {}).setdefault(method, {}).setdefault(seed, []).append(run)
+    return {
+        task_name: rank(by_method, args.smooth) | describe_task(TASKS[task_name])
+        for task_name, by_method in runs.items()
+    }
+
+
+def final_score(run: dict[str, Any], width: int) -> float:
+    points = smoothed(run["curve"], width)
+    return points[-1][1] if points else -math.inf
+
+
+def rank(by_method: dict[str, dict[int, list]], width: int) -> dict[str, Any]:
+    """Per seed, the target is plain MeZO's final dev score (smoothed) at its best lr; a method's cost
+    on that seed is the fewest forward passes after which one of its lrs' smoothed curves reached it.
+    Medians over seeds with 95% bootstrap intervals, ratios to MeZO paired by seed, and every pair of
+    methods with the interval of its ratio."""
+    seeds = sorted(by_method["MeZO"])
+    targets = [max(final_score(run, width) for run in by_method["MeZO"][seed]) for seed in seeds]
+    methods: dict[str, Any] = {}
+    costs: dict[str, list[float]] = {}
+    for method, by_seed in by_method.items():
+        costs[method], best_runs = [], []
+        for seed, target in zip(seeds, targets, strict=True):
+            reach = [
+                (first_reach(smoothed(r["curve"], width), target), -final_score(r, width), r)
+                for r in by_seed[seed]
+            ]
+            cost, _, best = min(reach, key=lambda item: item[:2])
+            costs[method].append(cost)
+            best_runs.append(best["lr"])
+        timed = [
+            r["s_per_forward"]
+            for rs in by_seed.values()
+            for r in rs
+            if r["s_per_forward"] == r["s_per_forward"]
+        ]
+        seconds = statistics.median(timed) if timed else math.nan
+        methods[method] = {
+            "costs": costs[method],
+            "best_lr": best_runs,
+            "forward_passes": intervals.median_interval(costs[method]),
+            "passes_ratio": intervals.ratio_interval(costs[method], costs["MeZO"]),
+            "s_per_forward": seconds,
+            "runs": [r for rs in by_seed.values() for r in rs],
+        }
+    base = methods["MeZO"]["s_per_forward"]
+    for row in methods.values():
+        row["time_ratio"] = row["s_per_forward"] / base
+    pairs = [
+        [a, b, ratio, low, high, intervals.is_separated(low, high)]
+        for a, b, ratio, low, high in intervals.separated(costs)
+    ]
+    return {"seeds": seeds, "targets": targets, "methods": methods, "pairs": pairs}
+
+
+def describe_task(task: dict[str, Any]) -> dict[str, Any]:
+    return {"model": task["model"], "task": task["task"], "regime": regime(task), "settings": task}
+
+
+def interval_text(value: float, low: float, high: float, digits: int = 0) -> str:
+    if value != value:
+        return "undecided"
+    if low != low:
+        return f"{value:.{digits}f} [one seed]"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    print(header())
+    for rows in results.values():
+        targets = ", ".join(f"{t:.3f}" for t in rows["targets"])
+        print(f"\n{rows['model']} on {rows['task']}: {rows['regime']}")
+        print(f"budget {args.budget} forward passes; {len(rows['seeds'])} seeds; median [95% bootstrap]")
+        print(f"MeZO's final dev score (last {args.smooth} evaluations, best lr), per seed: {targets}")
+        print(f"{'method':<18}{'fwd to MeZO final':>26}{'ratio to MeZO':>24}{'s/fwd ratio':>13}")
+        for method, row in rows["methods"].items():
+            print(
+                f"{method:<18}{interval_text(*row['forward_passes']):>26}"
+                f"{interval_text(*row['passes_ratio'], digits=2):>24}{row['time_ratio']:>13.2f}"
+            )
+        split = [f"{a} / {b} {interval_text(r, lo, hi, 2)}" for a, b, r, lo, hi, sep in rows["pairs"] if sep]
+        print("separated (interval of the ratio excludes 1): " + ("; ".join(split) or "none"))
+        print(f"not separated: {sum(not p[-1] for p in rows['pairs'])} of {len(rows['pairs'])} pairs")
 
 
 def main() -> None:
@@ -179,7 +269,9 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=4000, help="forward passes per run")
     parser.add_argument("--eval-passes", type=int, default=200, help="forward passes between dev evaluations")
     parser.add_argument("--smooth", type=int, default=3, help="evaluations averaged into one curve point")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--seeds", type=int, default=5, help="runs per method and lr (data and training seed)"
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument(
         "--tasks", nargs="+", default=["pair"], choices=["pair", *TASKS], help="pair: --model with --task"
@@ -188,8 +280,18 @@ def main() -> None:
     parser.add_argument("--model", help="a local checkpoint (default: make bench-data's model)")
     parser.add_argument("--task", help="a task YAML (default: make bench-data's vader-snippets)")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        help="multiplies every method's lr grid (METHODS)",
+    )
+    parser.add_argument("--lr-points", type=int, choices=(1, 3), default=3, help="1: each grid's middle lr")
+    parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON folder (default {RESULTS})")
+    parser.add_argument("--json", action="store_true", help="print the JSON it writes")
+    parser.add_argument("--quick", action="store_true", help=f"the smoke version: {QUICK}")
+    argv = sys.argv[1:]
+    args = parser.parse_args([*QUICK.split(), *argv] if "--quick" in argv else argv)
     if args.budget // args.eval_passes < args.smooth:
         parser.error(
             f"--budget {args.budget} / --eval-passes {args.eval_passes} gives fewer evaluations than "
@@ -197,23 +299,13 @@ def main() -> None:
         )
     if "pair" in args.tasks:
         TASKS["pair"] = pair_settings(args.model, args.task, args.dev)
-    results = run(args)
+    results = {"tasks": run(args), "settings": {k: v for k, v in vars(args).items() if k != "json"}}
+    path = save_result("time_to_accuracy", results, args.results)
     if args.json:
-        results = {"machine": describe(), **results}
-        print(json.dumps(results, default=str))
-        return
-    print(header())
-    for task_name, rows in results.items():
-        targets = ", ".join(f"{t:.3f}" for t in rows["MeZO"]["targets"])
-        task = TASKS[task_name]
-        print(f"\n{task['model']} on {task['task']}: {regime(task)}")
-        print(f"budget {args.budget} forward passes, median over {args.seeds} seeds")
-        print(f"MeZO's best dev score (mean of {args.smooth} evaluations) per seed: {targets}")
-        print(f"{'method':<18}{'fwd to MeZO best':>18}{'ratio':>8}{'s/fwd ratio':>13}")
-        for method, row in rows.items():
-            print(
-                f"{method:<18}{row['forward_passes']:>18.0f}{row['passes_ratio']:>8.2f}{row['time_ratio']:>13.2f}"
-            )
+        print(path.read_text())
+    else:
+        print_results(args, results["tasks"])
+    print(f"\nwrote {path}; plots: python -m mezo_ray.report --benchmark {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

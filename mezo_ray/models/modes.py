@@ -11,7 +11,8 @@
   positions start after the prefix (the paper's hooks left them unshifted); in exchange the model
   behaves exactly as if the random tokens preceded the input (for OPT at every layer).
 - ``head``: the output projection (LM head) alone, untied from the input embeddings: the paper's
-  "head tuning", its LP baseline for OPT tasks that are not classification (protocol §2.3).
+  "head tuning", its LP baseline for OPT tasks that are not classification (protocol §2.3). On a
+  ``seq_cls`` model (``prompt: false``): its classifier alone, a linear probe of the frozen encoder.
 - ``lm_head``: the whole ``lm_head`` module (RoBERTa: dense, layer norm, decoder and bias; OPT: the
   projection), and ``lora+lm_head``: LoRA plus that module. What the paper's RoBERTa code trained
   with ``--apply_lora``: its freeze rule froze only ``roberta.*``, and loralib merges B·A into the
@@ -67,9 +68,7 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         if spec.mode == "lm_head":
             module = _lm_head(model, spec)
         else:
-            module = model.get_output_embeddings() if spec.mode == "head" else model
-        if module is None:
-            raise ValueError(f"mode='head': model {spec.name_or_path!r} has no output projection to train")
+            module = _output_projection(model, spec) if spec.mode == "head" else model
         trainable = {id(p) for p in module.parameters()}
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
@@ -102,6 +101,19 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         with torch.no_grad():
             embedding.copy_(prefix_init.to(embedding.dtype))
         return peft_model
+
+
+def _output_projection(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
+    """The LM head's projection; for a ``seq_cls`` model its classifier (BERT / RoBERTa ``classifier``,
+    decoder models ``score``): head tuning on a frozen encoder is then a linear probe."""
+    if spec.family == "seq_cls":
+        module = getattr(model, "classifier", None) or getattr(model, "score", None)
+    else:
+        module = model.get_output_embeddings()
+    if module is None:
+        what = "classifier (`classifier` / `score`)" if spec.family == "seq_cls" else "output projection"
+        raise ValueError(f"mode='head': model {spec.name_or_path!r} has no {what} to train")
+    return module
 
 
 def lm_head_module(model: torch.nn.Module) -> torch.nn.Module | None:

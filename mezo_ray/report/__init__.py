@@ -11,6 +11,9 @@ experiment folder can report on it.
     from mezo_ray.report import render
     print(render(result_grid, fmt="markdown", select="dev_acc"))   # end of a Tune search
     python -m mezo_ray.report ~/ray_results/exp1 ~/ray_results/exp2 --out report/   # CLI
+    python -m mezo_ray.report --benchmark benchmarks/results/FILE.json   # a benchmark's result
+
+``benchmark`` reads the results ``benchmarks/`` writes (intervals from ``intervals``: scipy's bootstrap).
 """
 
 from mezo_ray.report.formats import FORMATS

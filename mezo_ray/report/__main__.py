@@ -5,6 +5,7 @@ Examples:
     python -m mezo_ray.report results/exp --select dev_loss --format latex
     python -m mezo_ray.report results/exp --out report/   # also writes .md/.tex/.csv/.html, trials, plots
     python -m mezo_ray.report results/exp --format html > report.html   # one file, plots embedded
+    python -m mezo_ray.report --benchmark benchmarks/results/time_to_accuracy-....json   # table + PNGs
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from mezo_ray.report.formats import FORMATS, footer_markdown
 from mezo_ray.report.load import Report, from_experiment_dirs, read_memory_benchmark
@@ -35,6 +37,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="JSON",
         help="the output of benchmarks/memory.py --json, rendered as Table 22 beside the paper's numbers "
         "(repeatable; with or without experiment folders)",
+    )
+    parser.add_argument(
+        "--benchmark",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help="a result of benchmarks/time_to_accuracy.py or search_efficiency.py (benchmarks/results/): "
+        "its table with intervals, and its plots written beside it (or under --out); repeatable",
     )
     parser.add_argument(
         "--format",
@@ -66,8 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit status (2 when no experiment folder holds a trial)."""
     args = parse_args(argv)
+    if args.benchmark:
+        return benchmark_report(args.benchmark, args.out, plots=not args.no_plots)
     if not args.experiments and not args.memory_benchmark:
-        print("error: give an EXPERIMENT_DIR or --memory-benchmark JSON", file=sys.stderr)
+        print("error: give an EXPERIMENT_DIR or --memory-benchmark / --benchmark JSON", file=sys.stderr)
         return 2
     try:
         report = from_experiment_dirs(args.experiments) if args.experiments else Report.empty()
@@ -84,6 +96,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         paths = write_report(report, args.out, args.select, args.include_unfinished, plots=not args.no_plots)
         print(f"wrote {len(paths)} files under {args.out}", file=sys.stderr)
+    return 0
+
+
+def benchmark_report(paths: list[str], out: str | None, plots: bool) -> int:
+    """Print each benchmark result's table; write its plots beside it or under ``out``."""
+    from mezo_ray.report.benchmark import benchmark_markdown, read_benchmark, write_benchmark_plots
+
+    try:
+        results = [(Path(path), read_benchmark(path)) for path in paths]
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for path, result in results:
+        sys.stdout.write(benchmark_markdown(result))
+        sys.stdout.flush()
+        if plots:
+            for written in write_benchmark_plots(result, out or path.parent, prefix=path.stem):
+                print(f"wrote {written}", file=sys.stderr)
     return 0
 
 

@@ -63,6 +63,28 @@ def test_head_mode_trains_an_untied_copy_of_the_output_projection(micro, family)
     assert output.requires_grad and not embeddings.requires_grad
 
 
+@pytest.mark.parametrize(
+    ("family", "classifier"),
+    [
+        (
+            "mlm",
+            {
+                "classifier.dense.weight",
+                "classifier.dense.bias",
+                "classifier.out_proj.weight",
+                "classifier.out_proj.bias",
+            },
+        ),
+        ("causal", {"score.weight"}),
+    ],
+)
+def test_head_mode_of_a_classifier_trains_the_classifier_alone(micro, family, classifier):
+    """``prompt: false`` with ``mode: head``: a linear probe of the frozen encoder (RoBERTa's
+    ``classifier``, a decoder's ``score``), not the missing LM head."""
+    loaded = load_model(ModelSpec(micro[family], "seq_cls", mode="head", num_labels=2))
+    assert {n for n, _ in loaded.trainable_named_parameters()} == classifier
+
+
 @pytest.mark.parametrize("mode", ["lora", "prefix"])
 def test_adapters_are_float32_or_in_the_models_dtype_as_the_arithmetic_says(micro, mode):
     """peft keeps adapters in float32 over a float16 model; the paper's OPT runs kept them in fp16."""

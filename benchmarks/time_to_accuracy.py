@@ -236,14 +236,6 @@ def describe_task(task: dict[str, Any]) -> dict[str, Any]:
     return {"model": task["model"], "task": task["task"], "regime": regime(task), "settings": task}
 
 
-def interval_text(value: float, low: float, high: float, digits: int = 0) -> str:
-    if value != value:
-        return "undecided"
-    if low != low:
-        return f"{value:.{digits}f} [one seed]"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
     print(header())
     for rows in results.values():
@@ -254,10 +246,14 @@ def print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
         print(f"{'method':<18}{'fwd to MeZO final':>26}{'ratio to MeZO':>24}{'s/fwd ratio':>13}")
         for method, row in rows["methods"].items():
             print(
-                f"{method:<18}{interval_text(*row['forward_passes']):>26}"
-                f"{interval_text(*row['passes_ratio'], digits=2):>24}{row['time_ratio']:>13.2f}"
+                f"{method:<18}{intervals.interval_text(*row['forward_passes']):>26}"
+                f"{intervals.interval_text(*row['passes_ratio'], digits=2):>24}{row['time_ratio']:>13.2f}"
             )
-        split = [f"{a} / {b} {interval_text(r, lo, hi, 2)}" for a, b, r, lo, hi, sep in rows["pairs"] if sep]
+        split = [
+            f"{a} / {b} {intervals.interval_text(r, lo, hi, 2)}"
+            for a, b, r, lo, hi, sep in rows["pairs"]
+            if sep
+        ]
         print("separated (interval of the ratio excludes 1): " + ("; ".join(split) or "none"))
         print(f"not separated: {sum(not p[-1] for p in rows['pairs'])} of {len(rows['pairs'])} pairs")
 

@@ -22,6 +22,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, NullFormatter
 
+from mezo_ray.report.intervals import interval_text
 from mezo_ray.report.plots import DPI, _figure, _slug, _title
 
 KINDS = ("time_to_accuracy", "search_efficiency")
@@ -37,14 +38,6 @@ def read_benchmark(path: str | os.PathLike) -> dict[str, Any]:
     if kind not in KINDS:
         raise ValueError(f"{str(path)!r}: benchmark {kind!r} has no report; known: {list(KINDS)}")
     return result
-
-
-def _interval(value: float, low: float, high: float, digits: int = 0) -> str:
-    if value != value:
-        return "undecided"
-    if low != low:
-        return f"{value:,.{digits}f} [one seed]"
-    return f"{value:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"
 
 
 def benchmark_markdown(result: dict[str, Any]) -> str:
@@ -71,11 +64,13 @@ def benchmark_markdown(result: dict[str, Any]) -> str:
             ]
             for method, row in task["methods"].items():
                 lines.append(
-                    f"| {method} | {_interval(*row['forward_passes'])} | "
-                    f"{_interval(*row['passes_ratio'], digits=2)} | "
+                    f"| {method} | {interval_text(*row['forward_passes'])} | "
+                    f"{interval_text(*row['passes_ratio'], digits=2)} | "
                     f"{row['s_per_forward']:.3g} ({row['time_ratio']:.2f}) |"
                 )
-            split = [f"{a} / {b}: {_interval(r, lo, hi, 2)}" for a, b, r, lo, hi, sep in task["pairs"] if sep]
+            split = [
+                f"{a} / {b}: {interval_text(r, lo, hi, 2)}" for a, b, r, lo, hi, sep in task["pairs"] if sep
+            ]
             lines += ["", "Separated (the interval of the ratio excludes 1): " + ("; ".join(split) or "none")]
     else:
         lines += [
@@ -89,7 +84,7 @@ def benchmark_markdown(result: dict[str, Any]) -> str:
         ]
         for name, row in result["searchers"].items():
             lines.append(
-                f"| {name} | {_interval(*row['fraction_interval'], digits=2)} | {row['reached']:.0%} | "
+                f"| {name} | {interval_text(*row['fraction_interval'], digits=2)} | {row['reached']:.0%} | "
                 f"{100 * row['test']:.1f} |"
             )
     return "\n".join(lines) + "\n"

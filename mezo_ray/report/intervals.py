@@ -18,6 +18,8 @@ import numpy as np
 from scipy import stats
 
 LEVEL = 0.95
+#: Fewer seeds give no interval (a bootstrap of 1 or 2 values only repeats them).
+MIN_SEEDS = 3
 RESAMPLES = 10_000
 #: Stands in for ``inf`` inside the bootstrap (scipy's percentiles need finite numbers).
 _NEVER = 1e15
@@ -33,9 +35,9 @@ def _back(value: float) -> float:
 
 def median_interval(costs: Sequence[float]) -> tuple[float, float, float]:
     """(median, low, high): the median cost over seeds and its 95% bootstrap interval (``nan`` bounds
-    from a single seed)."""
+    from fewer than ``MIN_SEEDS`` seeds)."""
     data = _finite(costs)
-    if len(data) < 2:  # one seed: no interval
+    if len(data) < MIN_SEEDS:
         return _back(float(np.median(data))), math.nan, math.nan
     result = stats.bootstrap(
         (data,), np.median, method="percentile", confidence_level=LEVEL, n_resamples=RESAMPLES, random_state=0
@@ -59,7 +61,7 @@ def ratio_interval(costs: Sequence[float], baseline: Sequence[float]) -> tuple[f
     if len(a) != len(b):
         raise ValueError(f"paired costs need the same seeds: {len(a)} against {len(b)}")
     value = float(_ratio(a, b))
-    if len(a) < 2:  # one seed: no interval, so never separated
+    if len(a) < MIN_SEEDS:  # no interval, so never separated
         return value, math.nan, math.nan
     rng = np.random.default_rng(0)
     picks = rng.integers(0, len(a), size=(RESAMPLES, len(a)))
@@ -80,3 +82,12 @@ def separated(costs: dict[str, Sequence[float]]) -> list[tuple[str, str, float, 
 def is_separated(low: float, high: float) -> bool:
     """Whether an interval of a ratio excludes 1 (an undecided interval, ``nan``, does not)."""
     return high < 1 or low > 1
+
+
+def interval_text(value: float, low: float, high: float, digits: int = 0) -> str:
+    """``value [low, high]`` for a table; "undecided" and "[< 3 seeds]" where there is no interval."""
+    if value != value:
+        return "undecided"
+    if low != low:
+        return f"{value:,.{digits}f} [< {MIN_SEEDS} seeds]"
+    return f"{value:,.{digits}f} [{low:,.{digits}f}, {high:,.{digits}f}]"

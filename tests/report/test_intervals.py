@@ -41,9 +41,9 @@ def test_median_interval_brackets_the_median_and_is_degenerate_without_spread():
     value, low, high = median_interval([300.0, 100.0, 200.0, 500.0, 400.0])
     assert value == 300.0 and 100.0 <= low <= value <= high <= 500.0 and low < high
     assert median_interval([70.0] * 5) == (70.0, 70.0, 70.0)
-    value, low, high = median_interval([70.0])  # one seed: no interval
+    value, low, high = median_interval([70.0, 70.0])  # two seeds: no interval
     assert value == 70.0 and math.isnan(low) and math.isnan(high)
-    ratio, low, high = ratio_interval([35.0], [70.0])
+    ratio, low, high = ratio_interval([35.0, 35.0], [70.0, 70.0])
     assert ratio == 0.5 and not is_separated(low, high)
 
 

@@ -4,8 +4,13 @@ torch's CPU kernel set decide the CPU timings; the GPU, when one is used)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import os
 import platform
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +50,6 @@ def header() -> str:
 
 def commit() -> str:
     """The repository's commit, ``+`` when the working tree has changes (unknown outside a git clone)."""
-    import subprocess
-
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(
@@ -63,11 +66,6 @@ def commit() -> str:
 def save_result(kind: str, result: dict[str, Any], folder: Path) -> Path:
     """Writes ``result`` as ``folder/KIND-DATE-COMMIT.json`` with what it was measured on: the date (UTC),
     the commit, the machine (CPU model and capability among it) and the command; returns the path."""
-    import datetime
-    import json
-    import shlex
-    import sys
-
     now = datetime.datetime.now(datetime.timezone.utc)
     head = commit()
     record = {

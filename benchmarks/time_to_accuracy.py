@@ -198,15 +198,16 @@ def rank(by_method: dict[str, dict[int, list]], width: int) -> dict[str, Any]:
     methods: dict[str, Any] = {}
     costs: dict[str, list[float]] = {}
     for method, by_seed in by_method.items():
-        costs[method], best_runs = [], []
+        costs[method], best_lrs = [], []
         for seed, target in zip(seeds, targets, strict=True):
-            reach = [
-                (first_reach(smoothed(r["curve"], width), target), -final_score(r, width), r)
-                for r in by_seed[seed]
-            ]
-            cost, _, best = min(reach, key=lambda item: item[:2])
+            reach = []
+            for run in by_seed[seed]:
+                points = smoothed(run["curve"], width)
+                final = points[-1][1] if points else -math.inf
+                reach.append((first_reach(points, target), -final, run["lr"]))
+            cost, _, lr = min(reach)  # the cheapest lr; on a tie, the higher final score
             costs[method].append(cost)
-            best_runs.append(best["lr"])
+            best_lrs.append(lr)
         timed = [
             r["s_per_forward"]
             for rs in by_seed.values()
@@ -216,7 +217,7 @@ def rank(by_method: dict[str, dict[int, list]], width: int) -> dict[str, Any]:
         seconds = statistics.median(timed) if timed else math.nan
         methods[method] = {
             "costs": costs[method],
-            "best_lr": best_runs,
+            "best_lr": best_lrs,
             "forward_passes": intervals.median_interval(costs[method]),
             "passes_ratio": intervals.ratio_interval(costs[method], costs["MeZO"]),
             "s_per_forward": seconds,

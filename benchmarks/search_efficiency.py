@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_data import pair_settings, regime
+from bench_data import lr_scale, pair_settings, regime
 from machine import header, save_result
 
 from mezo_ray.report import intervals
@@ -56,8 +56,10 @@ from mezo_ray.report import intervals
 TINY = {"model": "tiny-mlm", "task": "synthetic-sst2", "k": 64}
 WITHIN = 0.01  # 1 point of accuracy
 RESULTS = Path(__file__).resolve().parent / "results"
-#: ``--quick``: the smoke version, about 8 minutes on the pair with 2 cores (options after it win).
-QUICK = "--steps 40 --eval-steps 10 --seeds 1 --reps 2 --lrs 1e-4 1e-3 --eps 1e-3 --no-pbt"
+#: ``--quick``: the smoke version, minutes on the pair with 2 cores (options after it win).
+QUICK = "--steps 20 --eval-steps 10 --seeds 1 --reps 2 --eps 1e-3 --dev-examples 64 --no-pbt"
+#: The lrs of the space, across decades; times ``bench_data.lr_scale`` (1/3 on a causal LM's prompt).
+LRS = (1e-4, 3e-4, 1e-3, 3e-3)
 
 
 def grid_points(args: argparse.Namespace) -> list[tuple[float, float]]:
@@ -307,7 +309,9 @@ def main() -> None:
     parser.add_argument("--eval-steps", type=int, default=50)
     parser.add_argument("--seeds", type=int, default=3, help="data seeds")
     parser.add_argument("--reps", type=int, default=3, help="search seeds per data seed")
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
+    parser.add_argument(
+        "--lrs", type=float, nargs="+", help="default: LRS, 1/3 of them on a causal LM's prompt"
+    )
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
     parser.add_argument("--dev-examples", type=int, default=512, help="dev examples per evaluation")
     parser.add_argument("--model", help="a local checkpoint (default: make bench-data's model)")
@@ -322,6 +326,7 @@ def main() -> None:
     args = parser.parse_args([*QUICK.split(), *argv] if "--quick" in argv else argv)
     dev = args.dev_examples
     args.pair = {**TINY, "max_eval_examples": dev} if args.tiny else pair_settings(args.model, args.task, dev)
+    args.lrs = args.lrs or [lr * lr_scale(args.pair) for lr in LRS]
     with contextlib.redirect_stdout(sys.stderr):  # the trials' logs; the figures go to stdout
         results = run(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("json", "pair")}

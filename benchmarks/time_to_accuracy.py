@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_data import pair_settings, regime
+from bench_data import lr_scale, pair_settings, regime
 from machine import header, save_result
 
 from mezo_ray.report import intervals
@@ -57,14 +57,17 @@ TASKS = {
     },
 }
 PAPER_DATA_SEEDS = (13, 21, 42, 87, 100)
-#: MeZO's grid, on the tiny models (tiny-v2) and on the pair alike: on the tiny MLM (dev, seeds 13 and
-#: 21) lr 1e-4 climbs from 0.61 to 0.86 in 260 forward passes, 3e-4 in 40, 1e-3 is there at once and
-#: then falls to 0.75; on the pair (all-MiniLM-L6-v2, every weight trained) MeZO diverges at once at
-#: 1e-2 and by step 700 at 1e-3. The other grids are this one moved by each method's step size (below).
+#: MeZO's grid on the tiny models (tiny-v2) and MiniLM, 1/3 of it on a causal LM's prompt (the default
+#: pair, SmolLM2-135M: ``bench_data.lr_scale``): on the tiny MLM (dev, seeds 13 and 21) lr 1e-4 climbs
+#: from 0.61 to 0.86 in 260 forward passes, 3e-4 in 40, 1e-3 is there at once and then falls to 0.75;
+#: on all-MiniLM-L6-v2 (every weight trained, ``prompt: false``) MeZO diverges at once at 1e-2 and by
+#: step 700 at 1e-3. The other grids are this one moved by each method's step size (below).
 MEZO_LRS = (1e-4, 3e-4, 1e-3)
 RESULTS = Path(__file__).resolve().parent / "results"
-#: ``--quick``: about 5 minutes on the pair with 2 cores (options given after it win).
-QUICK = "--budget 120 --eval-passes 40 --smooth 1 --seeds 2 --lr-points 1 --methods MeZO FZOO --jobs 2"
+#: ``--quick``: the smoke version, minutes on the pair with 2 cores (options given after it win).
+QUICK = (
+    "--budget 40 --eval-passes 20 --smooth 1 --seeds 2 --lr-points 1 --dev 64 --methods MeZO FZOO --jobs 2"
+)
 #: method -> (trial settings, lr grid).
 METHODS: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
     "MeZO": ({}, MEZO_LRS),
@@ -135,7 +138,7 @@ def settings_of(args: argparse.Namespace, task: dict, extra: dict, lr: float, se
         "lr": lr,
         "data_seed": data_seed(seed),
         "seed": seed,
-        "batch_size": 16,
+        "batch_size": args.batch_size,
         "max_steps": args.budget,
         "num_workers": 0,
         "selection": "final",
@@ -154,9 +157,11 @@ def data_seed(seed: int) -> int:
     return PAPER_DATA_SEEDS[seed] if seed < len(PAPER_DATA_SEEDS) else 13 + seed
 
 
-def lr_grid(args: argparse.Namespace, lrs: tuple[float, ...]) -> tuple[float, ...]:
-    """The method's grid scaled by ``--lr-scale``; ``--lr-points 1``: its middle point only."""
-    scaled = tuple(lr * args.lr_scale for lr in lrs)
+def lr_grid(args: argparse.Namespace, lrs: tuple[float, ...], task: dict[str, Any]) -> tuple[float, ...]:
+    """The method's grid scaled by ``--lr-scale``, by default the task's regime's (``bench_data.lr_scale``:
+    1/3 for a causal LM's prompt); ``--lr-points 1``: its middle point only."""
+    scale = args.lr_scale if args.lr_scale is not None else lr_scale(task)
+    scaled = tuple(lr * scale for lr in lrs)
     return scaled[len(scaled) // 2 : len(scaled) // 2 + 1] if args.lr_points == 1 else scaled
 
 
@@ -169,7 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "lp_init" in extra and not (task.get("prompt", True) and "k" in task):
                 continue  # LP-MeZO writes a probe into masked-LM label words
             for seed in range(args.seeds):
-                for lr in lr_grid(args, lrs):
+                for lr in lr_grid(args, lrs, task):
                     jobs.append((task_name, method, seed, settings_of(args, task, extra, lr, seed)))
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
         curves = list(pool.map(curve, [settings for *_, settings in jobs]))
@@ -278,10 +283,12 @@ def main() -> None:
     parser.add_argument("--task", help="a task YAML (default: make bench-data's vader-snippets)")
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one core each")
     parser.add_argument(
+        "--batch-size", type=int, default=16, help="examples per forward pass (16: the paper's)"
+    )
+    parser.add_argument(
         "--lr-scale",
         type=float,
-        default=1.0,
-        help="multiplies every method's lr grid (METHODS)",
+        help="multiplies every method's lr grid (METHODS); default: 1/3 on a causal LM's prompt, else 1",
     )
     parser.add_argument("--lr-points", type=int, choices=(1, 3), default=3, help="1: each grid's middle lr")
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON folder (default {RESULTS})")

@@ -285,10 +285,9 @@ class CausalLMHead(_Head):
             token_logp, valid = self._token_logprobs(rows)
         else:
             context_rows, option_ids = shared
-            hidden = self._last_context_hidden(context_rows)[torch.tensor(owners, device=self._device())]
-            logits = self.lm_head(hidden).to(self.loaded.loss_dtype)
-            option = torch.tensor(option_ids, device=logits.device)[:, None]
-            token_logp = logits.log_softmax(-1).gather(-1, option)
+            logits = self.lm_head(self._last_context_hidden(context_rows)).to(self.loaded.loss_dtype)
+            logp = logits.log_softmax(-1)[torch.tensor(owners, device=logits.device)]  # one row per candidate
+            token_logp = logp.gather(-1, torch.tensor(option_ids, device=logits.device)[:, None])
             valid = torch.ones_like(token_logp)
         scores = (token_logp * valid).sum(1) / valid.sum(1)
         return _split(scores, owners, len(examples)), token_logp, valid, owners

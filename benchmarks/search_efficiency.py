@@ -69,7 +69,7 @@ def grid_points(args: argparse.Namespace) -> list[tuple[float, float]]:
 def settings(args: argparse.Namespace, seed: int, lr: float, eps: float) -> dict[str, Any]:
     return {
         **args.pair,
-        "batch_size": 16,
+        "batch_size": args.batch_size,
         "method": "mezo",
         "data_seed": 13 + seed,
         "lr": lr,
@@ -313,6 +313,9 @@ def main() -> None:
         "--lrs", type=float, nargs="+", help="default: LRS, 1/3 of them on a causal LM's prompt"
     )
     parser.add_argument("--eps", type=float, nargs="+", default=[1e-4, 1e-3, 1e-2])
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="examples per forward pass (16: the paper's)"
+    )
     parser.add_argument("--dev-examples", type=int, default=512, help="dev examples per evaluation")
     parser.add_argument("--model", help="a local checkpoint (default: make bench-data's model)")
     parser.add_argument("--task", help="a task YAML (default: make bench-data's vader-snippets)")
@@ -347,9 +350,9 @@ def main() -> None:
         f"{'searcher':<26}{'fwd to within 1 pt':>20}{'of grid [95% interval]':>24}{'reached':>9}{'test':>7}"
     )
     for name, row in results["searchers"].items():
-        fraction, low, high = row["fraction_interval"]
         print(
-            f"{name:<26}{row['forward_passes']:>20,.0f}{f'{fraction:.2f} [{low:.2f}, {high:.2f}]':>24}"
+            f"{name:<26}{row['forward_passes']:>20,.0f}"
+            f"{intervals.interval_text(*row['fraction_interval'], digits=2):>24}"
             f"{row['reached']:>9.0%}{100 * row['test']:>7.1f}"
         )
 

@@ -73,7 +73,7 @@ METHODS: dict[str, tuple[dict[str, Any], tuple[float, ...]]] = {
     "MeZO": ({}, MEZO_LRS),
     # its step is normalised; moved up a decade (2026-12-07) where the tiny MLM selected its top edge on 4
     # of 5 seeds and, on the pair, dev (seed 13, batch 4, 270 passes) climbed fastest at 3.3e-3: 0.69 at
-    # 180 passes, against 0.54 at 1e-3, 0.50 at 3.3e-4, and 0.60 with loss 0.66 (not 0.60) at 1e-2
+    # 180 passes, against 0.51 at 1e-3, 0.50 at 3.3e-4, and 0.60 with loss 0.66 (not 0.60) at 1e-2
     "FZOO": ({"estimator": "fzoo", "n_probes": 8}, (3e-3, 1e-2, 3e-2)),
     "HiZOO": ({"estimator": "hizoo", "hessian_smooth": 1e-8}, MEZO_LRS),
     "LOZO": ({"estimator": "lozo", "lozo_rank": 4, "lozo_interval": 100}, (3e-5, 1e-4, 3e-4)),

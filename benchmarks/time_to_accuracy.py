@@ -15,8 +15,11 @@ method's cost on that seed is the fewest forward passes after which one of its l
 first reached the target (inf: never within the budget). Per method: the median cost over seeds with
 a 95% bootstrap interval, its ratio to MeZO's with a paired interval, every pair of methods separated
 or not (``mezo_ray.report.intervals``), and the wall time per training forward pass as a ratio to
-MeZO's. (Memory: ``zo_step.py`` measures a step's peak.) Every run writes its JSON, curves included, to
-``--results`` (``benchmarks/results/``) with the date, commit, machine and command.
+MeZO's. (Memory: ``zo_step.py`` measures a step's peak.) Every run writes its JSON, curves and each
+run's trial settings included, to ``--results`` (``benchmarks/results/``) with the date, commit, machine
+and command. ``--reuse FILE.json`` takes from an earlier result every run whose trial settings are a
+job's here, to the key (MeZO's baseline runs, say, when another method is added to a ranking): it is
+not rerun, and the JSON marks it ``reused_from``; its seconds per pass were measured in that run.
 
 The trials are the recipe's (``mezo_ray.train.recipe.run_trial``), in this process or ``--jobs``
 worker processes, no Ray: the numbers are what a search would see. The lr grids (``METHODS``) are
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
+import json
 import math
 import statistics
 import sys
@@ -168,6 +172,30 @@ def lr_grid(args: argparse.Namespace, lrs: tuple[float, ...], task: dict[str, An
     return scaled[len(scaled) // 2 : len(scaled) // 2 + 1] if args.lr_points == 1 else scaled
 
 
+def run_key(settings: dict[str, Any]) -> str:
+    """A trial's settings as one string: equal strings, the same run (JSON turns tuples into lists)."""
+    return json.dumps(settings, sort_keys=True)
+
+
+def reusable_runs(path: Path) -> dict[str, dict[str, Any]]:
+    """An earlier result's runs by their trial settings. A run written before runs kept their settings
+    has them rebuilt from the result's options, task and the method's ``METHODS`` entry of today."""
+    old = json.loads(path.read_text())
+    if old.get("benchmark") != "time_to_accuracy":
+        raise SystemExit(f"--reuse {path}: not a result of benchmarks/time_to_accuracy.py")
+    options = argparse.Namespace(**old["settings"])
+    found = {}
+    for rows in old["tasks"].values():
+        for method, row in rows["methods"].items():
+            for run in row["runs"]:
+                settings = run.get("settings") or settings_of(
+                    options, rows["settings"], METHODS[method][0], run["lr"], run["seed"]
+                )
+                origin = run.get("reused_from", f"{path.name} (commit {old['commit'][:12]})")
+                found[run_key(settings)] = {**run, "settings": settings, "reused_from": origin}
+    return found
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     jobs = []  # (task, method, seed, settings)
     for task_name in args.tasks:
@@ -179,11 +207,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for seed in range(args.seeds):
                 for lr in lr_grid(args, lrs, task):
                     jobs.append((task_name, method, seed, settings_of(args, task, extra, lr, seed)))
+    reused = reusable_runs(args.reuse) if args.reuse else {}
+    todo = [settings for *_, settings in jobs if run_key(settings) not in reused]
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        curves = list(pool.map(curve, [settings for *_, settings in jobs]))
+        measured = dict(zip(map(run_key, todo), pool.map(curve, todo), strict=True))
     runs: dict[str, dict[str, dict[int, list]]] = {}
-    for (task_name, method, seed, settings), (points, seconds) in zip(jobs, curves, strict=True):
-        run = {"seed": seed, "lr": settings["lr"], "curve": points, "s_per_forward": seconds}
+    for task_name, method, seed, settings in jobs:
+        key = run_key(settings)
+        if key in reused:
+            run = reused[key]
+        else:
+            points, seconds = measured[key]
+            run = {"seed": seed, "lr": settings["lr"], "curve": points, "s_per_forward": seconds}
+        run |= {"settings": settings}
         runs.setdefault(task_name, {}).setdefault(method, {}).setdefault(seed, []).append(run)
     return {
         task_name: rank(by_method, args.smooth) | describe_task(TASKS[task_name])
@@ -252,6 +288,13 @@ def print_results(args: argparse.Namespace, results: dict[str, Any]) -> None:
         print(f"\n{rows['model']} on {rows['task']}: {rows['regime']}")
         print(f"budget {args.budget} forward passes; {len(rows['seeds'])} seeds; median [95% bootstrap]")
         print(f"MeZO's final dev score (last {args.smooth} evaluations, best lr), per seed: {targets}")
+        reused = [
+            f"{method} {sum('reused_from' in run for run in row['runs'])} of {len(row['runs'])}"
+            for method, row in rows["methods"].items()
+            if any("reused_from" in run for run in row["runs"])
+        ]
+        if reused:
+            print(f"runs from {args.reuse} (s/fwd measured there): {', '.join(reused)}")
         print(f"{'method':<18}{'fwd to MeZO final':>26}{'ratio to MeZO':>24}{'s/fwd ratio':>13}")
         for method, row in rows["methods"].items():
             print(
@@ -294,6 +337,9 @@ def main() -> None:
         help="multiplies every method's lr grid (METHODS); default: 1/3 on a causal LM's prompt, else 1",
     )
     parser.add_argument("--lr-points", type=int, choices=(1, 3), default=3, help="1: each grid's middle lr")
+    parser.add_argument(
+        "--reuse", type=Path, help="an earlier result JSON: its runs with a job's settings are not rerun"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help=f"JSON folder (default {RESULTS})")
     parser.add_argument("--json", action="store_true", help="print the JSON it writes")
     parser.add_argument("--quick", action="store_true", help=f"the smoke version: {QUICK}")

@@ -92,3 +92,23 @@ def test_reuse_refuses_another_benchmarks_result(benchmark, tmp_path):
     other = save_result("search_efficiency", {"settings": {}}, tmp_path)
     with pytest.raises(SystemExit, match=r"not a result of benchmarks/time_to_accuracy\.py"):
         module.run(options(reuse=other))
+
+
+def test_seconds_timed_on_another_cpu_do_not_count(benchmark, tmp_path):
+    module, ran = benchmark
+    path = write(tmp_path, options(), module.run(options()))
+    result = json.loads(path.read_text())
+    result["machine"]["cpu"] = "another CPU"
+    path.write_text(json.dumps(result))
+    ran.clear()
+    again = module.run(options(reuse=path))
+    assert ran == []
+    mezo = runs_of(again, "MeZO")
+    assert all(r["s_per_forward"] != r["s_per_forward"] for r in mezo)  # nan: not a ratio's
+    assert [r["s_per_forward_elsewhere"] for r in mezo] == [
+        r["s_per_forward"] for r in runs_of(result["tasks"], "MeZO")
+    ]
+    assert (
+        again["tiny-mlm"]["methods"]["FZOO"]["time_ratio"]
+        != again["tiny-mlm"]["methods"]["FZOO"]["time_ratio"]
+    )

@@ -33,6 +33,7 @@ DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
+    "float64": torch.float64,  # for checks whose two paths round differently (workers' parity), not speed
 }
 _AUTO_CLASSES = {
     "mlm": AutoModelForMaskedLM,
@@ -118,8 +119,9 @@ class LoadedModel:
 
     @property
     def loss_dtype(self) -> torch.dtype:
-        """The dtype losses are computed in (``ModelSpec.arithmetic``)."""
-        return torch.float32 if self.spec.arithmetic == "float32" else DTYPES[self.spec.dtype]
+        """The dtype losses are computed in (``ModelSpec.arithmetic``: "float32" is at least float32)."""
+        dtype = DTYPES[self.spec.dtype]
+        return torch.promote_types(dtype, torch.float32) if self.spec.arithmetic == "float32" else dtype
 
     @property
     def num_prefix(self) -> int:

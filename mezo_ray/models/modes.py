@@ -96,7 +96,8 @@ def apply_mode(model: torch.nn.Module, spec: ModelSpec) -> torch.nn.Module:
         )
         peft_model = get_peft_model(model, config)
         encoder = peft_model.prompt_encoder[peft_model.active_adapter]
-        encoder.to(torch.float32 if in_float32 else next(model.parameters()).dtype)
+        dtype = next(model.parameters()).dtype
+        encoder.to(torch.promote_types(dtype, torch.float32) if in_float32 else dtype)
         embedding = encoder.embedding.weight
         with torch.no_grad():
             embedding.copy_(prefix_init.to(embedding.dtype))

@@ -152,7 +152,9 @@ class ModelSection(Section):
         description="head: the LM head alone; lora_as_published: what the paper's RoBERTa code trained with "
         "--apply_lora (MeZO: the LM head alone, FT: LoRA and the LM head; see models/modes.py)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = Field(
+        "float32", description="float64: for checks whose paths round differently (it is not fast)"
+    )
     arithmetic: Literal["float32", "model"] = Field(
         "float32",
         description="MeZO in float16 / bfloat16: float32 computes losses from float32 logits and keeps LoRA "
@@ -593,10 +595,10 @@ def _check_mezo(cfg: TrialConfig, method: MezoMethod) -> None:
             f"fsdp=true: estimator={est.name!r} needs whole (unsharded) weights (mezo_ray/estimators.py); "
             "use data parallel workers (fsdp=false)"
         )
-    if method.stochastic_rounding and cfg.model.dtype == "float32":
+    if method.stochastic_rounding and cfg.model.dtype in ("float32", "float64"):
         raise ValueError(
-            "stochastic_rounding=true rounds bfloat16 / float16 weights; dtype='float32' keeps updates "
-            "exact to float32 (set dtype, or leave stochastic_rounding unset)"
+            f"stochastic_rounding=true rounds bfloat16 / float16 weights; dtype={cfg.model.dtype!r} keeps "
+            "updates exact to its precision (set dtype, or leave stochastic_rounding unset)"
         )
 
 

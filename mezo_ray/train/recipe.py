@@ -265,7 +265,8 @@ def _model_spec(cfg: TrialConfig, device: torch.device) -> ModelSpec:
         name_or_path=path,
         family=task.family if task.prompt else "seq_cls",
         num_labels=None if task.prompt else len(task.resolved.class_names),
-        dtype="float32" if isinstance(cfg.method, FtMethod) else model.dtype,  # FT: fp32 weights, autocast
+        # FT: float32 (or float64) weights, autocast to a 16-bit dtype
+        dtype="float32" if isinstance(cfg.method, FtMethod) and model.dtype != "float64" else model.dtype,
         mode=PUBLISHED_LORA[cfg.method.name] if model.mode == "lora_as_published" else model.mode,
         lora_r=model.lora_r,
         lora_alpha=model.lora_alpha,
@@ -461,7 +462,7 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float, rule: str, step: int, m
 
 
 def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if dtype == "float32":
+    if dtype in ("float32", "float64"):  # mixed precision is for the 16-bit dtypes
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=DTYPES[dtype])
 

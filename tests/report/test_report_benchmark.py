@@ -74,6 +74,17 @@ def test_cli_prints_the_table_and_writes_the_plots_beside_the_result(ranked, cap
     assert png.is_file() and f"wrote {png}" in out.err
 
 
+def test_seconds_timed_on_another_cpu_are_said_so_not_printed_as_nan(ranked, capsys):
+    """time_to_accuracy --reuse leaves a run's seconds nan where another CPU timed them."""
+    result = json.loads(ranked.read_text())
+    result["tasks"]["m"]["methods"]["flat"] |= {"s_per_forward": math.nan, "time_ratio": math.nan}
+    ranked.write_text(json.dumps(result))
+    assert main(["--benchmark", str(ranked)]) == 0
+    out = capsys.readouterr().out
+    assert "| flat | inf [inf, inf] | inf [inf, inf] | timed on another CPU |" in out
+    assert "| fast | 200 [200, 200] | 0.50 [0.50, 0.50] | 0.0" in out and "nan" not in out
+
+
 def test_the_curves_are_the_median_over_seeds_of_each_seeds_selected_lr(ranked):
     result = read_benchmark(ranked)
     curves_axes, cost_axes = benchmark_figures(result)["m.png"].axes

@@ -19,7 +19,7 @@ MeZO's. (Memory: ``zo_step.py`` measures a step's peak.) Every run writes its JS
 run's trial settings included, to ``--results`` (``benchmarks/results/``) with the date, commit, machine
 and command. ``--reuse FILE.json`` takes from an earlier result every run whose trial settings are a
 job's here, to the key (MeZO's baseline runs, say, when another method is added to a ranking): it is
-not rerun, and the JSON marks it ``reused_from``; its seconds per pass were measured in that run.
+not rerun, and the JSON marks it ``reused_from``; its seconds per pass count where timed on this CPU.
 
 The trials are the recipe's (``mezo_ray.train.recipe.run_trial``), in this process or ``--jobs``
 worker processes, no Ray: the numbers are what a search would see. The lr grids (``METHODS``) are

@@ -64,8 +64,8 @@ def benchmark_markdown(result: dict[str, Any]) -> str:
             ]
             for method, row in task["methods"].items():
                 seconds = f"{row['s_per_forward']:.3g} ({row['time_ratio']:.2f})"
-                if math.isnan(row["time_ratio"]):  # its runs (or MeZO's) reused from a run on another CPU
-                    seconds = "timed on another CPU"
+                if math.isnan(row["time_ratio"]):  # --reuse: its runs (or MeZO's) timed on another CPU
+                    seconds = "not timed in this run"
                 lines.append(
                     f"| {method} | {interval_text(*row['forward_passes'])} | "
                     f"{interval_text(*row['passes_ratio'], digits=2)} | {seconds} |"
